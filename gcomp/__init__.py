@@ -1,11 +1,21 @@
 """gcomp: gradient compression and communication-efficient distributed training for edge clusters.
 
-Layers (dependencies point down only): ``gcomp.kernels`` (Numba kernels on flat
-numpy arrays) at the bottom; see the README and docs/ for the rest.
+Layers, dependencies pointing down only::
+
+    cli / train / bench     experiments
+    ddp        mpi          adapters: DDP comm hook; mpi4py-style Allreduce
+    collectives             compressed allreduce algorithms over a Transport
+    feedback   wire         error-feedback memories | versioned byte format
+    compressors             Compressor objects: registry, compress/decompress
+    kernels                 Numba kernels on flat numpy arrays (gcomp.kernels)
+
+``gcomp.compressor("topk:ratio=0.01")`` builds a compressor;
+``gcomp.list_compressors()`` lists them.
 """
 
 __version__ = "0.1.0"
 
 from . import errors  # noqa: E402
+from .compressors import Compressed, Compressor, compressor, list_compressors, register  # noqa: E402
 
-__all__ = ["__version__", "errors"]
+__all__ = ["__version__", "errors", "compressor", "list_compressors", "register", "Compressor", "Compressed"]

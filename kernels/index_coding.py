@@ -21,9 +21,9 @@ zero group, e.g. ``80 00`` for 0), an index ``>= n``, trailing unused bytes,
 a bitmap of the wrong length, padding bits set, or a popcount other than the
 expected count.  Every valid encoding therefore has exactly one byte string.
 
-The bit helpers :func:`ctz64`, :func:`clz64` and :func:`popcount64` are LLVM
-intrinsics (``tzcnt`` / ``lzcnt`` / ``popcnt`` on x86-64) usable from any
-kernel.
+The bit helpers :func:`ctz64`, :func:`clz64` and :func:`popcount64` (LLVM
+intrinsics: ``tzcnt`` / ``lzcnt`` / ``popcnt`` on x86-64) are usable from
+any kernel.
 """
 
 import numpy as np
@@ -118,18 +118,16 @@ def _check_ascending_size(indices, n):
     first = indices[0]
     if first < 0:
         return NEGATIVE, 0, 0
-    # The loop stays branch-light: accumulate a violation flag and the size,
-    # locate the first violation only when there is one.
+    # A branch-free (vectorizable) pass accumulates a violation count and the
+    # size; the first violation is located only when there is one.
     bad = 0
-    size = 0
-    prev = np.int64(-1)
-    for i in range(m):
+    size = (64 - clz64(first | 1) + 6) // 7
+    for i in range(1, m):
         cur = indices[i]
-        bad |= cur <= prev
-        gap = cur - prev - 1
-        bits = 64 - clz64(gap | 1)
+        prev = indices[i - 1]
+        bad += cur <= prev
+        bits = 64 - clz64((cur - prev - 1) | 1)
         size += (bits + 6) // 7
-        prev = cur
     if bad:
         prev = np.int64(-1)
         for i in range(m):
@@ -254,38 +252,62 @@ def _bitmap_decode(buf, out):
     """Ascending set-bit positions of ``buf`` into ``out``, writing at most ``out.shape[0]``.
 
     Returns the number of set bits found (which may exceed ``out.shape[0]``:
-    the caller compares it with the expected count).  Zero words cost one
-    load and one compare; each set bit costs one ``tzcnt`` and a clear.
+    the caller compares it with the expected count).  Away from the end of
+    ``out`` a word writes 1, 4 or 8 entries unconditionally (entries past its
+    set bits are overwritten by the next word), so a word costs a popcount
+    and a couple of well-predicted branches, not a mispredicted loop exit.
+    Positions are unsigned (no negative-index wraparound code).
     """
     nb = buf.shape[0]
-    cap = out.shape[0]
+    cap = np.uint64(out.shape[0])
     nw = nb >> 3
-    c = 0
+    one = np.uint64(1)
+    c = np.uint64(0)
     for wi in range(nw):
         w = _load64(buf, wi << 3)
-        if w == np.uint64(0):
-            continue
         base = np.int64(wi) << 6
-        if c + popcount64(w) <= cap:
-            while w != np.uint64(0):
-                out[c] = base + ctz64(w)
-                c += 1
-                w &= w - np.uint64(1)
+        cnt = np.uint64(popcount64(w))
+        if c + np.uint64(64) <= cap:
+            out[c] = base + ctz64(w)
+            if cnt > one:
+                w &= w - one
+                out[c + np.uint64(1)] = base + ctz64(w)
+                w &= w - one
+                out[c + np.uint64(2)] = base + ctz64(w)
+                w &= w - one
+                out[c + np.uint64(3)] = base + ctz64(w)
+                if cnt > np.uint64(4):
+                    w &= w - one
+                    out[c + np.uint64(4)] = base + ctz64(w)
+                    w &= w - one
+                    out[c + np.uint64(5)] = base + ctz64(w)
+                    w &= w - one
+                    out[c + np.uint64(6)] = base + ctz64(w)
+                    w &= w - one
+                    out[c + np.uint64(7)] = base + ctz64(w)
+                    if cnt > np.uint64(8):
+                        w &= w - one
+                        j = c + np.uint64(8)
+                        while w != np.uint64(0):
+                            out[j] = base + ctz64(w)
+                            w &= w - one
+                            j += one
+            c += cnt
         else:
             while w != np.uint64(0):
                 if c < cap:
                     out[c] = base + ctz64(w)
-                c += 1
-                w &= w - np.uint64(1)
+                c += one
+                w &= w - one
     for j in range(nw << 3, nb):
         b = np.uint64(buf[j])
         base = np.int64(j) << 3
         while b != np.uint64(0):
             if c < cap:
                 out[c] = base + ctz64(b)
-            c += 1
-            b &= b - np.uint64(1)
-    return c
+            c += one
+            b &= b - one
+    return np.int64(c)
 
 
 # ---------------------------------------------------------------------------
@@ -297,9 +319,7 @@ def _as_indices(indices, name="indices"):
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy array, found {type(indices).__name__}")
     if indices.ndim != 1 or indices.dtype.kind not in "iu":
-        raise ValueError(
-            f"expected {name} to be a 1-D integer array, found ndim={indices.ndim} dtype={indices.dtype}"
-        )
+        raise ValueError(f"expected {name} to be a 1-D integer array, found ndim={indices.ndim} dtype={indices.dtype}")
     if indices.dtype.kind == "u" and indices.size and int(indices.max()) > _INT64_MAX:
         raise ValueError(f"expected every index in [0, 2**63), found {int(indices.max())}")
     return np.ascontiguousarray(indices, dtype=np.int64)
@@ -371,9 +391,7 @@ def varint_decode(buf, count, n, out=None):
     if count > n:
         raise ValueError(f"expected count <= n = {n} (indices are unique and below n), found count = {count}")
     if count > data.shape[0]:
-        raise ValueError(
-            f"truncated varint stream: expected at least {count} bytes for {count} indices, found {data.shape[0]}"
-        )
+        raise ValueError(f"truncated varint stream: expected at least {count} bytes for {count} indices, found {data.shape[0]}")
     out = out_array(out, count, np.int64)
     status, item, pos = _varint_decode(data, count, n, out)
     if status == OK:

@@ -17,7 +17,8 @@ subset is a pure function of ``(n, k, seed)``: identical on every rank and
 every machine.  Global RNGs are never touched.
 
 The set ``S`` lives in a bitmap of n bits, which also yields the ascending
-order for free (scan the words, skip zeros, ``tzcnt`` each set bit).  When
+order for free (the bitmap decoder of :mod:`gcomp.kernels.index_coding`:
+scan 64-bit words, ``tzcnt`` each set bit).  When
 that bitmap would be large and much bigger than the sample (n up to 2**40
 would need 128 GiB), ``S`` is an open-addressing hash set of ~2k slots and
 the k indices are sorted at the end.  Floyd's draws do not depend on how
@@ -29,7 +30,7 @@ import numpy as np
 from . import random as _random
 from ._checks import as_f32, check_int, check_seed, out_array
 from .config import kernel
-from .index_coding import ctz64
+from .index_coding import _bitmap_decode
 
 __all__ = ["randomk_indices", "randomk_select"]
 
@@ -83,43 +84,42 @@ def _bounded64(state, bound):
     return np.int64(hi), state
 
 
-@kernel
-def _draw(state, bound):
-    """Uniform int64 in [0, bound) for 1 <= bound < 2**63; returns ``(value, new_state)``."""
-    if bound < np.int64(0x100000000):
-        return _random.bounded(state, bound)
-    return _bounded64(state, bound)
+_BOUND32 = 1 << 32
 
 
 @kernel
-def _randomk_bitmap(n, k, seed, words, out):
-    """Floyd's algorithm with ``words`` (>= ceil(n/64) uint64, cleared here) as the set.
+def _floyd_bitmap_steps(j0, j1, state, bits, use64):
+    """Floyd steps ``j`` in ``[j0, j1)`` on the bitmap set; returns the new state."""
+    for j in range(j0, j1):
+        if use64:
+            t, state = _bounded64(state, j + 1)
+        else:
+            t, state = _random.bounded(state, j + 1)
+        byte = t >> 3
+        mask = np.uint8(1 << (t & 7))
+        if bits[byte] & mask:
+            byte = j >> 3
+            mask = np.uint8(1 << (j & 7))
+        bits[byte] |= mask
+    return state
 
-    Writes the k ascending indices to ``out[:k]``; returns the number written.
+
+@kernel
+def _randomk_bitmap(n, k, seed, bits, out):
+    """Floyd's algorithm with ``bits`` (>= ceil(n/8) bytes, cleared here) as the set.
+
+    Writes the k ascending indices to ``out`` (``out.shape[0] == k``);
+    returns the number of set bits found (k).
     """
-    nw = (n + 63) >> 6
-    for w in range(nw):
-        words[w] = np.uint64(0)
+    nb = (n + 7) >> 3
+    for i in range(nb):
+        bits[i] = np.uint8(0)
     state = np.uint64(seed)
-    one = np.uint64(1)
-    for j in range(n - k, n):
-        t, state = _draw(state, j + 1)
-        wt = t >> 6
-        bt = one << np.uint64(t & 63)
-        if words[wt] & bt:
-            t = j
-            wt = t >> 6
-            bt = one << np.uint64(t & 63)
-        words[wt] |= bt
-    c = 0
-    for wi in range(nw):
-        w = words[wi]
-        base = np.int64(wi) << 6
-        while w != np.uint64(0) and c < k:
-            out[c] = base + ctz64(w)
-            c += 1
-            w &= w - one
-    return c
+    # the bound j + 1 stays below 2**32 while j < 2**32 - 1: 32-bit draws, then 64-bit ones
+    split = min(max(n - k, _BOUND32 - 1), n)
+    state = _floyd_bitmap_steps(n - k, split, state, bits, False)
+    state = _floyd_bitmap_steps(split, n, state, bits, True)
+    return _bitmap_decode(bits[:nb], out)
 
 
 @kernel
@@ -139,24 +139,35 @@ def _hash_insert(table, log2size, key):
 
 
 @kernel
-def _randomk_hash(n, k, seed, table, log2size, out):
-    """Floyd's algorithm with an open-addressing set of ``2**log2size`` > k slots (cleared here).
-
-    Writes the k indices to ``out[:k]`` and sorts them; returns k.
-    """
-    for i in range(table.shape[0]):
-        table[i] = np.uint64(0)
-    state = np.uint64(seed)
-    c = 0
-    for j in range(n - k, n):
-        t, state = _draw(state, j + 1)
+def _floyd_hash_steps(j0, j1, state, table, log2size, out, c, use64):
+    """Floyd steps ``j`` in ``[j0, j1)`` on the hash set, appending to ``out[c:]``; returns the new state."""
+    for j in range(j0, j1):
+        if use64:
+            t, state = _bounded64(state, j + 1)
+        else:
+            t, state = _random.bounded(state, j + 1)
         if _hash_insert(table, log2size, t):
             t = j
             _hash_insert(table, log2size, t)
         out[c] = t
         c += 1
-    out[:k].sort()
-    return c
+    return state
+
+
+@kernel
+def _randomk_hash(n, k, seed, table, log2size, out):
+    """Floyd's algorithm with an open-addressing set of ``2**log2size`` > k slots (cleared here).
+
+    Writes the k indices to ``out`` (``out.shape[0] == k``) and sorts them; returns k.
+    """
+    for i in range(table.shape[0]):
+        table[i] = np.uint64(0)
+    state = np.uint64(seed)
+    split = min(max(n - k, _BOUND32 - 1), n)
+    state = _floyd_hash_steps(n - k, split, state, table, log2size, out, 0, False)
+    state = _floyd_hash_steps(split, n, state, table, log2size, out, split - (n - k), True)
+    out.sort()
+    return k
 
 
 @kernel
@@ -175,15 +186,15 @@ def _hash_log2size(k):
 
 
 def _use_bitmap(n, k):
-    bitmap_bytes = ((n + 63) >> 6) * 8
+    bitmap_bytes = (n + 7) >> 3
     hash_bytes = 8 << _hash_log2size(k)
     return bitmap_bytes <= max(_BITMAP_ALWAYS_BYTES, 4 * hash_bytes)
 
 
 def _randomk(n, k, seed, out, method):
     if method == "bitmap":
-        words = np.empty((n + 63) >> 6, dtype=np.uint64)
-        written = _randomk_bitmap(n, k, seed, words, out)
+        bits = np.empty((n + 7) >> 3, dtype=np.uint8)
+        written = _randomk_bitmap(n, k, seed, bits, out[:k])
     else:
         log2size = _hash_log2size(k)
         table = np.empty(1 << log2size, dtype=np.uint64)

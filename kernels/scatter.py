@@ -112,9 +112,7 @@ def _pair(indices, values, n):
     idx = check_indices(indices, n)
     vals = as_f32(values, "values")
     if vals.shape[0] != idx.shape[0]:
-        raise ValueError(
-            f"expected as many values as indices, found {vals.shape[0]} values for {idx.shape[0]} indices"
-        )
+        raise ValueError(f"expected as many values as indices, found {vals.shape[0]} values for {idx.shape[0]} indices")
     return idx, vals
 
 

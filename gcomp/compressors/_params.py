@@ -1,0 +1,61 @@
+"""Parameter checks shared by the compressors (each raises ConfigError naming what is valid)."""
+
+import math
+
+from ..errors import ConfigError
+
+
+def check_ratio(name, value, what="ratio"):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
+        raise ConfigError(f"{name}: expected {what} in (0, 1], found {value!r}")
+    return float(value)
+
+
+def check_int(name, key, value, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{name}: expected integer {key} {bound}, found {value!r}")
+    return value
+
+
+def check_choice(name, key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name}: expected {key} in {list(choices)}, found {value!r}")
+    return value
+
+
+def check_bucket(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
+        raise ConfigError(f"{name}: expected bucket_size a positive multiple of 8, found {value!r}")
+    return value
+
+
+def check_seed(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ConfigError(f"{name}: expected integer seed in [0, 2**64), found {value!r}")
+    return value
+
+
+def check_bool(name, key, value):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected {key} true or false, found {value!r}")
+    return value
+
+
+def check_nonneg_float(name, key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)) or value < 0:
+        raise ConfigError(f"{name}: expected {key} >= 0, found {value!r}")
+    return float(value)
+
+
+def nbuckets(numel, bucket):
+    return (numel + bucket - 1) // bucket
+
+
+def packed_bytes(numel, bits):
+    return (numel * bits + 7) // 8
+
+
+def sparse_payload_bound(numel, count, value_bytes=4):
+    """Values plus the smaller index coding (varint gaps take <= 10 bytes, the bitmap ceil(n/8))."""
+    return count * value_bytes + min(10 * count, (numel + 7) // 8)

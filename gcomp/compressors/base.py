@@ -1,0 +1,305 @@
+"""The Compressor contract and the Compressed form every compressor produces.
+
+A compressor is configuration plus two functions: :meth:`Compressor.compress`
+turns a flat float vector into a :class:`Compressed`, and
+:meth:`Compressor.decompress` turns that back into a dense vector.  Each class
+declares:
+
+* ``name`` and ``description`` (the registry key and its one-line summary);
+* ``unbiased``: ``E[C(x)] = x`` over the compressor's randomness;
+* ``linear``: compressed forms of several vectors can be summed as they are
+  (see :meth:`Compressor.combine`), so an allreduce can sum them on the wire;
+* :meth:`Compressor.contraction`: ``delta`` with
+  ``||x - C(x)||^2 <= (1 - delta) ||x||^2`` for every x, or ``None``;
+* :meth:`Compressor.max_payload_bytes`: an upper bound on the wire payload.
+
+Randomness comes from the configured ``seed`` and the ``step`` and ``key``
+passed to :meth:`Compressor.compress` (see :func:`gcomp.kernels.random.derive_seed`),
+never from a global generator: equal (seed, step, key) give equal outputs on
+every rank.
+"""
+
+import dataclasses
+import math
+import zlib
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..kernels.random import derive_seed
+
+__all__ = ["Compressed", "Compressor", "as_flat_f32", "DTYPES"]
+
+#: Dtypes a compressor accepts, by name; also the wire format's dtype ids.
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclasses.dataclass
+class Compressed:
+    """The compressed form of one flat vector.
+
+    ``arrays`` holds the numpy arrays the codec sends (their names and dtypes are
+    fixed per codec, see docs/wire-format.md); ``params`` the small integers the
+    decoder needs.  ``count`` is the number of selected elements for sparse
+    codecs (0 otherwise).  ``dtype`` is the input's dtype name, which
+    :meth:`Compressor.decompress` restores.
+    """
+
+    codec: str
+    numel: int
+    dtype: str
+    arrays: dict
+    params: dict = dataclasses.field(default_factory=dict)
+    count: int = 0
+    step: int = 0
+    seed: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (the payload before wire framing and index coding)."""
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+def _torch_to_numpy(x):
+    import torch
+
+    if x.device.type != "cpu":
+        raise TypeError(f"expected a CPU tensor, found a tensor on {x.device}; move it with .cpu() first")
+    if x.dim() != 1:
+        raise ValueError(f"expected a 1-D tensor, found shape {tuple(x.shape)}; pass x.flatten()")
+    if x.dtype == torch.bfloat16:
+        bits = x.contiguous().view(torch.int16).numpy().astype(np.uint32) << np.uint32(16)
+        return bits.view(np.float32), "bfloat16"
+    names = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64"}
+    if x.dtype not in names:
+        raise TypeError(f"expected a float32, float16, bfloat16 or float64 tensor, found {x.dtype}")
+    a = x.detach().contiguous().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32), names[x.dtype]
+
+
+def as_flat_f32(x):
+    """``(float32 1-D contiguous array, dtype name)`` from a numpy array or CPU torch tensor.
+
+    float32 contiguous input is returned without a copy.
+    """
+    if isinstance(x, np.ndarray):
+        if x.ndim != 1:
+            raise ValueError(f"expected a 1-D array, found shape {x.shape}; pass x.ravel()")
+        if x.dtype == np.float32:
+            return np.ascontiguousarray(x), "float32"
+        if x.dtype in (np.float16, np.float64):
+            return x.astype(np.float32), x.dtype.name
+        raise TypeError(f"expected a float32, float16 or float64 array (or a bfloat16 torch tensor), found {x.dtype}")
+    if type(x).__module__.startswith("torch"):
+        return _torch_to_numpy(x)
+    raise TypeError(f"expected a numpy array or a CPU torch tensor, found {type(x).__name__}")
+
+
+def restore_dtype(dense_f32, dtype, out=None):
+    """Cast a float32 result to ``dtype`` (bfloat16 gives a torch tensor), or fill ``out``."""
+    if out is not None:
+        return _fill_out(dense_f32, out)
+    if dtype == "float32":
+        return dense_f32
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.from_numpy(dense_f32).to(torch.bfloat16)
+    return dense_f32.astype(dtype)
+
+
+def _fill_out(dense_f32, out):
+    if isinstance(out, np.ndarray):
+        if out.shape != dense_f32.shape:
+            raise ValueError(f"expected out of shape {dense_f32.shape}, found {out.shape}")
+        if out.dtype not in (np.float32, np.float16, np.float64):
+            raise TypeError(f"expected a float out array, found {out.dtype}")
+        out[...] = dense_f32
+        return out
+    if type(out).__module__.startswith("torch"):
+        import torch
+
+        if tuple(out.shape) != dense_f32.shape:
+            raise ValueError(f"expected out of shape {dense_f32.shape}, found {tuple(out.shape)}")
+        out.copy_(torch.from_numpy(dense_f32))
+        return out
+    raise TypeError(f"expected out to be a numpy array or torch tensor, found {type(out).__name__}")
+
+
+class Compressor:
+    """Base class: configuration plus ``compress`` / ``decompress``.
+
+    Subclasses set the class attributes, declare their parameters in
+    ``params`` (name -> default) and implement ``_compress`` / ``_decompress``
+    on float32 arrays.  ``get_config()`` round-trips through
+    :func:`gcomp.compressor`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    unbiased: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
+    randomized: ClassVar[bool] = False
+    #: parameter name -> default value (None: required)
+    params: ClassVar[dict] = {}
+    #: whether ``_encode(x, seed, residual)`` fuses the error-feedback update
+    fused_residual: ClassVar[bool] = False
+    #: names of the arrays that :meth:`combine` sums for linear compressors
+    summable: ClassVar[tuple] = ()
+
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {unknown} for compressor {self.name!r}; "
+                f"valid: {sorted(self.params) or 'none'}"
+            )
+        values = dict(self.params)
+        values.update(params)
+        for key, value in values.items():
+            if value is None:
+                raise ConfigError(f"compressor {self.name!r} needs parameter {key!r}")
+        self._params = values
+        self._validate()
+
+    # -- configuration -------------------------------------------------
+    def _validate(self):
+        """Check ``self._params``; raise ConfigError naming what is valid."""
+
+    def __getattr__(self, item):
+        params = self.__dict__.get("_params")
+        if params is not None and item in params:
+            return params[item]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {item!r}")
+
+    def get_config(self) -> dict:
+        """``{"name": ..., **params}``; ``gcomp.compressor(c.get_config())`` rebuilds it."""
+        return {"name": self.name, **self._params}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"gcomp.compressor({self.name!r}{', ' if args else ''}{args})"
+
+    def __eq__(self, other):
+        return isinstance(other, Compressor) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(repr(self))
+
+    # -- declared properties -------------------------------------------
+    def contraction(self, numel: int) -> float | None:
+        """delta in ``||x - C(x)||^2 <= (1 - delta) ||x||^2``, or None if no such bound."""
+        return None
+
+    def max_payload_bytes(self, numel: int) -> int:
+        """Upper bound on the encoded payload for a vector of ``numel`` elements."""
+        raise NotImplementedError
+
+    # -- work ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Compressor-held state (PowerSGD's warm start); stateless compressors return ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output."""
+
+    def compress(self, x, *, step: int = 0, key: int = 0) -> Compressed:
+        """Compress the 1-D vector ``x`` (numpy array or CPU torch tensor).
+
+        ``step`` and ``key`` (a bucket or tensor id) pick the randomness
+        together with the configured ``seed``; equal inputs give equal outputs.
+        """
+        flat, dtype = as_flat_f32(x)
+        seed = self.seed_for(step, key)
+        c = self._compress(flat, step=step, seed=seed)
+        c.dtype = dtype
+        c.step = step
+        c.seed = seed
+        return c
+
+    def seed_for(self, step: int, key=0) -> int:
+        """The 64-bit seed of (configured seed, step, key); 0 for deterministic compressors."""
+        if not self.randomized:
+            return 0
+        return derive_seed(int(self._params.get("seed", 0)), step, key_to_int(key))
+
+    def decompress(self, c: Compressed, out=None):
+        """The dense vector of ``c``, in ``c``'s original dtype, or written into ``out``."""
+        if not isinstance(c, Compressed):
+            raise TypeError(f"expected a Compressed, found {type(c).__name__}")
+        if c.codec != self.name:
+            raise ConfigError(f"expected a {self.name!r} packet, found codec {c.codec!r}")
+        dense = self._decompress(c)
+        return restore_dtype(dense, c.dtype, out)
+
+    def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows)."""
+        dense = self._decompress(c)
+        if scale != 1.0:
+            dense *= np.float32(scale)
+        acc += dense
+        return acc
+
+    def compress_with_residual(self, x: np.ndarray, residual: np.ndarray, *, step: int = 0, key: int = 0) -> Compressed:
+        """Error-feedback step: compress ``v = x + residual``, then ``residual = v - C(v)``.
+
+        ``x`` and ``residual`` are float32; ``residual`` is updated in place.
+        Compressors whose kernels fuse this (``fused_residual = True``) do it in
+        one pass over memory through ``_encode(x, seed, residual)``.
+        """
+        if self.fused_residual:
+            flat, dtype = as_flat_f32(x)
+            seed = self.seed_for(step, key)
+            c = self._encode(flat, seed, residual=residual)
+            c.dtype, c.step, c.seed = dtype, step, seed
+            return c
+        residual += x
+        c = self.compress(residual, step=step, key=key)
+        residual -= self._decompress(c)
+        return c
+
+    def combine(self, items) -> Compressed:
+        """Sum compressed forms as they are (linear compressors only)."""
+        items = list(items)
+        if not self.linear:
+            raise ConfigError(f"compressor {self.name!r} is not linear: its compressed forms cannot be summed")
+        if not items:
+            raise ValueError("expected at least one compressed form to combine")
+        first = items[0]
+        for c in items[1:]:
+            if (c.codec, c.numel, c.count, c.params, c.seed) != (first.codec, first.numel, first.count, first.params, first.seed):
+                raise ConfigError("expected compressed forms of the same codec, size, parameters and seed to combine")
+        arrays = dict(first.arrays)
+        for name in self.summable:
+            total = first.arrays[name].astype(np.float32, copy=True)
+            for c in items[1:]:
+                total += c.arrays[name]
+            arrays[name] = total.astype(first.arrays[name].dtype, copy=False)
+        return dataclasses.replace(first, arrays=arrays)
+
+    def _compress(self, x: np.ndarray, *, step: int, seed: int) -> Compressed:
+        if self.fused_residual:
+            return self._encode(x, seed)
+        raise NotImplementedError
+
+    def _encode(self, x: np.ndarray, seed: int, residual=None) -> Compressed:
+        raise NotImplementedError
+
+    def _decompress(self, c: Compressed) -> np.ndarray:
+        raise NotImplementedError
+
+
+def key_to_int(key) -> int:
+    """A stable integer for a bucket/tensor key: non-negative ints as they are, anything else by CRC-32 of str(key)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < 1 << 64:
+        return int(key)
+    return zlib.crc32(str(key).encode())
+
+
+def count_from_ratio(numel: int, ratio: float) -> int:
+    """k for a density ``ratio``: ``ceil(ratio * numel)``, at least 1 when numel > 0."""
+    if numel == 0:
+        return 0
+    return min(numel, max(1, math.ceil(ratio * numel)))
+

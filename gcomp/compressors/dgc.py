@@ -1,0 +1,62 @@
+"""``dgc``: Deep Gradient Compression's sampled-threshold top-k (Lin et al., ICLR 2018).
+
+The threshold comes from a random sample (see :mod:`gcomp.kernels.sampled_topk`);
+the count returned is between ``ceil(min_fraction * k)`` and ``k`` and always
+the largest magnitudes.  DGC's exponential warm-up of the density is available:
+with ``warmup_steps > 0`` the density at step ``t < warmup_steps`` is
+``warmup_start * (ratio / warmup_start) ** (t / warmup_steps)`` (DGC: 25% ->
+6.25% -> ... -> 0.1% over the first epochs).  Momentum correction, momentum
+factor masking and local gradient clipping live in
+:class:`gcomp.feedback.DGCFeedback`.
+"""
+
+import math
+
+from ..kernels.sampled_topk import topk_sampled
+from ._params import check_int, check_ratio, check_seed, sparse_payload_bound
+from .base import count_from_ratio
+from .topk import SparseCompressor
+
+
+class DGC(SparseCompressor):
+    name = "dgc"
+    description = "DGC sampled-threshold top-k with optional exponential density warm-up"
+    randomized = True
+    params = {
+        "ratio": 0.001,
+        "sample_fraction": 0.01,
+        "min_fraction": 0.5,
+        "warmup_steps": 0,
+        "warmup_start": 0.25,
+        "seed": 0,
+    }
+
+    def _validate(self):
+        check_ratio(self.name, self.ratio)
+        check_ratio(self.name, self.sample_fraction, "sample_fraction")
+        check_ratio(self.name, self.min_fraction, "min_fraction")
+        check_int(self.name, "warmup_steps", self.warmup_steps, 0)
+        check_ratio(self.name, self.warmup_start, "warmup_start")
+        check_seed(self.name, self.seed)
+
+    def ratio_at(self, step):
+        """The density used at ``step`` (exponential warm-up, then ``ratio``)."""
+        if self.warmup_steps and step < self.warmup_steps and self.warmup_start > self.ratio:
+            return self.warmup_start * (self.ratio / self.warmup_start) ** (step / self.warmup_steps)
+        return self.ratio
+
+    def k(self, numel, step=None):
+        ratio = self.ratio if step is None else self.ratio_at(step)
+        return count_from_ratio(numel, ratio)
+
+    def contraction(self, numel):
+        # Worst case over steps: the final density, and the fewest entries the kernel may return.
+        return max(1, math.ceil(self.min_fraction * self.k(numel))) / numel if numel else 1.0
+
+    def max_payload_bytes(self, numel):
+        return sparse_payload_bound(numel, self.k(numel, 0))
+
+    def _compress(self, x, *, step, seed):
+        k = self.k(x.shape[0], step)
+        idx, val = topk_sampled(x, k, seed, sample_fraction=self.sample_fraction, min_fraction=self.min_fraction)
+        return self._sparse(x, idx, val)

@@ -1,0 +1,40 @@
+"""``natural``: natural compression (Horvath et al., 2019): unbiased stochastic rounding to powers of two.
+
+Each entry sends its sign and an 8-bit exponent (9 bits); ``|x|`` in
+``[2^e, 2^(e+1))`` rounds up with probability ``|x| / 2^e - 1``.  Unbiased with
+variance at most ``||x||^2 / 8``.  Non-finite entries decode to NaN.
+"""
+
+from ..kernels import natural as kn
+from ._params import check_seed, packed_bytes
+from .base import Compressed, Compressor
+
+
+class Natural(Compressor):
+    name = "natural"
+    description = "natural compression: unbiased stochastic rounding to powers of two (9 bits per entry)"
+    unbiased = True
+    randomized = True
+    fused_residual = True
+    params = {"seed": 0}
+
+    def _validate(self):
+        check_seed(self.name, self.seed)
+
+    def variance_bound(self, numel):
+        return 1.0 / 8.0
+
+    def max_payload_bytes(self, numel):
+        return numel + packed_bytes(numel, 1)
+
+    def _encode(self, x, seed, residual=None):
+        exponents, signs = kn.natural_encode(x, seed, residual=residual)
+        return Compressed(self.name, x.shape[0], "float32", {"exponents": exponents, "signs": signs})
+
+    def _decompress(self, c):
+        return kn.natural_decode(c.arrays["exponents"], c.arrays["signs"], c.numel)
+
+    def decompress_add(self, c, acc, scale=1.0):
+        if scale != 1.0:
+            return super().decompress_add(c, acc, scale)
+        return kn.natural_decode(c.arrays["exponents"], c.arrays["signs"], c.numel, out=acc, accumulate=True)

@@ -1,0 +1,179 @@
+"""``powersgd``: rank-r PowerSGD (Vogels et al., NeurIPS 2019) on a matrix view of the vector.
+
+The flat vector of ``n`` entries is viewed as a ``rows x cols`` matrix M
+(``rows = floor(sqrt(n))``, zero-padded).  One power-iteration step with a
+warm-started ``Q`` (``cols x r``, initialised from the seed, identical on every
+rank):
+
+1. ``P = M Q``  (linear in M: the collective sums P over ranks);
+2. ``P_hat = orthonormalize(P)``;
+3. ``Q' = M^T P_hat``  (linear in M: the collective sums Q');
+4. result ``P_hat Q'^T``; with ``warm_start`` Q' is kept per key for the next step.
+
+:meth:`PowerSGD.compress` runs the steps on one vector; collectives use
+:meth:`p_phase`, :meth:`q_phase` and :meth:`finish` so that both sums travel
+on an allreduce.  The compressor is *linear in its phases* (P and Q' are
+linear in M for a fixed Q and P_hat); its compressed form as a whole is not
+summable.  The Q memory is per key and saved by :meth:`state_dict`.
+"""
+
+import math
+
+import numpy as np
+
+from ..errors import ConfigError, StateError
+from ._params import check_bool, check_int, check_seed
+from ..kernels.random import derive_seed
+from .base import Compressed, Compressor, key_to_int
+
+_EPS = 1e-8
+
+
+def matrix_shape(n):
+    """(rows, cols) of the matrix view of an n-vector."""
+    if n == 0:
+        return 0, 0
+    rows = max(1, math.isqrt(n))
+    return rows, (n + rows - 1) // rows
+
+
+def _lowbias32(x):
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def seeded_uniform(shape, seed):
+    """Deterministic uniform(-1, 1) float32 from a 64-bit seed (no global RNG)."""
+    count = int(np.prod(shape))
+    key = np.uint32((seed ^ (seed >> 32)) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        bits = _lowbias32(_lowbias32(np.arange(count, dtype=np.uint32)) ^ key)
+    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 / 16777216.0) - np.float32(1.0)).reshape(shape)
+
+
+def orthonormalize(p):
+    """Modified Gram-Schmidt on the columns of p (float32, in place); near-zero columns become 0."""
+    for j in range(p.shape[1]):
+        col = p[:, j]
+        for i in range(j):
+            col -= np.dot(p[:, i], col) * p[:, i]
+        norm = float(np.sqrt(np.dot(col, col)))
+        if norm > _EPS and math.isfinite(norm):
+            col /= np.float32(norm)
+        elif not math.isfinite(norm):
+            col[:] = np.nan
+        else:
+            col[:] = 0.0
+    return p
+
+
+class PowerSGD(Compressor):
+    name = "powersgd"
+    description = "rank-r PowerSGD with warm start; linear in its P and Q phases"
+    randomized = True
+    linear = True
+    params = {"rank": 4, "warm_start": True, "seed": 0}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._q = {}
+        self._p_hat = {}
+
+    def _validate(self):
+        check_int(self.name, "rank", self.rank, 1, 1024)
+        check_bool(self.name, "warm_start", self.warm_start)
+        check_seed(self.name, self.seed)
+
+    def effective_rank(self, numel):
+        rows, cols = matrix_shape(numel)
+        return min(self.rank, rows, cols)
+
+    def max_payload_bytes(self, numel):
+        rows, cols = matrix_shape(numel)
+        r = self.effective_rank(numel)
+        return 4 * r * (rows + cols)
+
+    # -- the phases ----------------------------------------------------
+    def _matrix(self, x):
+        n = x.shape[0]
+        rows, cols = matrix_shape(n)
+        if rows * cols == n:
+            return x.reshape(rows, cols)
+        m = np.zeros(rows * cols, np.float32)
+        m[:n] = x
+        return m.reshape(rows, cols)
+
+    def _current_q(self, key, numel):
+        rows, cols = matrix_shape(numel)
+        r = self.effective_rank(numel)
+        q = self._q.get(key) if self.warm_start else None
+        if q is None or q.shape != (cols, r):
+            q = orthonormalize(seeded_uniform((cols, r), derive_seed(self.seed, 0, key_to_int(key))))
+        return q
+
+    def p_phase(self, x, key=0):
+        """``P = M Q`` for this rank's vector (sum it over ranks)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._matrix(x) @ self._current_q(key, x.shape[0])
+
+    def q_phase(self, x, p_sum, key=0):
+        """``Q' = M^T orthonormalize(P_sum)`` (sum it over ranks); remembers P_hat for :meth:`finish`."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
+        self._p_hat[key] = p_hat
+        return self._matrix(x).T @ p_hat
+
+    def finish(self, q_sum, numel, key=0, out=None):
+        """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start."""
+        p_hat = self._p_hat.pop(key)
+        q_sum = np.array(q_sum, dtype=np.float32, copy=True)
+        if self.warm_start:
+            self._q[key] = q_sum
+        dense = (p_hat @ q_sum.T).reshape(-1)[:numel]
+        if out is None:
+            return np.ascontiguousarray(dense)
+        out[:] = dense
+        return out
+
+    # -- one vector ----------------------------------------------------
+    def _compress(self, x, *, step, seed):
+        n = x.shape[0]
+        if n == 0:
+            return Compressed(self.name, 0, "float32", {"p": np.zeros((0, 0), np.float32), "q": np.zeros((0, 0), np.float32)},
+                              {"rows": 0, "cols": 0, "rank": 0})
+        key = self._active_key
+        p = self.p_phase(x, key)
+        q = self.q_phase(x, p, key)
+        p_hat = self._p_hat.pop(key)
+        if self.warm_start:
+            self._q[key] = q.copy()
+        rows, cols = matrix_shape(n)
+        return Compressed(self.name, n, "float32", {"p": p_hat, "q": q}, {"rows": rows, "cols": cols, "rank": p_hat.shape[1]})
+
+    def compress(self, x, *, step=0, key=0):
+        self._active_key = key
+        return super().compress(x, step=step, key=key)
+
+    def _decompress(self, c):
+        if c.numel == 0:
+            return np.zeros(0, np.float32)
+        return np.ascontiguousarray((c.arrays["p"] @ c.arrays["q"].T).reshape(-1)[: c.numel])
+
+    def combine(self, items):
+        raise ConfigError("powersgd is linear in its phases, not as a whole: sum p_phase() outputs, then q_phase() outputs")
+
+    # -- state ---------------------------------------------------------
+    def state_dict(self):
+        """The warm-start Q per key (float32 arrays), with a version key."""
+        return {"version": 1, "q": {k: v.copy() for k, v in self._q.items()}}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or state.get("version") != 1 or "q" not in state:
+            raise StateError(f"expected a powersgd state dict with version 1, found {type(state).__name__} {sorted(state) if isinstance(state, dict) else ''}")
+        self._q = {k: np.array(v, dtype=np.float32, copy=True) for k, v in state["q"].items()}
+

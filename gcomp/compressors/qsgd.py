@@ -1,0 +1,54 @@
+"""``qsgd``: QSGD stochastic quantization (Alistarh et al., NeurIPS 2017).
+
+Each bucket of ``bucket_size`` entries sends its L2 norm and, per entry, a sign
+and a level in ``0..levels`` chosen by unbiased stochastic rounding of
+``|x| / norm * levels``; codes are bit-packed to 2, 4 or 8 bits.  Unbiased,
+with variance ``E||Q(x) - x||^2 <= min(d / s^2, sqrt(d) / s) ||x||^2`` for
+``d = bucket_size`` and ``s = levels``.
+"""
+
+from ..kernels import qsgd as kq
+from ._params import check_bucket, check_int, check_seed, nbuckets, packed_bytes
+from .base import Compressed, Compressor
+
+
+class QSGD(Compressor):
+    name = "qsgd"
+    description = "QSGD: unbiased stochastic quantization to s levels, one norm per bucket"
+    unbiased = True
+    randomized = True
+    fused_residual = True
+    params = {"levels": 4, "bucket_size": 512, "seed": 0}
+
+    def _validate(self):
+        check_int(self.name, "levels", self.levels, 1, 127)
+        check_bucket(self.name, self.bucket_size)
+        check_seed(self.name, self.seed)
+
+    @property
+    def bits(self):
+        return kq.qsgd_code_bits(self.levels)
+
+    def variance_bound(self, numel):
+        """QSGD's bound on E||Q(x) - x||^2 / ||x||^2 (per bucket, so d = min(bucket, numel))."""
+        d = max(1, min(self.bucket_size, numel))
+        s = self.levels
+        return min(d / s**2, d**0.5 / s)
+
+    def max_payload_bytes(self, numel):
+        return packed_bytes(numel, self.bits) + 4 * nbuckets(numel, self.bucket_size)
+
+    def _params_dict(self):
+        return {"levels": self.levels, "bucket_size": self.bucket_size, "bits": self.bits}
+
+    def _encode(self, x, seed, residual=None):
+        packed, norms = kq.qsgd_encode(x, self.levels, self.bucket_size, seed, residual=residual)
+        return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "norms": norms}, self._params_dict())
+
+    def _decompress(self, c):
+        return kq.qsgd_decode(c.arrays["codes"], c.arrays["norms"], self.levels, self.bucket_size, c.numel)
+
+    def decompress_add(self, c, acc, scale=1.0):
+        if scale != 1.0:
+            return super().decompress_add(c, acc, scale)
+        return kq.qsgd_decode(c.arrays["codes"], c.arrays["norms"], self.levels, self.bucket_size, c.numel, out=acc, accumulate=True)

@@ -1,0 +1,65 @@
+"""``randomk``: k entries chosen uniformly at random from a seed shared by every rank.
+
+The indices depend only on (numel, k, seed, step, key), so every rank picks the
+same ones and compressed forms are summable (linear); the wire format sends
+the values only and the decoder regenerates the indices.  With ``rescale``
+(the default) values are multiplied by ``numel / k``, which makes the
+compressor unbiased; without it it is a contraction with delta = k / numel.
+"""
+
+import numpy as np
+
+from ..kernels import scatter
+from ..kernels.randomk import randomk_indices
+from ._params import check_bool, check_ratio, check_seed
+from .base import Compressed, count_from_ratio
+from .topk import SparseCompressor
+
+
+class RandomK(SparseCompressor):
+    name = "randomk"
+    description = "k uniformly random entries from a shared seed (summable), optionally rescaled to be unbiased"
+    randomized = True
+    linear = True
+    summable = ("values",)
+    params = {"ratio": 0.01, "rescale": True, "seed": 0}
+
+    def _validate(self):
+        check_ratio(self.name, self.ratio)
+        check_bool(self.name, "rescale", self.rescale)
+        check_seed(self.name, self.seed)
+
+    @property
+    def unbiased(self):
+        return bool(self._params["rescale"])
+
+    def k(self, numel):
+        return count_from_ratio(numel, self.ratio)
+
+    def contraction(self, numel):
+        # Without rescaling, E||x - C(x)||^2 = (1 - k/n) ||x||^2 holds only in expectation;
+        # contraction() declares worst-case bounds, and a random draw can miss every large entry.
+        return None
+
+    def max_payload_bytes(self, numel):
+        return 4 * self.k(numel)
+
+    @staticmethod
+    def indices_for(numel, count, seed):
+        """The indices a packet with this (numel, count, seed) carries."""
+        return randomk_indices(numel, count, seed)
+
+    def _compress(self, x, *, step, seed):
+        n = x.shape[0]
+        k = self.k(n)
+        idx = randomk_indices(n, k, seed)
+        val = scatter.gather(x, idx)
+        if self.rescale and k:
+            val *= np.float32(n / k)
+        return Compressed(self.name, n, "float32", {"indices": idx, "values": val}, count=k)
+
+    def compress_with_residual(self, x, residual, *, step=0, key=0):
+        residual += x
+        c = self.compress(residual, step=step, key=key)
+        residual -= self._decompress(c)
+        return c

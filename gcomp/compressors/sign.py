@@ -1,0 +1,38 @@
+"""``sign``: scaled sign, 1 bit per entry plus one scale per bucket (EF-signSGD, Karimireddy et al. 2019).
+
+Each entry sends ``x >= 0``; each bucket sends ``scale = ||x_bucket||_1 / d``.
+Biased; with error feedback it converges like SGD.  A contraction with
+``delta = ||x||_1^2 / (d ||x||_2^2) >= 1 / d`` per bucket of d entries.
+"""
+
+from ..kernels import sign as ks
+from ._params import check_bucket, nbuckets, packed_bytes
+from .base import Compressed, Compressor
+
+
+class Sign(Compressor):
+    name = "sign"
+    description = "scaled sign: 1 bit per entry plus the mean |x| per bucket (EF-signSGD)"
+    fused_residual = True
+    params = {"bucket_size": 512}
+
+    def _validate(self):
+        check_bucket(self.name, self.bucket_size)
+
+    def contraction(self, numel):
+        return 1.0 / max(1, min(self.bucket_size, numel))
+
+    def max_payload_bytes(self, numel):
+        return packed_bytes(numel, 1) + 4 * nbuckets(numel, self.bucket_size)
+
+    def _encode(self, x, seed, residual=None):
+        packed, scales = ks.sign_encode(x, self.bucket_size, residual=residual)
+        return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
+
+    def _decompress(self, c):
+        return ks.sign_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel)
+
+    def decompress_add(self, c, acc, scale=1.0):
+        if scale != 1.0:
+            return super().decompress_add(c, acc, scale)
+        return ks.sign_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel, out=acc, accumulate=True)

@@ -1,0 +1,37 @@
+"""``terngrad``: TernGrad (Wen et al., NeurIPS 2017): stochastic ternary codes {-1, 0, +1} times the bucket's max |x|.
+
+Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
+``s = max |x|`` over its bucket, else as 0.  Codes take 2 bits.
+"""
+
+from ..kernels import terngrad as kt
+from ._params import check_bucket, check_seed, nbuckets, packed_bytes
+from .base import Compressed, Compressor
+
+
+class TernGrad(Compressor):
+    name = "terngrad"
+    description = "TernGrad: unbiased stochastic ternary {-1,0,1} times max|x| per bucket"
+    unbiased = True
+    randomized = True
+    fused_residual = True
+    params = {"bucket_size": 512, "seed": 0}
+
+    def _validate(self):
+        check_bucket(self.name, self.bucket_size)
+        check_seed(self.name, self.seed)
+
+    def max_payload_bytes(self, numel):
+        return packed_bytes(numel, 2) + 4 * nbuckets(numel, self.bucket_size)
+
+    def _encode(self, x, seed, residual=None):
+        packed, scales = kt.terngrad_encode(x, self.bucket_size, seed, residual=residual)
+        return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
+
+    def _decompress(self, c):
+        return kt.terngrad_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel)
+
+    def decompress_add(self, c, acc, scale=1.0):
+        if scale != 1.0:
+            return super().decompress_add(c, acc, scale)
+        return kt.terngrad_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel, out=acc, accumulate=True)

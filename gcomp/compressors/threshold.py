@@ -1,0 +1,24 @@
+"""``threshold``: send every entry with ``|x| >= tau`` (Strom 2015); the count varies."""
+
+from ..kernels.threshold import threshold_select
+from ._params import check_nonneg_float, sparse_payload_bound
+from .topk import SparseCompressor
+
+
+class Threshold(SparseCompressor):
+    name = "threshold"
+    description = "every entry with |x| >= tau (variable count)"
+    params = {"tau": None}
+
+    def _validate(self):
+        check_nonneg_float(self.name, "tau", self.tau)
+
+    def contraction(self, numel):
+        return None  # nothing may pass the threshold
+
+    def max_payload_bytes(self, numel):
+        return sparse_payload_bound(numel, numel)
+
+    def _compress(self, x, *, step, seed):
+        idx, val = threshold_select(x, self.tau)
+        return self._sparse(x, idx, val)

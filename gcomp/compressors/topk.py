@@ -1,0 +1,61 @@
+"""``topk``: exact top-k by magnitude (radix select), k = ceil(ratio * numel)."""
+
+import numpy as np
+
+from ..kernels import scatter
+from ..kernels.topk import topk_exact
+from ._params import check_ratio, sparse_payload_bound
+from .base import Compressed, Compressor, count_from_ratio
+
+
+def sparse_decompress(c):
+    out = np.zeros(c.numel, np.float32)
+    scatter.scatter_set(c.arrays["indices"], c.arrays["values"], out)
+    return out
+
+
+def sparse_decompress_add(c, acc, scale):
+    scatter.scatter_add(c.arrays["indices"], c.arrays["values"], acc, scale=scale)
+    return acc
+
+
+class SparseCompressor(Compressor):
+    """Shared decode path for codecs that send (indices ascending, float32 values)."""
+
+    def _decompress(self, c):
+        return sparse_decompress(c)
+
+    def decompress_add(self, c, acc, scale=1.0):
+        return sparse_decompress_add(c, acc, scale)
+
+    def compress_with_residual(self, x, residual, *, step=0, key=0):
+        """Selected entries are sent exactly, so their residual becomes 0; the rest keep accumulating."""
+        residual += x
+        c = self.compress(residual, step=step, key=key)
+        residual[c.arrays["indices"]] = 0.0
+        return c
+
+    def _sparse(self, x, idx, val, params=None):
+        return Compressed(self.name, x.shape[0], "float32", {"indices": idx, "values": val}, params or {}, count=idx.shape[0])
+
+
+class TopK(SparseCompressor):
+    name = "topk"
+    description = "exact top-k by magnitude (O(n) radix select), k = ceil(ratio * n)"
+    params = {"ratio": 0.01}
+
+    def _validate(self):
+        check_ratio(self.name, self.ratio)
+
+    def k(self, numel):
+        return count_from_ratio(numel, self.ratio)
+
+    def contraction(self, numel):
+        return self.k(numel) / numel if numel else 1.0
+
+    def max_payload_bytes(self, numel):
+        return sparse_payload_bound(numel, self.k(numel))
+
+    def _compress(self, x, *, step, seed):
+        idx, val = topk_exact(x, self.k(x.shape[0]))
+        return self._sparse(x, idx, val)

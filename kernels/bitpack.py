@@ -1,0 +1,249 @@
+"""Packing and unpacking 1, 2, 4 and 8-bit codes, LSB-first.
+
+Element ``i`` of a code vector packed at ``bits`` bits occupies bits
+``[(i*bits) % 8, (i*bits) % 8 + bits)`` of byte ``(i*bits) // 8``; the unused
+high bits of a partial last byte are zero.  Only the low ``bits`` bits of each
+code are stored.
+
+The inner helpers :func:`_pack_into` and :func:`_unpack_from` work on whole
+64-bit words (eight codes at a time: a multiply gathers eight 1-bit codes into
+a byte, shift-and-mask ladders squeeze 2- and 4-bit codes), so they vectorize;
+the quantizer modules (``qsgd``, ``uniform``, ``sign``, ``terngrad``,
+``natural``) call them on an L1-resident scratch of codes, one chunk of a bucket
+at a time.  Both read and write unaligned 8/16/32/64-bit words through array
+views; unaligned word access is fine on every target numba supports
+(x86-64, AArch64, ppc64le).
+
+This module also holds the per-element uniform draws those quantizers share,
+:func:`_uniform01_u32` and :func:`_rand32_u32`: bit-identical to
+:func:`gcomp.kernels.random.uniform01` / :func:`~gcomp.kernels.random.rand32`
+at element index ``i`` (the counter is ``uint32(i)``, exactly as there), but
+written so every intermediate stays 32 bits wide.  ``random.uniform01`` widens
+its second hash round to 64-bit lanes, and on AVX-512 machines those 512-bit
+integer multiplies halve the throughput of the whole quantization loop.
+"""
+
+import numpy as np
+
+from ._checks import check_int, out_array
+from .config import kernel
+from .random import _lowbias32
+
+__all__ = ["BITS", "packed_size", "pack_bits", "unpack_bits"]
+
+#: code widths supported everywhere
+BITS = (1, 2, 4, 8)
+
+_U1 = np.uint64(0x0101010101010101)
+_U2 = np.uint64(0x0303030303030303)
+_U4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+def check_bits(bits, name="bits"):
+    """``bits`` must be one of 1, 2, 4, 8 (returned as an int)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"expected an integer {name} in (1, 2, 4, 8), found {type(bits).__name__} {bits!r}")
+    if int(bits) not in BITS:
+        raise ValueError(f"expected {name} in (1, 2, 4, 8), found {bits}")
+    return int(bits)
+
+
+def check_bucket_size(bucket_size):
+    """A positive multiple of 8, so each bucket starts on a byte boundary of the packed codes."""
+    bucket_size = check_int(bucket_size, "bucket_size")
+    if bucket_size <= 0 or bucket_size % 8:
+        raise ValueError(f"expected bucket_size to be a positive multiple of 8, found {bucket_size}")
+    return bucket_size
+
+
+def check_packed(packed, nbytes, name="packed"):
+    """``packed``: a 1-D uint8 array of at least ``nbytes`` bytes (made C-contiguous)."""
+    if not isinstance(packed, np.ndarray):
+        raise TypeError(f"expected {name} to be a numpy array, found {type(packed).__name__}")
+    if packed.dtype != np.uint8:
+        raise TypeError(f"expected {name} of dtype uint8, found {packed.dtype}")
+    if packed.ndim != 1:
+        raise ValueError(f"expected {name} to be 1-D, found shape {packed.shape}")
+    if packed.shape[0] < nbytes:
+        raise ValueError(f"expected {name} to hold at least {nbytes} bytes, found {packed.shape[0]}")
+    return np.ascontiguousarray(packed)
+
+
+def check_scales(scales, nbuckets, name):
+    """Per-bucket float32 parameters: a 1-D float array with exactly ``nbuckets`` entries."""
+    if not isinstance(scales, np.ndarray):
+        raise TypeError(f"expected {name} to be a numpy array, found {type(scales).__name__}")
+    if scales.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"expected {name} of dtype float16, float32 or float64, found {scales.dtype}")
+    if scales.ndim != 1 or scales.shape[0] != nbuckets:
+        raise ValueError(f"expected {name} to be 1-D with {nbuckets} entries (one per bucket), found shape {scales.shape}")
+    return np.ascontiguousarray(scales, dtype=np.float32)
+
+
+def decode_out(out, n, accumulate):
+    """The float32 output of a decoder: ``out`` checked, or a new array; ``accumulate`` needs ``out``."""
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"expected accumulate to be a bool, found {type(accumulate).__name__}")
+    if accumulate and out is None:
+        raise ValueError("expected out when accumulate=True (decoded values are added into it), found None")
+    return out_array(out, n, np.float32)
+
+
+def check_residual(residual, n):
+    """``residual``: None, or a writeable contiguous float32 vector of length ``n``."""
+    if residual is None:
+        return None
+    if not isinstance(residual, np.ndarray):
+        raise TypeError(f"expected residual to be a numpy array, found {type(residual).__name__}")
+    if residual.dtype != np.float32:
+        raise TypeError(f"expected residual of dtype float32 (it is updated in place), found {residual.dtype}")
+    if residual.ndim != 1 or not residual.flags.c_contiguous or not residual.flags.writeable:
+        raise ValueError(
+            "expected residual to be a writeable 1-D C-contiguous float32 array, "
+            f"found ndim={residual.ndim} contiguous={residual.flags.c_contiguous} writeable={residual.flags.writeable}"
+        )
+    if residual.shape[0] != n:
+        raise ValueError(f"expected residual of length {n} (the length of x), found {residual.shape[0]}")
+    return residual
+
+
+def packed_size(n, bits):
+    """Bytes needed for ``n`` codes of ``bits`` bits: ``ceil(n * bits / 8)``."""
+    n = check_int(n, "n", 0)
+    bits = check_bits(bits)
+    return (n * bits + 7) // 8
+
+
+@kernel
+def _packed_size(n, bits):
+    return (n * bits + 7) >> 3
+
+
+@kernel
+def _pack_into(codes, start, count, bits, out, byte_offset):
+    """Pack ``codes[start:start+count]`` (low ``bits`` bits each) into ``out`` from ``byte_offset``.
+
+    Writes ``ceil(count*bits/8)`` bytes; a partial last byte is written whole,
+    its unused high bits zero.  ``bits`` in (1, 2, 4, 8).
+    """
+    nw = count >> 3
+    src = codes[start : start + 8 * nw].view(np.uint64)
+    if bits == 1:
+        dst1 = out[byte_offset : byte_offset + nw]
+        for j in range(nw):
+            dst1[j] = np.uint8(((src[j] & _U1) * np.uint64(0x0102040810204080)) >> np.uint64(56))
+    elif bits == 2:
+        dst2 = out[byte_offset : byte_offset + 2 * nw].view(np.uint16)
+        for j in range(nw):
+            y = src[j] & _U2
+            y = (y | (y >> np.uint64(6))) & np.uint64(0x000F000F000F000F)
+            y = (y | (y >> np.uint64(12))) & np.uint64(0x000000FF000000FF)
+            y = y | (y >> np.uint64(24))
+            dst2[j] = np.uint16(y & np.uint64(0xFFFF))
+    elif bits == 4:
+        dst4 = out[byte_offset : byte_offset + 4 * nw].view(np.uint32)
+        for j in range(nw):
+            y = src[j] & _U4
+            y = (y | (y >> np.uint64(4))) & np.uint64(0x00FF00FF00FF00FF)
+            y = (y | (y >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
+            y = y | (y >> np.uint64(16))
+            dst4[j] = np.uint32(y & np.uint64(0xFFFFFFFF))
+    else:
+        dst8 = out[byte_offset : byte_offset + 8 * nw].view(np.uint64)
+        for j in range(nw):
+            dst8[j] = src[j]
+    rest = count - 8 * nw
+    if rest > 0:
+        mask = np.uint64((1 << bits) - 1)
+        acc = np.uint64(0)
+        tail = codes[start + 8 * nw : start + count]
+        for k in range(rest):
+            acc |= (np.uint64(tail[k]) & mask) << np.uint64(k * bits)
+        o = byte_offset + nw * bits
+        for t in range((rest * bits + 7) >> 3):
+            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
+
+
+@kernel
+def _unpack_from(packed, byte_offset, count, bits, out, start):
+    """Unpack ``count`` codes of ``bits`` bits from ``packed[byte_offset:]`` into ``out[start:start+count]``."""
+    nw = count >> 3
+    dst = out[start : start + 8 * nw].view(np.uint64)
+    if bits == 1:
+        src1 = packed[byte_offset : byte_offset + nw]
+        for j in range(nw):
+            y = (np.uint64(src1[j]) * _U1) & np.uint64(0x8040201008040201)
+            dst[j] = ((y + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & _U1
+    elif bits == 2:
+        src2 = packed[byte_offset : byte_offset + 2 * nw].view(np.uint16)
+        for j in range(nw):
+            y = np.uint64(src2[j])
+            y = (y | (y << np.uint64(24))) & np.uint64(0x000000FF000000FF)
+            y = (y | (y << np.uint64(12))) & np.uint64(0x000F000F000F000F)
+            dst[j] = (y | (y << np.uint64(6))) & _U2
+    elif bits == 4:
+        src4 = packed[byte_offset : byte_offset + 4 * nw].view(np.uint32)
+        for j in range(nw):
+            y = np.uint64(src4[j])
+            y = (y | (y << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+            y = (y | (y << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+            dst[j] = (y | (y << np.uint64(4))) & _U4
+    else:
+        src8 = packed[byte_offset : byte_offset + 8 * nw].view(np.uint64)
+        for j in range(nw):
+            dst[j] = src8[j]
+    rest = count - 8 * nw
+    if rest > 0:
+        mask = np.uint64((1 << bits) - 1)
+        o = byte_offset + nw * bits
+        acc = np.uint64(0)
+        for t in range((rest * bits + 7) >> 3):
+            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
+        tail = out[start + 8 * nw : start + count]
+        for k in range(rest):
+            tail[k] = np.uint8((acc >> np.uint64(k * bits)) & mask)
+
+
+@kernel
+def _rand32_u32(key, c):
+    """``random.rand32(key, c)`` for a uint32 counter ``c``, every step in 32-bit lanes."""
+    return np.uint32(_lowbias32(np.uint32(np.uint32(_lowbias32(np.uint32(c))) ^ np.uint32(key))))
+
+
+@kernel
+def _uniform01_u32(key, c):
+    """``random.uniform01(key, c)`` (same bits) for a uint32 counter ``c``: 24 random bits in [0, 1)."""
+    r = _rand32_u32(key, c)
+    return np.float32(np.int32(r >> np.uint32(8))) * np.float32(1.0 / 16777216.0)
+
+
+def pack_bits(codes, bits, out=None):
+    """Pack uint8 ``codes`` at ``bits`` bits each (LSB-first); returns ``uint8[packed_size(n, bits)]``.
+
+    Only the low ``bits`` bits of each code are stored.  ``out``, if given,
+    must be a writeable contiguous uint8 array of at least that many bytes
+    (only the first ``packed_size`` bytes are written).
+    """
+    bits = check_bits(bits)
+    if not isinstance(codes, np.ndarray):
+        raise TypeError(f"expected codes to be a numpy array, found {type(codes).__name__}")
+    if codes.dtype != np.uint8:
+        raise TypeError(f"expected codes of dtype uint8, found {codes.dtype}")
+    if codes.ndim != 1:
+        raise ValueError(f"expected codes to be 1-D, found shape {codes.shape}")
+    codes = np.ascontiguousarray(codes)
+    n = codes.shape[0]
+    size = (n * bits + 7) // 8
+    out = out_array(out, size, np.uint8)
+    _pack_into(codes, 0, n, bits, out, 0)
+    return out if out.shape[0] == size else out[:size]
+
+
+def unpack_bits(packed, bits, n, out=None):
+    """Unpack ``n`` codes of ``bits`` bits from ``packed``; returns ``uint8[n]``."""
+    bits = check_bits(bits)
+    n = check_int(n, "n", 0)
+    packed = check_packed(packed, (n * bits + 7) // 8)
+    out = out_array(out, n, np.uint8)
+    _unpack_from(packed, 0, n, bits, out, 0)
+    return out if out.shape[0] == n else out[:n]

@@ -1,0 +1,152 @@
+"""Natural compression (Horvath et al., 2019): unbiased stochastic rounding to powers of two.
+
+Each entry ``v = x`` (or ``v = x + residual``, see below) is sent as a sign bit
+and an 8-bit exponent code, straight from its float32 bit pattern
+``(sign, e, m)`` (``e``: the biased exponent, ``m``: the 23-bit mantissa)::
+
+    up       = (rand32(seed_key32(seed), i) >> 8) < 2*m     i.e. uniform01(...) < m / 2**23
+    exponent = min(e + up, 255)
+    sign     = 1 for a negative sign bit (including -0.0 and negative NaNs)
+
+Decoding rebuilds a float32 from ``(sign, exponent, mantissa 0)``:
+
+* ``exponent`` in 1..254 decodes to ``+-2**(exponent - 127)``;
+* ``exponent == 0`` decodes to ``+-0``.  Subnormals work unchanged: ``|v| = m * 2**-149``
+  rounds up to ``2**-126`` (code 1) with probability ``m / 2**23``, else to 0;
+* ``exponent == 255`` decodes to NaN.
+
+``P(up) = m / 2**23`` exactly (an integer comparison of 24 random bits), so
+``E[decode] = v`` exactly for every finite ``v`` whose rounding cannot overflow.
+Exponents come out unpacked (``uint8[n]``); signs packed LSB-first at one bit.
+
+Non-finite values (the policy of :mod:`gcomp.kernels`): NaN and +-Inf have
+``e = 255`` and decode to NaN; so does a finite entry in ``[2**127, FLT_MAX]``
+that rounds up past the float32 range.
+
+Error feedback, fused (``residual`` given): the encoder rounds
+``v = x + residual`` and, in the same pass, sets ``residual = v - decode(code)``;
+where the code decodes to NaN that is ``v - NaN = NaN`` (IEEE arithmetic,
+never silently finite).  ``x`` itself is never modified.
+"""
+
+import numpy as np
+
+from ._checks import as_f32, check_int, check_seed
+from .bitpack import _pack_into, _rand32_u32, _unpack_from, check_packed, check_residual, decode_out
+from .config import kernel
+from .random import seed_key32
+
+__all__ = ["natural_encode", "natural_decode"]
+
+#: elements per chunk: a multiple of 8 so each chunk's signs start on a byte
+_CHUNK = 2048
+
+
+@kernel
+def _add(xc, rc, vbuf):
+    for i in range(xc.shape[0]):
+        vbuf[i] = xc[i] + rc[i]
+
+
+@kernel
+def _round(vb, c0, key, exps, sgn, dbits):
+    """Exponent codes and sign bits of the uint32 patterns ``vb``; the decoded patterns into ``dbits`` unless None."""
+    c = c0
+    for i in range(vb.shape[0]):
+        b = vb[i]
+        e = (b >> np.uint32(23)) & np.uint32(0xFF)
+        m = b & np.uint32(0x7FFFFF)
+        up = np.uint32((_rand32_u32(key, c) >> np.uint32(8)) < (m << np.uint32(1)))
+        e2 = e + up
+        e2 = e2 if e2 < np.uint32(255) else np.uint32(255)
+        exps[i] = np.uint8(e2)
+        sgn[i] = np.uint8(b >> np.uint32(31))
+        if dbits is not None:
+            nan = np.uint32(0x400000) if e2 == np.uint32(255) else np.uint32(0)
+            dbits[i] = (b & np.uint32(0x80000000)) | (e2 << np.uint32(23)) | nan
+        c = np.uint32(c + np.uint32(1))
+
+
+@kernel
+def _residual_update(vbuf, dec, rc):
+    for i in range(vbuf.shape[0]):
+        rc[i] = vbuf[i] - dec[i]
+
+
+@kernel
+def _natural_encode(x, residual, seed, exps, signs, sgn, vbuf, dbits):
+    n = x.shape[0]
+    key = seed_key32(np.uint64(seed))
+    dec = dbits.view(np.float32)
+    for cs in range(0, n, _CHUNK):
+        ce = min(cs + _CHUNK, n)
+        m = ce - cs
+        c0 = np.uint32(cs & 0xFFFFFFFF)
+        if residual is None:
+            _round(x[cs:ce].view(np.uint32), c0, key, exps[cs:ce], sgn, None)
+        else:
+            _add(x[cs:ce], residual[cs:ce], vbuf)
+            _round(vbuf[:m].view(np.uint32), c0, key, exps[cs:ce], sgn, dbits)
+            _residual_update(vbuf[:m], dec, residual[cs:ce])
+        _pack_into(sgn, 0, m, 1, signs, cs >> 3)
+
+
+@kernel
+def _patterns(ec, sgn, dbits):
+    for i in range(ec.shape[0]):
+        e = np.uint32(ec[i])
+        nan = np.uint32(0x400000) if e == np.uint32(255) else np.uint32(0)
+        dbits[i] = (np.uint32(sgn[i]) << np.uint32(31)) | (e << np.uint32(23)) | nan
+
+
+@kernel
+def _natural_decode(exps, signs, n, out, accumulate, sgn, dbits):
+    dec = dbits.view(np.float32)
+    for cs in range(0, n, _CHUNK):
+        ce = min(cs + _CHUNK, n)
+        m = ce - cs
+        _unpack_from(signs, cs >> 3, m, 1, sgn, 0)
+        if accumulate:
+            _patterns(exps[cs:ce], sgn, dbits)
+            oc = out[cs:ce]
+            for i in range(m):
+                oc[i] += dec[i]
+        else:
+            _patterns(exps[cs:ce], sgn, out[cs:ce].view(np.uint32))
+
+
+def natural_encode(x, seed, residual=None):
+    """Round ``x`` stochastically to powers of two; returns ``(exponents uint8[n], signs uint8[ceil(n/8)])``.
+
+    ``seed`` in [0, 2**64).  ``residual`` (optional, float32, length n,
+    updated in place): fused error feedback, see the module docstring.
+    """
+    seed = check_seed(seed)
+    x = as_f32(x)
+    n = x.shape[0]
+    residual = check_residual(residual, n)
+    exps = np.empty(n, dtype=np.uint8)
+    signs = np.empty((n + 7) // 8, dtype=np.uint8)
+    chunk = min(_CHUNK, n)
+    sgn = np.empty(chunk, dtype=np.uint8)
+    with_res = residual is not None
+    vbuf = np.empty(chunk if with_res else 0, dtype=np.float32)
+    dbits = np.empty(chunk if with_res else 0, dtype=np.uint32)
+    _natural_encode(x, residual, np.uint64(seed), exps, signs, sgn, vbuf, dbits)
+    return exps, signs
+
+
+def natural_decode(exponents, signs, n, out=None, accumulate=False):
+    """Decode ``(exponents, signs)`` to float32[n] (see the module docstring).
+
+    With ``accumulate=True`` the values are added into ``out`` (required).
+    """
+    n = check_int(n, "n", 0)
+    exponents = check_packed(exponents, n, "exponents")
+    signs = check_packed(signs, (n + 7) // 8, "signs")
+    out = decode_out(out, n, accumulate)
+    chunk = min(_CHUNK, n)
+    sgn = np.empty(chunk, dtype=np.uint8)
+    dbits = np.empty(chunk if accumulate else 0, dtype=np.uint32)
+    _natural_decode(exponents, signs, n, out, bool(accumulate), sgn, dbits)
+    return out if out.shape[0] == n else out[:n]

@@ -1,0 +1,211 @@
+"""QSGD stochastic quantization (Alistarh et al., 2017), one L2 norm per bucket.
+
+For each bucket of ``bucket_size`` entries (the last one may be partial) with
+``v = x`` (or ``v = x + residual``, see below) and ``norm = ||v||_2``::
+
+    l     = |v| * (levels / norm)                       (float32; in [0, levels])
+    level = floor(l) + (u < l - floor(l))               u = uniform01(seed_key32(seed), i)
+    code  = levels + level   if v >= 0   else   levels - level     (in 0 .. 2*levels)
+
+and decoding is ``value = (norm / levels) * (code - levels)`` (float32).  ``i``
+is the global element index, so the codes do not depend on ``bucket_size``
+beyond the norms.  ``E[value] = v`` (up to float32 rounding and the 24-bit
+resolution of ``u``).  Codes are packed LSB-first at :func:`qsgd_code_bits`
+bits: 2 for ``levels == 1``, 4 up to 7 levels, 8 up to 127.
+
+Details:
+
+* The norm is accumulated in float64 (no overflow or underflow of the squares)
+  and rounded to float32.  A zero bucket has ``norm = 0`` and every code
+  ``levels`` (decodes to 0).  A bucket whose norm is so small that
+  ``levels / norm`` overflows float32 is quantized in float64, the same way.
+* Non-finite values (the policy of :mod:`gcomp.kernels`): a bucket holding a
+  NaN or +-Inf gets ``norm = NaN`` and all-zero codes, so all of it decodes to
+  NaN.  A finite bucket whose norm overflows float32 (entries within a factor
+  ``sqrt(bucket_size)`` of FLT_MAX) is treated the same way.
+* Error feedback, fused (``residual`` given): the encoder quantizes
+  ``v = x + residual`` and, in the same pass, sets ``residual = v - decode(code)``.
+  In a non-finite bucket that is ``v - NaN``: the residual becomes NaN there
+  (IEEE arithmetic; never silently finite).  ``x`` itself is never modified.
+"""
+
+import math
+
+import numpy as np
+
+from ._checks import as_f32, check_int, check_seed
+from .bitpack import (
+    _pack_into,
+    _uniform01_u32,
+    _unpack_from,
+    check_bucket_size,
+    check_packed,
+    check_residual,
+    check_scales,
+    decode_out,
+)
+from .config import kernel
+from .random import seed_key32
+
+__all__ = ["qsgd_code_bits", "qsgd_encode", "qsgd_decode"]
+
+#: elements per chunk of a bucket: codes and values of a chunk stay in L1
+_CHUNK = 2048
+
+_F32_INF = np.float32(np.inf)
+_F32_NAN = np.float32(np.nan)
+
+
+def qsgd_code_bits(levels):
+    """Bits per code for ``levels`` (codes take ``0 .. 2*levels``): 2, 4 or 8."""
+    levels = check_int(levels, "levels", 1, 127)
+    return 2 if levels == 1 else (4 if levels <= 7 else 8)
+
+
+@kernel
+def _sumsq(xb, rb):
+    """Sum of squares of ``xb`` (plus ``rb`` when given), in float64."""
+    acc = 0.0
+    if rb is None:
+        for i in range(xb.shape[0]):
+            v = np.float64(xb[i])
+            acc += v * v
+    else:
+        for i in range(xb.shape[0]):
+            v = np.float64(xb[i] + rb[i])
+            acc += v * v
+    return acc
+
+
+@kernel
+def _codes(xc, rc, c0, key, inv, lv, codes, vbuf):
+    """Codes of one chunk into ``codes``; with ``rc``, also ``v = x + r`` into ``vbuf``.
+
+    ``inv = levels / norm`` and ``lv = levels`` are both float32 or both float64.
+    """
+    c = c0
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for i in range(xc.shape[0]):
+        v = xc[i]
+        if rc is not None:
+            v = v + rc[i]
+            vbuf[i] = v
+        a = abs(v) * inv
+        fl = np.floor(a)
+        u = _uniform01_u32(key, c)
+        lev = min(fl + (one if u < a - fl else zero), lv)
+        codes[i] = np.uint8(lv + lev if v >= zero else lv - lev)
+        c = np.uint32(c + np.uint32(1))
+
+
+@kernel
+def _residual_update(vc, codes, rc, sc, lv):
+    """``rc = vc - decode(codes)`` for one chunk (the decoder's formula)."""
+    for i in range(vc.shape[0]):
+        rc[i] = vc[i] - sc * (np.float32(codes[i]) - lv)
+
+
+@kernel
+def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, codes, vbuf):
+    n = x.shape[0]
+    key = seed_key32(np.uint64(seed))
+    lv = np.float32(levels)
+    lv64 = np.float64(levels)
+    for b in range(norms.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        if residual is None:
+            acc = _sumsq(x[s:e], None)
+        else:
+            acc = _sumsq(x[s:e], residual[s:e])
+        norm = np.float32(math.sqrt(acc))
+        if not (norm < _F32_INF):
+            # NaN/Inf in the bucket (or a norm beyond float32): NaN norm, zero codes.
+            norms[b] = _F32_NAN
+            packed[(s * bits) >> 3 : (e * bits + 7) >> 3] = 0
+            if residual is not None:
+                residual[s:e] = _F32_NAN
+            continue
+        norms[b] = norm
+        sc = norm / lv
+        inv = lv / norm if norm > np.float32(0.0) else np.float32(0.0)
+        wide = not (inv < _F32_INF)
+        inv64 = lv64 / np.float64(norm)
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            m = ce - cs
+            c0 = np.uint32(cs & 0xFFFFFFFF)
+            if residual is None:
+                if wide:
+                    _codes(x[cs:ce], None, c0, key, inv64, lv64, codes, vbuf)
+                else:
+                    _codes(x[cs:ce], None, c0, key, inv, lv, codes, vbuf)
+            else:
+                if wide:
+                    _codes(x[cs:ce], residual[cs:ce], c0, key, inv64, lv64, codes, vbuf)
+                else:
+                    _codes(x[cs:ce], residual[cs:ce], c0, key, inv, lv, codes, vbuf)
+                _residual_update(vbuf[:m], codes, residual[cs:ce], sc, lv)
+            _pack_into(codes, 0, m, bits, packed, (cs * bits) >> 3)
+
+
+@kernel
+def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, codes):
+    lv = np.float32(levels)
+    for b in range(norms.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        sc = norms[b] / lv
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            _unpack_from(packed, (cs * bits) >> 3, ce - cs, bits, codes, 0)
+            oc = out[cs:ce]
+            if accumulate:
+                for i in range(oc.shape[0]):
+                    oc[i] += sc * (np.float32(codes[i]) - lv)
+            else:
+                for i in range(oc.shape[0]):
+                    oc[i] = sc * (np.float32(codes[i]) - lv)
+
+
+def qsgd_encode(x, levels, bucket_size, seed, residual=None):
+    """QSGD-quantize ``x``; returns ``(packed codes uint8, norms float32[nbuckets])``.
+
+    ``x``: 1-D float16/32/64 array; ``levels`` in [1, 127]; ``bucket_size`` a
+    positive multiple of 8; ``seed`` in [0, 2**64).  ``residual`` (optional,
+    float32, length n, updated in place): fused error feedback, see the
+    module docstring.
+    """
+    levels = check_int(levels, "levels", 1, 127)
+    bits = qsgd_code_bits(levels)
+    bucket_size = check_bucket_size(bucket_size)
+    seed = check_seed(seed)
+    x = as_f32(x)
+    n = x.shape[0]
+    residual = check_residual(residual, n)
+    nb = -(-n // bucket_size)
+    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+    norms = np.empty(nb, dtype=np.float32)
+    chunk = min(_CHUNK, bucket_size, n)
+    codes = np.empty(chunk, dtype=np.uint8)
+    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    _qsgd_encode(x, residual, levels, bucket_size, np.uint64(seed), bits, packed, norms, codes, vbuf)
+    return packed, norms
+
+
+def qsgd_decode(packed, norms, levels, bucket_size, n, out=None, accumulate=False):
+    """Decode QSGD codes: ``value = (norm / levels) * (code - levels)``; returns float32[n].
+
+    With ``accumulate=True`` the values are added into ``out`` (required).
+    """
+    levels = check_int(levels, "levels", 1, 127)
+    bits = qsgd_code_bits(levels)
+    bucket_size = check_bucket_size(bucket_size)
+    n = check_int(n, "n", 0)
+    packed = check_packed(packed, (n * bits + 7) // 8)
+    norms = check_scales(norms, -(-n // bucket_size), "norms")
+    out = decode_out(out, n, accumulate)
+    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
+    _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, bool(accumulate), codes)
+    return out if out.shape[0] == n else out[:n]

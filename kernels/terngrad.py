@@ -1,0 +1,172 @@
+"""TernGrad (Wen et al., 2017): stochastic ternary codes times the bucket's max |x|.
+
+For each bucket of ``bucket_size`` entries (the last one may be partial) with
+``v = x`` (or ``v = x + residual``, see below) and ``scale = max |v|``::
+
+    keep  = u * scale < |v|               u = uniform01(seed_key32(seed), i)
+    code  = 1 + keep * (1 if v >= 0 else -1)          (0: -1, 1: 0, 2: +1)
+
+so ``P(code != 1) = |v| / scale`` and decoding, ``value = scale * (code - 1)``,
+is unbiased (up to float32 rounding and the 24-bit resolution of ``u``).  ``i``
+is the global element index.  Codes are packed LSB-first at 2 bits; code 3 is
+never produced.  A zero bucket has ``scale = 0`` and every code 1 (decodes to 0).
+
+Non-finite values (the policy of :mod:`gcomp.kernels`): a bucket holding a NaN
+or +-Inf gets ``scale = NaN`` and all-zero codes, so all of it decodes to NaN.
+
+Error feedback, fused (``residual`` given): the encoder quantizes
+``v = x + residual`` and, in the same pass, sets ``residual = v - decode(code)``;
+in a non-finite bucket that is ``v - NaN = NaN`` (IEEE arithmetic, never
+silently finite).  ``x`` itself is never modified.
+"""
+
+import numpy as np
+
+from ._checks import as_f32, check_int, check_seed
+from .bitpack import (
+    _pack_into,
+    _uniform01_u32,
+    _unpack_from,
+    check_bucket_size,
+    check_packed,
+    check_residual,
+    check_scales,
+    decode_out,
+)
+from .config import kernel
+from .random import seed_key32
+
+__all__ = ["terngrad_encode", "terngrad_decode"]
+
+#: elements per chunk of a bucket: codes and values of a chunk stay in L1
+_CHUNK = 2048
+
+_F32_NAN = np.float32(np.nan)
+
+
+@kernel
+def _absmax(xb, rb):
+    """(max |v|, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
+    hi = np.float32(0.0)
+    chk = np.float32(0.0)
+    if rb is None:
+        for i in range(xb.shape[0]):
+            v = xb[i]
+            a = abs(v)
+            hi = a if a > hi else hi
+            chk += v * np.float32(0.0)
+    else:
+        for i in range(xb.shape[0]):
+            v = xb[i] + rb[i]
+            a = abs(v)
+            hi = a if a > hi else hi
+            chk += v * np.float32(0.0)
+    return hi, chk
+
+
+@kernel
+def _codes(xc, rc, c0, key, scale, codes, vbuf):
+    c = c0
+    zero = np.float32(0.0)
+    for i in range(xc.shape[0]):
+        v = xc[i]
+        if rc is not None:
+            v = v + rc[i]
+            vbuf[i] = v
+        keep = np.int32(_uniform01_u32(key, c) * scale < abs(v))
+        sgn = np.int32(1) if v >= zero else np.int32(-1)
+        codes[i] = np.uint8(np.int32(1) + keep * sgn)
+        c = np.uint32(c + np.uint32(1))
+
+
+@kernel
+def _residual_update(vc, codes, rc, scale):
+    """``rc = vc - decode(code)`` for one chunk (the decoder's formula)."""
+    for i in range(vc.shape[0]):
+        rc[i] = vc[i] - scale * np.float32(np.int32(codes[i]) - np.int32(1))
+
+
+@kernel
+def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, codes, vbuf):
+    n = x.shape[0]
+    key = seed_key32(np.uint64(seed))
+    for b in range(scales.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        if residual is None:
+            scale, chk = _absmax(x[s:e], None)
+        else:
+            scale, chk = _absmax(x[s:e], residual[s:e])
+        if not (chk == np.float32(0.0)):
+            scales[b] = _F32_NAN
+            packed[(2 * s) >> 3 : (2 * e + 7) >> 3] = 0
+            if residual is not None:
+                residual[s:e] = _F32_NAN
+            continue
+        scales[b] = scale
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            m = ce - cs
+            c0 = np.uint32(cs & 0xFFFFFFFF)
+            if residual is None:
+                _codes(x[cs:ce], None, c0, key, scale, codes, vbuf)
+            else:
+                _codes(x[cs:ce], residual[cs:ce], c0, key, scale, codes, vbuf)
+                _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
+            _pack_into(codes, 0, m, 2, packed, (2 * cs) >> 3)
+
+
+@kernel
+def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, codes):
+    for b in range(scales.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        scale = scales[b]
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            _unpack_from(packed, (2 * cs) >> 3, ce - cs, 2, codes, 0)
+            oc = out[cs:ce]
+            if accumulate:
+                for i in range(oc.shape[0]):
+                    oc[i] += scale * np.float32(np.int32(codes[i]) - np.int32(1))
+            else:
+                for i in range(oc.shape[0]):
+                    oc[i] = scale * np.float32(np.int32(codes[i]) - np.int32(1))
+
+
+def terngrad_encode(x, bucket_size, seed, residual=None):
+    """TernGrad-quantize ``x``; returns ``(packed 2-bit codes uint8, scales float32[nbuckets])``.
+
+    Codes: 0 means -1, 1 means 0, 2 means +1 (times the bucket's scale).
+    ``bucket_size``: a positive multiple of 8; ``seed`` in [0, 2**64).
+    ``residual`` (optional, float32, length n, updated in place): fused error
+    feedback, see the module docstring.
+    """
+    bucket_size = check_bucket_size(bucket_size)
+    seed = check_seed(seed)
+    x = as_f32(x)
+    n = x.shape[0]
+    residual = check_residual(residual, n)
+    nb = -(-n // bucket_size)
+    packed = np.empty((2 * n + 7) // 8, dtype=np.uint8)
+    scales = np.empty(nb, dtype=np.float32)
+    chunk = min(_CHUNK, bucket_size, n)
+    codes = np.empty(chunk, dtype=np.uint8)
+    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    _terngrad_encode(x, residual, bucket_size, np.uint64(seed), packed, scales, codes, vbuf)
+    return packed, scales
+
+
+def terngrad_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
+    """Decode TernGrad codes: ``value = scale * (code - 1)``; returns float32[n].
+
+    With ``accumulate=True`` the values are added into ``out`` (required).
+    """
+    bucket_size = check_bucket_size(bucket_size)
+    n = check_int(n, "n", 0)
+    packed = check_packed(packed, (2 * n + 7) // 8)
+    scales = check_scales(scales, -(-n // bucket_size), "scales")
+    out = decode_out(out, n, accumulate)
+    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
+    _terngrad_decode(packed, scales, bucket_size, n, out, bool(accumulate), codes)
+    return out if out.shape[0] == n else out[:n]

@@ -1,0 +1,292 @@
+"""Bucketed uniform quantization to 1, 2, 4 or 8 bits: max-min or abs-max scaling.
+
+Each bucket of ``bucket_size`` entries (the last one may be partial) sends one
+float32 ``scale``, one float32 ``offset`` and a ``bits``-bit code per entry;
+decoding is, for both modes, ``value = offset + scale * code``.
+
+With ``v = x`` (or ``v = x + residual``, see below):
+
+* ``mode="maxmin"``: ``offset = min(v)``, ``scale = (max(v) - min(v)) / (2**bits - 1)``
+  (difference taken in float64, rounded once); codes ``0 .. 2**bits - 1``.
+* ``mode="absmax"`` (bits 2, 4 or 8; ``h = 2**(bits-1) - 1``):
+  ``scale = max|v| / h``, ``offset = -(scale * h)``; codes ``0 .. 2*h`` with
+  ``h`` meaning zero (the top code ``2**bits - 1`` is unused).  One bit has no
+  zero level, so ``bits=1`` is refused for ``absmax``.
+
+The code is computed from ``t = (v - offset) * (1 / scale)`` (float32), i.e.
+``round(v / scale) + h`` in abs-max mode:
+
+* ``rounding="nearest"``: ``code = rint(t)`` (ties to even), clipped to the code range;
+* ``rounding="stochastic"``: ``code = floor(t) + (u < t - floor(t))``, clipped, with
+  ``u = uniform01(seed_key32(seed), i)`` for the global element index ``i``;
+  ``E[offset + scale * code] = v`` (up to float32 rounding and the 24-bit resolution of ``u``).
+
+Degenerate buckets: ``scale == 0`` (a constant bucket, or all zeros in abs-max
+mode) gives all-zero codes, which decode exactly to ``offset``.  A bucket whose
+``scale`` is so small that ``1 / scale`` overflows float32 computes ``t`` in
+float64, the same way.
+
+Non-finite values (the policy of :mod:`gcomp.kernels`): a bucket holding a NaN
+or +-Inf gets NaN ``scale`` and ``offset`` and all-zero codes, so all of it
+decodes to NaN.  So does a finite max-min bucket whose range does not fit
+float32 (``max - min > FLT_MAX`` with ``bits=1``).
+
+Error feedback, fused (``residual`` given): the encoder quantizes
+``v = x + residual`` and, in the same pass, sets ``residual = v - decode(code)``;
+in a non-finite bucket that is ``v - NaN = NaN`` (IEEE arithmetic, never
+silently finite).  ``x`` itself is never modified.
+"""
+
+import numpy as np
+
+from ._checks import as_f32, check_int, check_seed
+from .bitpack import (
+    _pack_into,
+    _uniform01_u32,
+    _unpack_from,
+    check_bits,
+    check_bucket_size,
+    check_packed,
+    check_residual,
+    check_scales,
+    decode_out,
+)
+from .config import kernel
+from .random import seed_key32
+
+__all__ = ["MODES", "ROUNDINGS", "uniform_encode", "uniform_decode"]
+
+MODES = ("maxmin", "absmax")
+ROUNDINGS = ("nearest", "stochastic")
+
+#: elements per chunk of a bucket: codes and values of a chunk stay in L1
+_CHUNK = 2048
+
+_F32_INF = np.float32(np.inf)
+_F32_NAN = np.float32(np.nan)
+
+
+@kernel
+def _minmax(xb, rb):
+    """(min, max, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
+    lo = _F32_INF
+    hi = -_F32_INF
+    chk = np.float32(0.0)
+    if rb is None:
+        for i in range(xb.shape[0]):
+            v = xb[i]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+            chk += v * np.float32(0.0)
+    else:
+        for i in range(xb.shape[0]):
+            v = xb[i] + rb[i]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+            chk += v * np.float32(0.0)
+    return lo, hi, chk
+
+
+@kernel
+def _absmax(xb, rb):
+    """(max |v|, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
+    hi = np.float32(0.0)
+    chk = np.float32(0.0)
+    if rb is None:
+        for i in range(xb.shape[0]):
+            v = xb[i]
+            a = abs(v)
+            hi = a if a > hi else hi
+            chk += v * np.float32(0.0)
+    else:
+        for i in range(xb.shape[0]):
+            v = xb[i] + rb[i]
+            a = abs(v)
+            hi = a if a > hi else hi
+            chk += v * np.float32(0.0)
+    return hi, chk
+
+
+@kernel
+def _codes_nearest(xc, rc, off, inv, top, codes, vbuf):
+    """``code = clip(rint((v - off) * inv), 0, top)`` for one chunk (``off, inv, top``: one float type)."""
+    zero = top * np.float32(0.0)
+    for i in range(xc.shape[0]):
+        v = xc[i]
+        if rc is not None:
+            v = v + rc[i]
+            vbuf[i] = v
+        q = np.rint((v - off) * inv)
+        q = q if q > zero else zero
+        q = q if q < top else top
+        codes[i] = np.uint8(q)
+
+
+@kernel
+def _codes_stochastic(xc, rc, c0, key, off, inv, top, codes, vbuf):
+    """``code = clip(floor(t) + (u < frac(t)), 0, top)``, ``t = (v - off) * inv``, for one chunk."""
+    zero = top * np.float32(0.0)
+    one = zero + np.float32(1.0)
+    c = c0
+    for i in range(xc.shape[0]):
+        v = xc[i]
+        if rc is not None:
+            v = v + rc[i]
+            vbuf[i] = v
+        t = (v - off) * inv
+        fl = np.floor(t)
+        u = _uniform01_u32(key, c)
+        q = fl + (one if u < t - fl else zero)
+        q = q if q > zero else zero
+        q = q if q < top else top
+        codes[i] = np.uint8(q)
+        c = np.uint32(c + np.uint32(1))
+
+
+@kernel
+def _chunk_codes(xc, rc, c0, key, off, inv, top, stochastic, codes, vbuf):
+    if stochastic:
+        _codes_stochastic(xc, rc, c0, key, off, inv, top, codes, vbuf)
+    else:
+        _codes_nearest(xc, rc, off, inv, top, codes, vbuf)
+
+
+@kernel
+def _residual_update(vc, codes, rc, scale, offset):
+    """``rc = vc - (offset + scale * code)`` for one chunk (the decoder's formula)."""
+    for i in range(vc.shape[0]):
+        rc[i] = vc[i] - (offset + scale * np.float32(codes[i]))
+
+
+@kernel
+def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, codes, vbuf):
+    n = x.shape[0]
+    key = seed_key32(np.uint64(seed))
+    h = (1 << (bits - 1)) - 1
+    qtop = 2 * h if absmax else (1 << bits) - 1
+    top = np.float32(qtop)
+    top64 = np.float64(qtop)
+    for b in range(scales.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        if absmax:
+            if residual is None:
+                amax, chk = _absmax(x[s:e], None)
+            else:
+                amax, chk = _absmax(x[s:e], residual[s:e])
+            scale = amax / np.float32(h)
+            offset = -(scale * np.float32(h))
+        else:
+            if residual is None:
+                lo, hi, chk = _minmax(x[s:e], None)
+            else:
+                lo, hi, chk = _minmax(x[s:e], residual[s:e])
+            scale = np.float32((np.float64(hi) - np.float64(lo)) / top64)
+            offset = lo
+        if not (chk == np.float32(0.0)) or not (scale < _F32_INF):
+            # NaN/Inf in the bucket (or a max-min range beyond float32): NaN scale and offset, zero codes.
+            scales[b] = _F32_NAN
+            offsets[b] = _F32_NAN
+            packed[(s * bits) >> 3 : (e * bits + 7) >> 3] = 0
+            if residual is not None:
+                residual[s:e] = _F32_NAN
+            continue
+        scales[b] = scale
+        offsets[b] = offset
+        inv = np.float32(1.0) / scale if scale > np.float32(0.0) else np.float32(0.0)
+        wide = not (inv < _F32_INF)
+        off64 = np.float64(offset)
+        inv64 = 1.0 / np.float64(scale)
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            m = ce - cs
+            c0 = np.uint32(cs & 0xFFFFFFFF)
+            if residual is None:
+                if wide:
+                    _chunk_codes(x[cs:ce], None, c0, key, off64, inv64, top64, stochastic, codes, vbuf)
+                else:
+                    _chunk_codes(x[cs:ce], None, c0, key, offset, inv, top, stochastic, codes, vbuf)
+            else:
+                if wide:
+                    _chunk_codes(x[cs:ce], residual[cs:ce], c0, key, off64, inv64, top64, stochastic, codes, vbuf)
+                else:
+                    _chunk_codes(x[cs:ce], residual[cs:ce], c0, key, offset, inv, top, stochastic, codes, vbuf)
+                _residual_update(vbuf[:m], codes, residual[cs:ce], scale, offset)
+            _pack_into(codes, 0, m, bits, packed, (cs * bits) >> 3)
+
+
+@kernel
+def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumulate, codes):
+    for b in range(scales.shape[0]):
+        s = b * bucket_size
+        e = min(s + bucket_size, n)
+        scale = scales[b]
+        offset = offsets[b]
+        for cs in range(s, e, _CHUNK):
+            ce = min(cs + _CHUNK, e)
+            _unpack_from(packed, (cs * bits) >> 3, ce - cs, bits, codes, 0)
+            oc = out[cs:ce]
+            if accumulate:
+                for i in range(oc.shape[0]):
+                    oc[i] += offset + scale * np.float32(codes[i])
+            else:
+                for i in range(oc.shape[0]):
+                    oc[i] = offset + scale * np.float32(codes[i])
+
+
+def _check_choice(value, name, choices):
+    if not isinstance(value, str):
+        raise TypeError(f"expected {name} to be a str in {choices}, found {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"expected {name} in {choices}, found {value!r}")
+    return value
+
+
+def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed=0, residual=None):
+    """Quantize ``x`` per bucket; returns ``(packed codes uint8, scales float32[nb], offsets float32[nb])``.
+
+    ``bits`` in (1, 2, 4, 8) (``absmax`` needs 2, 4 or 8); ``bucket_size`` a
+    positive multiple of 8; ``mode`` in ``MODES``; ``rounding`` in
+    ``ROUNDINGS``; ``seed`` (used by stochastic rounding) in [0, 2**64).
+    ``residual`` (optional, float32, length n, updated in place): fused error
+    feedback, see the module docstring.
+    """
+    bits = check_bits(bits)
+    bucket_size = check_bucket_size(bucket_size)
+    mode = _check_choice(mode, "mode", MODES)
+    rounding = _check_choice(rounding, "rounding", ROUNDINGS)
+    if mode == "absmax" and bits == 1:
+        raise ValueError("expected bits in (2, 4, 8) for mode='absmax' (one bit has no zero level), found 1")
+    seed = check_seed(seed)
+    x = as_f32(x)
+    n = x.shape[0]
+    residual = check_residual(residual, n)
+    nb = -(-n // bucket_size)
+    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+    scales = np.empty(nb, dtype=np.float32)
+    offsets = np.empty(nb, dtype=np.float32)
+    chunk = min(_CHUNK, bucket_size, n)
+    codes = np.empty(chunk, dtype=np.uint8)
+    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    _uniform_encode(
+        x, residual, bits, bucket_size, mode == "absmax", rounding == "stochastic", np.uint64(seed), packed, scales, offsets, codes, vbuf
+    )
+    return packed, scales, offsets
+
+
+def uniform_decode(packed, scales, offsets, bits, bucket_size, n, out=None, accumulate=False):
+    """Decode: ``value = offset + scale * code`` per bucket; returns float32[n].
+
+    With ``accumulate=True`` the values are added into ``out`` (required).
+    """
+    bits = check_bits(bits)
+    bucket_size = check_bucket_size(bucket_size)
+    n = check_int(n, "n", 0)
+    nb = -(-n // bucket_size)
+    packed = check_packed(packed, (n * bits + 7) // 8)
+    scales = check_scales(scales, nb, "scales")
+    offsets = check_scales(offsets, nb, "offsets")
+    out = decode_out(out, n, accumulate)
+    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
+    _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, bool(accumulate), codes)
+    return out if out.shape[0] == n else out[:n]
