@@ -102,7 +102,6 @@ TOO_LONG = 5  # a varint longer than 10 bytes
 OVERFLOW = 6  # a varint whose value does not fit 64 bits
 NON_CANONICAL = 7  # a varint with a redundant trailing zero group
 TRAILING = 8  # bytes left after the last index
-COUNT_MISMATCH = 9  # bitmap popcount differs from the expected count
 
 
 @kernel

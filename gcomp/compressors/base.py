@@ -235,6 +235,8 @@ class Compressor:
 
     def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows)."""
+        if scale == 1.0 and type(self)._decode is not Compressor._decode:
+            return self._decode(c, out=acc, accumulate=True)
         dense = self._decompress(c)
         if scale != 1.0:
             dense *= np.float32(scale)
@@ -287,6 +289,12 @@ class Compressor:
         raise NotImplementedError
 
     def _decompress(self, c: Compressed) -> np.ndarray:
+        if type(self)._decode is not Compressor._decode:
+            return self._decode(c)
+        raise NotImplementedError
+
+    def _decode(self, c: Compressed, out=None, accumulate=False) -> np.ndarray:
+        """Kernel decode into ``out`` (adding when ``accumulate``), from the packet's own params."""
         raise NotImplementedError
 
 

@@ -31,10 +31,5 @@ class Natural(Compressor):
         exponents, signs = kn.natural_encode(x, seed, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"exponents": exponents, "signs": signs})
 
-    def _decompress(self, c):
-        return kn.natural_decode(c.arrays["exponents"], c.arrays["signs"], c.numel)
-
-    def decompress_add(self, c, acc, scale=1.0):
-        if scale != 1.0:
-            return super().decompress_add(c, acc, scale)
-        return kn.natural_decode(c.arrays["exponents"], c.arrays["signs"], c.numel, out=acc, accumulate=True)
+    def _decode(self, c, out=None, accumulate=False):
+        return kn.natural_decode(c.arrays["exponents"], c.arrays["signs"], c.numel, out=out, accumulate=accumulate)

@@ -45,10 +45,7 @@ class QSGD(Compressor):
         packed, norms = kq.qsgd_encode(x, self.levels, self.bucket_size, seed, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "norms": norms}, self._params_dict())
 
-    def _decompress(self, c):
-        return kq.qsgd_decode(c.arrays["codes"], c.arrays["norms"], self.levels, self.bucket_size, c.numel)
-
-    def decompress_add(self, c, acc, scale=1.0):
-        if scale != 1.0:
-            return super().decompress_add(c, acc, scale)
-        return kq.qsgd_decode(c.arrays["codes"], c.arrays["norms"], self.levels, self.bucket_size, c.numel, out=acc, accumulate=True)
+    def _decode(self, c, out=None, accumulate=False):
+        p = c.params
+        return kq.qsgd_decode(c.arrays["codes"], c.arrays["norms"], p["levels"], p["bucket_size"], c.numel,
+                              out=out, accumulate=accumulate)

@@ -29,10 +29,6 @@ class Sign(Compressor):
         packed, scales = ks.sign_encode(x, self.bucket_size, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
 
-    def _decompress(self, c):
-        return ks.sign_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel)
-
-    def decompress_add(self, c, acc, scale=1.0):
-        if scale != 1.0:
-            return super().decompress_add(c, acc, scale)
-        return ks.sign_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel, out=acc, accumulate=True)
+    def _decode(self, c, out=None, accumulate=False):
+        return ks.sign_decode(c.arrays["codes"], c.arrays["scales"], c.params["bucket_size"], c.numel,
+                              out=out, accumulate=accumulate)

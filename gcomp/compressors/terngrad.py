@@ -28,10 +28,6 @@ class TernGrad(Compressor):
         packed, scales = kt.terngrad_encode(x, self.bucket_size, seed, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
 
-    def _decompress(self, c):
-        return kt.terngrad_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel)
-
-    def decompress_add(self, c, acc, scale=1.0):
-        if scale != 1.0:
-            return super().decompress_add(c, acc, scale)
-        return kt.terngrad_decode(c.arrays["codes"], c.arrays["scales"], self.bucket_size, c.numel, out=acc, accumulate=True)
+    def _decode(self, c, out=None, accumulate=False):
+        return kt.terngrad_decode(c.arrays["codes"], c.arrays["scales"], c.params["bucket_size"], c.numel,
+                                  out=out, accumulate=accumulate)

@@ -50,12 +50,7 @@ class Uniform(Compressor):
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales, "offsets": offsets},
                           self._params_dict())
 
-    def _decompress(self, c):
-        a = c.arrays
-        return ku.uniform_decode(a["codes"], a["scales"], a["offsets"], self.bits, self.bucket_size, c.numel)
-
-    def decompress_add(self, c, acc, scale=1.0):
-        if scale != 1.0:
-            return super().decompress_add(c, acc, scale)
-        a = c.arrays
-        return ku.uniform_decode(a["codes"], a["scales"], a["offsets"], self.bits, self.bucket_size, c.numel, out=acc, accumulate=True)
+    def _decode(self, c, out=None, accumulate=False):
+        a, p = c.arrays, c.params
+        return ku.uniform_decode(a["codes"], a["scales"], a["offsets"], p["bits"], p["bucket_size"], c.numel,
+                                 out=out, accumulate=accumulate)
