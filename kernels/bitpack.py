@@ -5,11 +5,13 @@ Element ``i`` of a code vector packed at ``bits`` bits occupies bits
 high bits of a partial last byte are zero.  Only the low ``bits`` bits of each
 code are stored.
 
-The inner helpers :func:`_pack_into` and :func:`_unpack_from` work on whole
-64-bit words (eight codes at a time: a multiply gathers eight 1-bit codes into
-a byte, shift-and-mask ladders squeeze 2- and 4-bit codes), so they vectorize;
-the quantizer modules (``qsgd``, ``uniform``, ``sign``, ``terngrad``,
-``natural``) call them on an L1-resident scratch of codes, one chunk of a bucket
+The inner helpers work on whole 64-bit words, eight codes at a time (a
+multiply gathers eight 1-bit codes into a byte, shift-and-mask ladders squeeze
+2- and 4-bit codes), so they vectorize.  :func:`_pack_into` /
+:func:`_unpack_from` take any offsets; the quantizer modules (``qsgd``,
+``uniform``, ``sign``, ``terngrad``, ``natural``) instead make the word views
+once per call (:func:`_word_views`) and call :func:`_pack_chunk` /
+:func:`_unpack_chunk` on an L1-resident scratch of codes, one chunk of a bucket
 at a time.  Both read and write unaligned 8/16/32/64-bit words through array
 views; unaligned word access is fine on every target numba supports
 (x86-64, AArch64, ppc64le).
@@ -120,88 +122,150 @@ def _packed_size(n, bits):
 
 
 @kernel
-def _pack_into(codes, start, count, bits, out, byte_offset):
-    """Pack ``codes[start:start+count]`` (low ``bits`` bits each) into ``out`` from ``byte_offset``.
+def _word_views(buf):
+    """uint16, uint32 and uint64 views of the longest prefixes of the uint8 array ``buf`` they fit.
 
-    Writes ``ceil(count*bits/8)`` bytes; a partial last byte is written whole,
-    its unused high bits zero.  ``bits`` in (1, 2, 4, 8).
+    A view costs tens of nanoseconds in numba, so kernels make these once per
+    call and index them by word, not once per bucket.
     """
-    nw = count >> 3
-    src = codes[start : start + 8 * nw].view(np.uint64)
+    n = buf.shape[0]
+    return buf[: n & ~1].view(np.uint16), buf[: n & ~3].view(np.uint32), buf[: n & ~7].view(np.uint64)
+
+
+@kernel
+def _pack_words(src, nw, bits, out, out16, out32, out64, byte_offset):
+    """Pack the codes in ``src[:nw]`` (uint64 words, 8 codes each) into ``out`` from ``byte_offset``.
+
+    ``out16/32/64`` are :func:`_word_views` of ``out``; ``byte_offset`` must be a
+    multiple of ``bits`` (true at every multiple-of-8 element).  Writes ``nw * bits`` bytes.
+    """
     if bits == 1:
-        dst1 = out[byte_offset : byte_offset + nw]
+        d1 = out[byte_offset : byte_offset + nw]
         for j in range(nw):
-            dst1[j] = np.uint8(((src[j] & _U1) * np.uint64(0x0102040810204080)) >> np.uint64(56))
+            d1[j] = np.uint8(((src[j] & _U1) * np.uint64(0x0102040810204080)) >> np.uint64(56))
     elif bits == 2:
-        dst2 = out[byte_offset : byte_offset + 2 * nw].view(np.uint16)
+        d2 = out16[byte_offset >> 1 : (byte_offset >> 1) + nw]
         for j in range(nw):
             y = src[j] & _U2
             y = (y | (y >> np.uint64(6))) & np.uint64(0x000F000F000F000F)
             y = (y | (y >> np.uint64(12))) & np.uint64(0x000000FF000000FF)
             y = y | (y >> np.uint64(24))
-            dst2[j] = np.uint16(y & np.uint64(0xFFFF))
+            d2[j] = np.uint16(y & np.uint64(0xFFFF))
     elif bits == 4:
-        dst4 = out[byte_offset : byte_offset + 4 * nw].view(np.uint32)
+        d4 = out32[byte_offset >> 2 : (byte_offset >> 2) + nw]
         for j in range(nw):
             y = src[j] & _U4
             y = (y | (y >> np.uint64(4))) & np.uint64(0x00FF00FF00FF00FF)
             y = (y | (y >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
             y = y | (y >> np.uint64(16))
-            dst4[j] = np.uint32(y & np.uint64(0xFFFFFFFF))
+            d4[j] = np.uint32(y & np.uint64(0xFFFFFFFF))
     else:
-        dst8 = out[byte_offset : byte_offset + 8 * nw].view(np.uint64)
+        d8 = out64[byte_offset >> 3 : (byte_offset >> 3) + nw]
         for j in range(nw):
-            dst8[j] = src[j]
-    rest = count - 8 * nw
-    if rest > 0:
-        mask = np.uint64((1 << bits) - 1)
-        acc = np.uint64(0)
-        tail = codes[start + 8 * nw : start + count]
-        for k in range(rest):
-            acc |= (np.uint64(tail[k]) & mask) << np.uint64(k * bits)
-        o = byte_offset + nw * bits
-        for t in range((rest * bits + 7) >> 3):
-            out[o + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
+            d8[j] = src[j]
+
+
+@kernel
+def _unpack_words(packed, p16, p32, p64, byte_offset, nw, bits, dst):
+    """Unpack ``8 * nw`` codes from ``packed`` at ``byte_offset`` into the uint64 words ``dst[:nw]``.
+
+    ``p16/32/64`` are :func:`_word_views` of ``packed``; ``byte_offset`` a multiple of ``bits``.
+    """
+    if bits == 1:
+        s1 = packed[byte_offset : byte_offset + nw]
+        for j in range(nw):
+            y = (np.uint64(s1[j]) * _U1) & np.uint64(0x8040201008040201)
+            dst[j] = ((y + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & _U1
+    elif bits == 2:
+        s2 = p16[byte_offset >> 1 : (byte_offset >> 1) + nw]
+        for j in range(nw):
+            y = np.uint64(s2[j])
+            y = (y | (y << np.uint64(24))) & np.uint64(0x000000FF000000FF)
+            y = (y | (y << np.uint64(12))) & np.uint64(0x000F000F000F000F)
+            dst[j] = (y | (y << np.uint64(6))) & _U2
+    elif bits == 4:
+        s4 = p32[byte_offset >> 2 : (byte_offset >> 2) + nw]
+        for j in range(nw):
+            y = np.uint64(s4[j])
+            y = (y | (y << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+            y = (y | (y << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+            dst[j] = (y | (y << np.uint64(4))) & _U4
+    else:
+        s8 = p64[byte_offset >> 3 : (byte_offset >> 3) + nw]
+        for j in range(nw):
+            dst[j] = s8[j]
+
+
+@kernel
+def _pack_tail(codes, start, count, bits, out, byte_offset):
+    """Pack ``count <= 8`` codes ``codes[start:start+count]`` byte by byte (the partial last word)."""
+    mask = np.uint64((1 << bits) - 1)
+    acc = np.uint64(0)
+    for k in range(count):
+        acc |= (np.uint64(codes[start + k]) & mask) << np.uint64(k * bits)
+    for t in range((count * bits + 7) >> 3):
+        out[byte_offset + t] = np.uint8((acc >> np.uint64(8 * t)) & np.uint64(0xFF))
+
+
+@kernel
+def _unpack_tail(packed, byte_offset, count, bits, out, start):
+    """Unpack ``count <= 8`` codes byte by byte (the partial last word)."""
+    mask = np.uint64((1 << bits) - 1)
+    acc = np.uint64(0)
+    for t in range((count * bits + 7) >> 3):
+        acc |= np.uint64(packed[byte_offset + t]) << np.uint64(8 * t)
+    for k in range(count):
+        out[start + k] = np.uint8((acc >> np.uint64(k * bits)) & mask)
+
+
+@kernel
+def _pack_chunk(cw, cb, m, bits, out, out16, out32, out64, byte_offset):
+    """Pack the first ``m`` codes of a scratch (``cw``: uint64 words, ``cb``: its uint8 view) at ``byte_offset``.
+
+    ``byte_offset`` a multiple of ``bits``; writes ``ceil(m * bits / 8)`` bytes,
+    the unused high bits of a partial last byte zero.
+    """
+    nw = m >> 3
+    _pack_words(cw, nw, bits, out, out16, out32, out64, byte_offset)
+    if m & 7:
+        _pack_tail(cb, 8 * nw, m & 7, bits, out, byte_offset + nw * bits)
+
+
+@kernel
+def _unpack_chunk(packed, p16, p32, p64, byte_offset, m, bits, cw, cb):
+    """Unpack ``m`` codes at ``byte_offset`` (a multiple of ``bits``) into a scratch (``cw`` words, ``cb`` bytes)."""
+    nw = m >> 3
+    _unpack_words(packed, p16, p32, p64, byte_offset, nw, bits, cw)
+    if m & 7:
+        _unpack_tail(packed, byte_offset + nw * bits, m & 7, bits, cb, 8 * nw)
+
+
+@kernel
+def _pack_into(codes, start, count, bits, out, byte_offset):
+    """Pack ``codes[start:start+count]`` (low ``bits`` bits each) into ``out`` from ``byte_offset``.
+
+    Any alignment; writes ``ceil(count*bits/8)`` bytes, a partial last byte
+    whole with its unused high bits zero.  Makes its own word views (cheap for
+    one call, but kernels looping over buckets use :func:`_pack_chunk`).
+    """
+    nw = count >> 3
+    src = codes[start : start + 8 * nw].view(np.uint64)
+    dst = out[byte_offset : byte_offset + nw * bits]
+    d16, d32, d64 = _word_views(dst)
+    _pack_words(src, nw, bits, dst, d16, d32, d64, 0)
+    if count & 7:
+        _pack_tail(codes, start + 8 * nw, count & 7, bits, out, byte_offset + nw * bits)
 
 
 @kernel
 def _unpack_from(packed, byte_offset, count, bits, out, start):
     """Unpack ``count`` codes of ``bits`` bits from ``packed[byte_offset:]`` into ``out[start:start+count]``."""
     nw = count >> 3
-    dst = out[start : start + 8 * nw].view(np.uint64)
-    if bits == 1:
-        src1 = packed[byte_offset : byte_offset + nw]
-        for j in range(nw):
-            y = (np.uint64(src1[j]) * _U1) & np.uint64(0x8040201008040201)
-            dst[j] = ((y + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & _U1
-    elif bits == 2:
-        src2 = packed[byte_offset : byte_offset + 2 * nw].view(np.uint16)
-        for j in range(nw):
-            y = np.uint64(src2[j])
-            y = (y | (y << np.uint64(24))) & np.uint64(0x000000FF000000FF)
-            y = (y | (y << np.uint64(12))) & np.uint64(0x000F000F000F000F)
-            dst[j] = (y | (y << np.uint64(6))) & _U2
-    elif bits == 4:
-        src4 = packed[byte_offset : byte_offset + 4 * nw].view(np.uint32)
-        for j in range(nw):
-            y = np.uint64(src4[j])
-            y = (y | (y << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-            y = (y | (y << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-            dst[j] = (y | (y << np.uint64(4))) & _U4
-    else:
-        src8 = packed[byte_offset : byte_offset + 8 * nw].view(np.uint64)
-        for j in range(nw):
-            dst[j] = src8[j]
-    rest = count - 8 * nw
-    if rest > 0:
-        mask = np.uint64((1 << bits) - 1)
-        o = byte_offset + nw * bits
-        acc = np.uint64(0)
-        for t in range((rest * bits + 7) >> 3):
-            acc |= np.uint64(packed[o + t]) << np.uint64(8 * t)
-        tail = out[start + 8 * nw : start + count]
-        for k in range(rest):
-            tail[k] = np.uint8((acc >> np.uint64(k * bits)) & mask)
+    src = packed[byte_offset : byte_offset + nw * bits]
+    s16, s32, s64 = _word_views(src)
+    _unpack_words(src, s16, s32, s64, 0, nw, bits, out[start : start + 8 * nw].view(np.uint64))
+    if count & 7:
+        _unpack_tail(packed, byte_offset + nw * bits, count & 7, bits, out, start + 8 * nw)
 
 
 @kernel

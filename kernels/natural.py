@@ -32,7 +32,7 @@ never silently finite).  ``x`` itself is never modified.
 import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
-from .bitpack import _pack_into, _rand32_u32, _unpack_from, check_packed, check_residual, decode_out
+from .bitpack import _pack_chunk, _rand32_u32, _unpack_chunk, _word_views, check_packed, check_residual, decode_out
 from .config import kernel
 from .random import seed_key32
 
@@ -54,16 +54,16 @@ def _round(vb, c0, key, exps, sgn, dbits):
     c = c0
     for i in range(vb.shape[0]):
         b = vb[i]
-        e = (b >> np.uint32(23)) & np.uint32(0xFF)
-        m = b & np.uint32(0x7FFFFF)
-        up = np.uint32((_rand32_u32(key, c) >> np.uint32(8)) < (m << np.uint32(1)))
-        e2 = e + up
+        e = np.uint32((b >> np.uint32(23)) & np.uint32(0xFF))
+        m2 = np.uint32((b & np.uint32(0x7FFFFF)) << np.uint32(1))
+        up = np.uint32(np.uint32(_rand32_u32(key, c) >> np.uint32(8)) < m2)
+        e2 = np.uint32(e + up)
         e2 = e2 if e2 < np.uint32(255) else np.uint32(255)
         exps[i] = np.uint8(e2)
         sgn[i] = np.uint8(b >> np.uint32(31))
         if dbits is not None:
             nan = np.uint32(0x400000) if e2 == np.uint32(255) else np.uint32(0)
-            dbits[i] = (b & np.uint32(0x80000000)) | (e2 << np.uint32(23)) | nan
+            dbits[i] = np.uint32((b & np.uint32(0x80000000)) | np.uint32(e2 << np.uint32(23)) | nan)
         c = np.uint32(c + np.uint32(1))
 
 
@@ -74,8 +74,10 @@ def _residual_update(vbuf, dec, rc):
 
 
 @kernel
-def _natural_encode(x, residual, seed, exps, signs, sgn, vbuf, dbits):
+def _natural_encode(x, residual, seed, exps, signs, sw, vbuf, dbits):
     n = x.shape[0]
+    sgn = sw.view(np.uint8)
+    p16, p32, p64 = _word_views(signs)
     key = seed_key32(np.uint64(seed))
     dec = dbits.view(np.float32)
     for cs in range(0, n, _CHUNK):
@@ -88,7 +90,7 @@ def _natural_encode(x, residual, seed, exps, signs, sgn, vbuf, dbits):
             _add(x[cs:ce], residual[cs:ce], vbuf)
             _round(vbuf[:m].view(np.uint32), c0, key, exps[cs:ce], sgn, dbits)
             _residual_update(vbuf[:m], dec, residual[cs:ce])
-        _pack_into(sgn, 0, m, 1, signs, cs >> 3)
+        _pack_chunk(sw, sgn, m, 1, signs, p16, p32, p64, cs >> 3)
 
 
 @kernel
@@ -96,16 +98,18 @@ def _patterns(ec, sgn, dbits):
     for i in range(ec.shape[0]):
         e = np.uint32(ec[i])
         nan = np.uint32(0x400000) if e == np.uint32(255) else np.uint32(0)
-        dbits[i] = (np.uint32(sgn[i]) << np.uint32(31)) | (e << np.uint32(23)) | nan
+        dbits[i] = np.uint32(np.uint32(np.uint32(sgn[i]) << np.uint32(31)) | np.uint32(e << np.uint32(23)) | nan)
 
 
 @kernel
-def _natural_decode(exps, signs, n, out, accumulate, sgn, dbits):
+def _natural_decode(exps, signs, n, out, accumulate, sw, dbits):
+    sgn = sw.view(np.uint8)
+    p16, p32, p64 = _word_views(signs)
     dec = dbits.view(np.float32)
     for cs in range(0, n, _CHUNK):
         ce = min(cs + _CHUNK, n)
         m = ce - cs
-        _unpack_from(signs, cs >> 3, m, 1, sgn, 0)
+        _unpack_chunk(signs, p16, p32, p64, cs >> 3, m, 1, sw, sgn)
         if accumulate:
             _patterns(exps[cs:ce], sgn, dbits)
             oc = out[cs:ce]
@@ -128,11 +132,11 @@ def natural_encode(x, seed, residual=None):
     exps = np.empty(n, dtype=np.uint8)
     signs = np.empty((n + 7) // 8, dtype=np.uint8)
     chunk = min(_CHUNK, n)
-    sgn = np.empty(chunk, dtype=np.uint8)
+    sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     with_res = residual is not None
     vbuf = np.empty(chunk if with_res else 0, dtype=np.float32)
     dbits = np.empty(chunk if with_res else 0, dtype=np.uint32)
-    _natural_encode(x, residual, np.uint64(seed), exps, signs, sgn, vbuf, dbits)
+    _natural_encode(x, residual, np.uint64(seed), exps, signs, sw, vbuf, dbits)
     return exps, signs
 
 
@@ -146,7 +150,7 @@ def natural_decode(exponents, signs, n, out=None, accumulate=False):
     signs = check_packed(signs, (n + 7) // 8, "signs")
     out = decode_out(out, n, accumulate)
     chunk = min(_CHUNK, n)
-    sgn = np.empty(chunk, dtype=np.uint8)
+    sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     dbits = np.empty(chunk if accumulate else 0, dtype=np.uint32)
-    _natural_decode(exponents, signs, n, out, bool(accumulate), sgn, dbits)
+    _natural_decode(exponents, signs, n, out, bool(accumulate), sw, dbits)
     return out if out.shape[0] == n else out[:n]

@@ -35,9 +35,10 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_into,
+    _pack_chunk,
     _uniform01_u32,
-    _unpack_from,
+    _unpack_chunk,
+    _word_views,
     check_bucket_size,
     check_packed,
     check_residual,
@@ -107,8 +108,10 @@ def _residual_update(vc, codes, rc, sc, lv):
 
 
 @kernel
-def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, codes, vbuf):
+def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, cw, vbuf):
     n = x.shape[0]
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     key = seed_key32(np.uint64(seed))
     lv = np.float32(levels)
     lv64 = np.float64(levels)
@@ -147,11 +150,13 @@ def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, co
                 else:
                     _codes(x[cs:ce], residual[cs:ce], c0, key, inv, lv, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], sc, lv)
-            _pack_into(codes, 0, m, bits, packed, (cs * bits) >> 3)
+            _pack_chunk(cw, codes, m, bits, packed, p16, p32, p64, (cs * bits) >> 3)
 
 
 @kernel
-def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, codes):
+def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, cw):
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     lv = np.float32(levels)
     for b in range(norms.shape[0]):
         s = b * bucket_size
@@ -159,7 +164,7 @@ def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, c
         sc = norms[b] / lv
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_from(packed, (cs * bits) >> 3, ce - cs, bits, codes, 0)
+            _unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, ce - cs, bits, cw, codes)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):
@@ -188,9 +193,9 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
     packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
     norms = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
-    codes = np.empty(chunk, dtype=np.uint8)
+    cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
-    _qsgd_encode(x, residual, levels, bucket_size, np.uint64(seed), bits, packed, norms, codes, vbuf)
+    _qsgd_encode(x, residual, levels, bucket_size, np.uint64(seed), bits, packed, norms, cw, vbuf)
     return packed, norms
 
 
@@ -206,6 +211,6 @@ def qsgd_decode(packed, norms, levels, bucket_size, n, out=None, accumulate=Fals
     packed = check_packed(packed, (n * bits + 7) // 8)
     norms = check_scales(norms, -(-n // bucket_size), "norms")
     out = decode_out(out, n, accumulate)
-    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
-    _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, bool(accumulate), codes)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]

@@ -22,7 +22,16 @@ silently finite).  ``x`` itself is never modified.
 import numpy as np
 
 from ._checks import as_f32, check_int
-from .bitpack import _pack_into, _unpack_from, check_bucket_size, check_packed, check_residual, check_scales, decode_out
+from .bitpack import (
+    _pack_chunk,
+    _unpack_chunk,
+    _word_views,
+    check_bucket_size,
+    check_packed,
+    check_residual,
+    check_scales,
+    decode_out,
+)
 from .config import kernel
 
 __all__ = ["sign_encode", "sign_decode"]
@@ -60,13 +69,16 @@ def _bits(xc, rc, codes, vbuf):
 @kernel
 def _residual_update(vc, codes, rc, scale):
     """``rc = vc - decode(bit)`` for one chunk (the decoder's formula)."""
+    neg = -scale
     for i in range(vc.shape[0]):
-        rc[i] = vc[i] - scale * (np.float32(2 * np.int32(codes[i])) - np.float32(1.0))
+        rc[i] = vc[i] - (scale if codes[i] != 0 else neg)
 
 
 @kernel
-def _sign_encode(x, residual, bucket_size, packed, scales, codes, vbuf):
+def _sign_encode(x, residual, bucket_size, packed, scales, cw, vbuf):
     n = x.shape[0]
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     for b in range(scales.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
@@ -90,25 +102,28 @@ def _sign_encode(x, residual, bucket_size, packed, scales, codes, vbuf):
             else:
                 _bits(x[cs:ce], residual[cs:ce], codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
-            _pack_into(codes, 0, m, 1, packed, cs >> 3)
+            _pack_chunk(cw, codes, m, 1, packed, p16, p32, p64, cs >> 3)
 
 
 @kernel
-def _sign_decode(packed, scales, bucket_size, n, out, accumulate, codes):
+def _sign_decode(packed, scales, bucket_size, n, out, accumulate, cw):
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     for b in range(scales.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
         scale = scales[b]
+        neg = -scale
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_from(packed, cs >> 3, ce - cs, 1, codes, 0)
+            _unpack_chunk(packed, p16, p32, p64, cs >> 3, ce - cs, 1, cw, codes)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):
-                    oc[i] += scale * (np.float32(2 * np.int32(codes[i])) - np.float32(1.0))
+                    oc[i] += scale if codes[i] != 0 else neg
             else:
                 for i in range(oc.shape[0]):
-                    oc[i] = scale * (np.float32(2 * np.int32(codes[i])) - np.float32(1.0))
+                    oc[i] = scale if codes[i] != 0 else neg
 
 
 def sign_encode(x, bucket_size, residual=None):
@@ -126,9 +141,9 @@ def sign_encode(x, bucket_size, residual=None):
     packed = np.empty((n + 7) // 8, dtype=np.uint8)
     scales = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
-    codes = np.empty(chunk, dtype=np.uint8)
+    cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
-    _sign_encode(x, residual, bucket_size, packed, scales, codes, vbuf)
+    _sign_encode(x, residual, bucket_size, packed, scales, cw, vbuf)
     return packed, scales
 
 
@@ -142,6 +157,6 @@ def sign_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
     packed = check_packed(packed, (n + 7) // 8)
     scales = check_scales(scales, -(-n // bucket_size), "scales")
     out = decode_out(out, n, accumulate)
-    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
-    _sign_decode(packed, scales, bucket_size, n, out, bool(accumulate), codes)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    _sign_decode(packed, scales, bucket_size, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]

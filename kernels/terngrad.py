@@ -24,9 +24,10 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_into,
+    _pack_chunk,
     _uniform01_u32,
-    _unpack_from,
+    _unpack_chunk,
+    _word_views,
     check_bucket_size,
     check_packed,
     check_residual,
@@ -68,14 +69,14 @@ def _absmax(xb, rb):
 def _codes(xc, rc, c0, key, scale, codes, vbuf):
     c = c0
     zero = np.float32(0.0)
+    one = np.float32(1.0)
     for i in range(xc.shape[0]):
         v = xc[i]
         if rc is not None:
             v = v + rc[i]
             vbuf[i] = v
-        keep = np.int32(_uniform01_u32(key, c) * scale < abs(v))
-        sgn = np.int32(1) if v >= zero else np.int32(-1)
-        codes[i] = np.uint8(np.int32(1) + keep * sgn)
+        step = (one if v >= zero else -one) if _uniform01_u32(key, c) * scale < abs(v) else zero
+        codes[i] = np.uint8(one + step)
         c = np.uint32(c + np.uint32(1))
 
 
@@ -83,12 +84,14 @@ def _codes(xc, rc, c0, key, scale, codes, vbuf):
 def _residual_update(vc, codes, rc, scale):
     """``rc = vc - decode(code)`` for one chunk (the decoder's formula)."""
     for i in range(vc.shape[0]):
-        rc[i] = vc[i] - scale * np.float32(np.int32(codes[i]) - np.int32(1))
+        rc[i] = vc[i] - scale * (np.float32(codes[i]) - np.float32(1.0))
 
 
 @kernel
-def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, codes, vbuf):
+def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
     n = x.shape[0]
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     key = seed_key32(np.uint64(seed))
     for b in range(scales.shape[0]):
         s = b * bucket_size
@@ -113,25 +116,27 @@ def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, codes, vbuf
             else:
                 _codes(x[cs:ce], residual[cs:ce], c0, key, scale, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
-            _pack_into(codes, 0, m, 2, packed, (2 * cs) >> 3)
+            _pack_chunk(cw, codes, m, 2, packed, p16, p32, p64, (2 * cs) >> 3)
 
 
 @kernel
-def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, codes):
+def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, cw):
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     for b in range(scales.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
         scale = scales[b]
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_from(packed, (2 * cs) >> 3, ce - cs, 2, codes, 0)
+            _unpack_chunk(packed, p16, p32, p64, (2 * cs) >> 3, ce - cs, 2, cw, codes)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):
-                    oc[i] += scale * np.float32(np.int32(codes[i]) - np.int32(1))
+                    oc[i] += scale * (np.float32(codes[i]) - np.float32(1.0))
             else:
                 for i in range(oc.shape[0]):
-                    oc[i] = scale * np.float32(np.int32(codes[i]) - np.int32(1))
+                    oc[i] = scale * (np.float32(codes[i]) - np.float32(1.0))
 
 
 def terngrad_encode(x, bucket_size, seed, residual=None):
@@ -151,9 +156,9 @@ def terngrad_encode(x, bucket_size, seed, residual=None):
     packed = np.empty((2 * n + 7) // 8, dtype=np.uint8)
     scales = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
-    codes = np.empty(chunk, dtype=np.uint8)
+    cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
-    _terngrad_encode(x, residual, bucket_size, np.uint64(seed), packed, scales, codes, vbuf)
+    _terngrad_encode(x, residual, bucket_size, np.uint64(seed), packed, scales, cw, vbuf)
     return packed, scales
 
 
@@ -167,6 +172,6 @@ def terngrad_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
     packed = check_packed(packed, (2 * n + 7) // 8)
     scales = check_scales(scales, -(-n // bucket_size), "scales")
     out = decode_out(out, n, accumulate)
-    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
-    _terngrad_decode(packed, scales, bucket_size, n, out, bool(accumulate), codes)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    _terngrad_decode(packed, scales, bucket_size, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]

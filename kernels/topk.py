@@ -159,17 +159,16 @@ def _finish(cand_idx, cand_val, m, k, out_idx, out_val):
 
 
 @kernel
-def _topk_into(x, k, out_idx, out_val):
-    """Top-k of x into outputs with k + 1 slots; two passes over x in the common case.
+def _topk_from_hist(x, hist, k, out_idx, out_val):
+    """Top-k of x into outputs with k + 1 slots, given the top-bits histogram of x.
 
-    Pass 1 histograms the top key bits; pass 2 collects every element whose bin
-    is at or above the boundary bin (a superset of the answer whose size the
-    histogram gives exactly), and the select finishes on those candidates.
-    When the boundary bin is huge (ties, zeros) the keys-only path is used.
+    Pass 2 collects every element whose bin is at or above the boundary bin (a
+    superset of the answer whose size the histogram gives exactly), and the
+    select finishes on those candidates.  When the boundary bin is huge (ties,
+    zeros) the keys-only path is used instead.
     """
     n = x.shape[0]
     bits = x.view(np.uint32)
-    hist = _histogram_top(bits)
     b1, need = _find_bin(hist, k)
     m = (k - need) + hist[b1]
     if m <= 2 * k + 65536:
@@ -183,6 +182,12 @@ def _topk_into(x, k, out_idx, out_val):
         return _finish(cand_idx, cand_val, got, k, out_idx, out_val)
     t, need = _kth_key(bits, k)
     return _collect(bits, x, t, need, out_idx, out_val, k > n // 16)
+
+
+@kernel
+def _topk_into(x, k, out_idx, out_val):
+    """Top-k of x: one histogram pass, then :func:`_topk_from_hist` (two passes in the common case)."""
+    return _topk_from_hist(x, _histogram_top(x.view(np.uint32)), k, out_idx, out_val)
 
 
 def magnitude_keys(x):

@@ -41,9 +41,10 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_into,
+    _pack_chunk,
     _uniform01_u32,
-    _unpack_from,
+    _unpack_chunk,
+    _word_views,
     check_bits,
     check_bucket_size,
     check_packed,
@@ -159,8 +160,10 @@ def _residual_update(vc, codes, rc, scale, offset):
 
 
 @kernel
-def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, codes, vbuf):
+def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
     n = x.shape[0]
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     key = seed_key32(np.uint64(seed))
     h = (1 << (bits - 1)) - 1
     qtop = 2 * h if absmax else (1 << bits) - 1
@@ -212,11 +215,13 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
                 else:
                     _chunk_codes(x[cs:ce], residual[cs:ce], c0, key, offset, inv, top, stochastic, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale, offset)
-            _pack_into(codes, 0, m, bits, packed, (cs * bits) >> 3)
+            _pack_chunk(cw, codes, m, bits, packed, p16, p32, p64, (cs * bits) >> 3)
 
 
 @kernel
-def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumulate, codes):
+def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw):
+    codes = cw.view(np.uint8)
+    p16, p32, p64 = _word_views(packed)
     for b in range(scales.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
@@ -224,7 +229,7 @@ def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumula
         offset = offsets[b]
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_from(packed, (cs * bits) >> 3, ce - cs, bits, codes, 0)
+            _unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, ce - cs, bits, cw, codes)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):
@@ -266,11 +271,10 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     scales = np.empty(nb, dtype=np.float32)
     offsets = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
-    codes = np.empty(chunk, dtype=np.uint8)
+    cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
-    _uniform_encode(
-        x, residual, bits, bucket_size, mode == "absmax", rounding == "stochastic", np.uint64(seed), packed, scales, offsets, codes, vbuf
-    )
+    absmax, stochastic = mode == "absmax", rounding == "stochastic"
+    _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, vbuf)
     return packed, scales, offsets
 
 
@@ -287,6 +291,6 @@ def uniform_decode(packed, scales, offsets, bits, bucket_size, n, out=None, accu
     scales = check_scales(scales, nb, "scales")
     offsets = check_scales(offsets, nb, "offsets")
     out = decode_out(out, n, accumulate)
-    codes = np.empty(min(_CHUNK, bucket_size, n), dtype=np.uint8)
-    _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, bool(accumulate), codes)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]

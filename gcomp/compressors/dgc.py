@@ -12,9 +12,10 @@ factor masking and local gradient clipping live in
 
 import math
 
+from ..kernels.error_feedback import ef_sampled_topk
 from ..kernels.sampled_topk import topk_sampled
 from ._params import check_int, check_ratio, check_seed, sparse_payload_bound
-from .base import count_from_ratio
+from .base import as_flat_f32, count_from_ratio
 from .topk import SparseCompressor
 
 
@@ -60,3 +61,13 @@ class DGC(SparseCompressor):
         k = self.k(x.shape[0], step)
         idx, val = topk_sampled(x, k, seed, sample_fraction=self.sample_fraction, min_fraction=self.min_fraction)
         return self._sparse(x, idx, val)
+
+    def compress_with_residual(self, x, residual, *, step=0, key=0):
+        flat, dtype = as_flat_f32(x)
+        seed = self.seed_for(step, key)
+        k = self.k(flat.shape[0], step)
+        idx, val = ef_sampled_topk(flat, residual, k, seed, sample_fraction=self.sample_fraction,
+                                   min_fraction=self.min_fraction)
+        c = self._sparse(flat, idx, val)
+        c.dtype, c.step, c.seed = dtype, step, seed
+        return c

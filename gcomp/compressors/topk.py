@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..kernels import scatter
+from ..kernels.error_feedback import ef_topk
 from ..kernels.topk import topk_exact
 from ._params import check_ratio, sparse_payload_bound
 from .base import Compressed, Compressor, count_from_ratio
@@ -30,6 +31,8 @@ class SparseCompressor(Compressor):
 
     def compress_with_residual(self, x, residual, *, step=0, key=0):
         """Selected entries are sent exactly, so their residual becomes 0; the rest keep accumulating."""
+        if self.fused_residual:
+            return super().compress_with_residual(x, residual, step=step, key=key)
         residual += x
         c = self.compress(residual, step=step, key=key)
         residual[c.arrays["indices"]] = 0.0
@@ -42,6 +45,7 @@ class SparseCompressor(Compressor):
 class TopK(SparseCompressor):
     name = "topk"
     description = "exact top-k by magnitude (O(n) radix select), k = ceil(ratio * n)"
+    fused_residual = True
     params = {"ratio": 0.01}
 
     def _validate(self):
@@ -56,6 +60,7 @@ class TopK(SparseCompressor):
     def max_payload_bytes(self, numel):
         return sparse_payload_bound(numel, self.k(numel))
 
-    def _compress(self, x, *, step, seed):
-        idx, val = topk_exact(x, self.k(x.shape[0]))
+    def _encode(self, x, seed, residual=None):
+        k = self.k(x.shape[0])
+        idx, val = topk_exact(x, k) if residual is None else ef_topk(x, residual, k)
         return self._sparse(x, idx, val)

@@ -1,0 +1,249 @@
+"""Shared helpers for the gcomp benchmarks: thread setup, timing, the run header, tables and JSON.
+
+This module imports only the standard library at import time, so a benchmark
+script can import it and call :func:`set_thread_env` *before* numpy, numba and
+torch are imported (``NUMBA_NUM_THREADS`` is read once, when numba is imported).
+
+Timing follows the OSU micro-benchmark recipe: one untimed warm-up call per
+function (it JIT-compiles or loads the Numba cache), then repeated timed calls,
+and the median is reported.  Functions compared with each other (a kernel and
+its baselines) are timed in the same *group*, round-robin: round ``r`` runs
+every function of the group once, in an order rotated each round.  Background
+load on the machine then hits the kernel and its baselines alike, so the ratios
+(speedups) are much steadier than the absolute times.
+"""
+
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+__all__ = [
+    "THREAD_ENV",
+    "set_thread_env",
+    "early_threads_from_argv",
+    "apply_threads",
+    "measure_group",
+    "cpu_model",
+    "header",
+    "write_json",
+    "format_table",
+    "fmt_time",
+    "parse_sizes",
+]
+
+#: environment variables that pin the thread count of every runtime we call
+THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def set_thread_env(threads: int) -> None:
+    """Pin Numba, OpenMP, MKL and OpenBLAS to ``threads`` (call before importing numpy/numba/torch)."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(int(threads))
+
+
+def early_threads_from_argv(argv=None, default: int = 1) -> int:
+    """Read ``--threads N`` / ``--threads=N`` from argv without argparse and pin the thread env.
+
+    The scripts call this at the top, before any heavy import; argparse later
+    validates the same option properly.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    threads = default
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                threads = max(1, int(value))
+            except ValueError:
+                pass  # argparse reports it
+    set_thread_env(threads)
+    return threads
+
+
+def apply_threads(threads: int) -> None:
+    """Set the runtime thread counts of numba and torch (after import)."""
+    import numba
+    import torch
+
+    numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(int(threads))
+
+
+def parse_sizes(text: str) -> list:
+    """``"1000000,25000000"`` (``1e6`` and ``25M`` also accepted) -> ``[1000000, 25000000]``."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        mult = 1
+        if part[-1] in "km":
+            mult = 1000 if part[-1] == "k" else 1_000_000
+            part = part[:-1]
+        value = int(float(part) * mult)
+        if value <= 0:
+            raise ValueError(f"expected positive sizes, found {value}")
+        sizes.append(value)
+    if not sizes:
+        raise ValueError("expected at least one size")
+    return sizes
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) * 1e-9
+
+
+def measure_group(fns: dict, repeat: int, budget_s: float, min_repeat: int = 3) -> dict:
+    """Median-ready samples for a group of functions timed together.
+
+    ``fns``: name -> zero-argument callable.  Each is called once untimed
+    (warm-up), then timed round-robin.  The number of rounds is ``repeat``,
+    reduced so the group's timed work stays near ``budget_s`` seconds, but never
+    below ``min_repeat``.  Returns name -> list of seconds.
+    """
+    names = list(fns)
+    for name in names:  # warm-up: JIT compilation, cache loading, first-touch allocations
+        fns[name]()
+    samples = {name: [] for name in names}
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        round_s = 0.0
+        for name in names:
+            dt = _time_once(fns[name])
+            samples[name].append(dt)
+            round_s += dt
+        rounds = max(min_repeat, min(repeat, math.ceil(budget_s / max(round_s, 1e-9))))
+        for r in range(1, rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(_time_once(fns[name]))
+            if r % 4 == 3:
+                gc.collect()
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def cpu_model() -> str:
+    """The CPU model string from /proc/cpuinfo (falls back to platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cache_sizes() -> dict:
+    """L2/L3 sizes as the kernel reports them (best effort; empty when unavailable)."""
+    out = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(base, entry, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(base, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(base, entry, "size")) as f:
+                size = f.read().strip()
+            if kind in ("Data", "Unified"):
+                out[f"L{level}"] = size
+    except OSError:
+        pass
+    return out
+
+
+def header(threads: int, sizes, **extra) -> dict:
+    """The run header shared by both benchmarks: versions, machine, settings, date."""
+    import numba
+    import numpy
+    import torch
+
+    import gcomp
+
+    return {
+        "gcomp": gcomp.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "caches": _cache_sizes(),
+        "threads": int(threads),
+        "numba_threads": int(numba.get_num_threads()),
+        "torch_threads": int(torch.get_num_threads()),
+        "sizes": [int(s) for s in sizes],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python"] + sys.argv),
+        **extra,
+    }
+
+
+def write_json(path: str, head: dict, records: list, **extra) -> None:
+    """Write ``{"header": head, "records": records, **extra}`` to ``path`` (directories created)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"header": head, "records": records, **extra}, f, indent=1, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(obj):
+    # numpy scalars and the like
+    for attr in ("item", "tolist"):
+        if hasattr(obj, attr):
+            return getattr(obj, attr)()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def fmt_time(seconds) -> str:
+    """Seconds in a readable unit (us / ms / s)."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+def format_table(rows: list, columns: list, markdown: bool = False) -> str:
+    """Render ``rows`` (dicts) under ``columns`` ((key, title) pairs) as aligned text or a Markdown table."""
+    cells = [[title for _, title in columns]]
+    for row in rows:
+        cells.append(["" if row.get(key) is None else str(row.get(key)) for key, _ in columns])
+    if markdown:
+        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells[1:]]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
