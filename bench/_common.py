@@ -198,9 +198,23 @@ def header(threads: int, sizes, **extra) -> dict:
         "torch_threads": int(torch.get_num_threads()),
         "sizes": [int(s) for s in sizes],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": LOADAVG_START,
+        "loadavg_end": _loadavg(),
         "command": " ".join(["python"] + sys.argv),
         **extra,
     }
+
+
+def _loadavg():
+    """1/5/15-minute load averages (other processes on the machine inflate absolute times)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+#: load averages when this module was imported (the start of the run)
+LOADAVG_START = _loadavg()
 
 
 def write_json(path: str, head: dict, records: list, **extra) -> None:
@@ -243,7 +257,7 @@ def format_table(rows: list, columns: list, markdown: bool = False) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = []
     for j, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

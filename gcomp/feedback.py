@@ -89,6 +89,10 @@ class ErrorFeedback:
             self._state.pop(key, None)
             self._steps.pop(key, None)
 
+    def memory_array(self, key, numel, name=None):
+        """The live buffer ``name`` (default: the first) of ``key``, created as zeros if new."""
+        return self._entry(key, numel)[name or self.buffers[0]]
+
     def memory(self, key, name=None):
         """A copy of ``key``'s buffer ``name`` (default: the first), or None before the first step."""
         entry = self._state.get(key)

@@ -7,7 +7,8 @@ For each bucket of ``bucket_size`` entries (the last one may be partial) with
     level = floor(l) + (u < l - floor(l))               u = uniform01(seed_key32(seed), i)
     code  = levels + level   if v >= 0   else   levels - level     (in 0 .. 2*levels)
 
-and decoding is ``value = (norm / levels) * (code - levels)`` (float32).  ``i``
+and decoding is ``value = (norm * (1 / levels)) * (code - levels)`` in float32
+(``1 / levels`` rounded to float32 first, so encoder and decoder agree to the bit).  ``i``
 is the global element index, so the codes do not depend on ``bucket_size``
 beyond the norms.  ``E[value] = v`` (up to float32 rounding and the 24-bit
 resolution of ``u``).  Codes are packed LSB-first at :func:`qsgd_code_bits`
@@ -115,6 +116,7 @@ def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, cw
     key = seed_key32(np.uint64(seed))
     lv = np.float32(levels)
     lv64 = np.float64(levels)
+    inv_lv = np.float32(1.0) / lv
     for b in range(norms.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
@@ -131,7 +133,7 @@ def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, cw
                 residual[s:e] = _F32_NAN
             continue
         norms[b] = norm
-        sc = norm / lv
+        sc = norm * inv_lv
         inv = lv / norm if norm > np.float32(0.0) else np.float32(0.0)
         wide = not (inv < _F32_INF)
         inv64 = lv64 / np.float64(norm)
@@ -158,10 +160,11 @@ def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, c
     codes = cw.view(np.uint8)
     p16, p32, p64 = _word_views(packed)
     lv = np.float32(levels)
+    inv_lv = np.float32(1.0) / lv
     for b in range(norms.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
-        sc = norms[b] / lv
+        sc = norms[b] * inv_lv
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
             _unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, ce - cs, bits, cw, codes)
@@ -200,7 +203,7 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
 
 
 def qsgd_decode(packed, norms, levels, bucket_size, n, out=None, accumulate=False):
-    """Decode QSGD codes: ``value = (norm / levels) * (code - levels)``; returns float32[n].
+    """Decode QSGD codes: ``value = (norm * (1 / levels)) * (code - levels)``; returns float32[n].
 
     With ``accumulate=True`` the values are added into ``out`` (required).
     """

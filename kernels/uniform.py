@@ -7,9 +7,11 @@ decoding is, for both modes, ``value = offset + scale * code``.
 With ``v = x`` (or ``v = x + residual``, see below):
 
 * ``mode="maxmin"``: ``offset = min(v)``, ``scale = (max(v) - min(v)) / (2**bits - 1)``
-  (difference taken in float64, rounded once); codes ``0 .. 2**bits - 1``.
+  (in float64, as ``(max - min) * (1 / (2**bits - 1))``, rounded once to float32);
+  codes ``0 .. 2**bits - 1``.
 * ``mode="absmax"`` (bits 2, 4 or 8; ``h = 2**(bits-1) - 1``):
-  ``scale = max|v| / h``, ``offset = -(scale * h)``; codes ``0 .. 2*h`` with
+  ``scale = max|v| / h`` (in float64 as ``max|v| * (1 / h)``, rounded once),
+  ``offset = -(scale * h)`` (float32); codes ``0 .. 2*h`` with
   ``h`` meaning zero (the top code ``2**bits - 1`` is unused).  One bit has no
   zero level, so ``bits=1`` is refused for ``absmax``.
 
@@ -169,6 +171,8 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
     qtop = 2 * h if absmax else (1 << bits) - 1
     top = np.float32(qtop)
     top64 = np.float64(qtop)
+    rtop = 1.0 / top64
+    rh = 1.0 / np.float64(h)
     for b in range(scales.shape[0]):
         s = b * bucket_size
         e = min(s + bucket_size, n)
@@ -177,14 +181,14 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
                 amax, chk = _absmax(x[s:e], None)
             else:
                 amax, chk = _absmax(x[s:e], residual[s:e])
-            scale = amax / np.float32(h)
+            scale = np.float32(np.float64(amax) * rh)
             offset = -(scale * np.float32(h))
         else:
             if residual is None:
                 lo, hi, chk = _minmax(x[s:e], None)
             else:
                 lo, hi, chk = _minmax(x[s:e], residual[s:e])
-            scale = np.float32((np.float64(hi) - np.float64(lo)) / top64)
+            scale = np.float32((np.float64(hi) - np.float64(lo)) * rtop)
             offset = lo
         if not (chk == np.float32(0.0)) or not (scale < _F32_INF):
             # NaN/Inf in the bucket (or a max-min range beyond float32): NaN scale and offset, zero codes.

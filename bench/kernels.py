@@ -1,0 +1,655 @@
+"""Kernel speed against torch / numpy baselines measured in the same run.
+
+Usage::
+
+    python bench/kernels.py --json /tmp/kernels.json [--sizes 1000000,25000000] [--threads 1] [--repeat 10]
+
+The thread count is pinned (``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ...)
+before numpy, numba and torch are imported, then ``numba.set_num_threads`` and
+``torch.set_num_threads`` are applied.  Input: float32 standard normal
+(seeded).  Every kernel is timed in one group with its baselines (warm-up,
+then round-robin timed runs, median; see ``bench/_common.py``).
+
+Families and baselines:
+
+* selection at 1% (``topk_exact``, ``topk_sampled``, ``threshold_select`` at the
+  tau that keeps 1%, ``randomk``): ``torch.topk(x.abs(), k, sorted=False)`` and
+  ``np.argpartition(np.abs(x), n - k)``, plus the *read pass* (a plain Numba sum
+  over x: the memory-bandwidth floor), recorded as its own row;
+* quantizer encoders and ``pack_bits``: a straightforward vectorized numpy
+  implementation of the same quantizer (in this file, ``np_*``);
+* decode paths (quantizer decoders, ``unpack_bits``, ``scatter_add`` of 1%,
+  ``sparse_to_dense``, varint / bitmap index decoding): numpy equivalents.
+  Decoders write into a preallocated output (the steady-state use, e.g.
+  ``decompress_add``); the time with a freshly allocated output is recorded too.
+
+``gbps`` is ``4 * n / median_s``: float32 input bytes per second for encoders
+and selection, dense float32 output bytes per second for decode paths (for
+``pack_bits`` / ``unpack_bits`` it is the float32 vector the n codes stand for).
+"""
+
+# ruff: noqa: E402  (the thread environment must be pinned before numpy, numba and torch are imported)
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common
+
+_EARLY_THREADS = _common.early_threads_from_argv()
+
+import argparse
+import math
+
+import numba
+import numpy as np
+import torch
+from gcomp.kernels import (
+    bitpack,
+    index_coding,
+    natural,
+    qsgd,
+    randomk,
+    sampled_topk,
+    scatter,
+    sign,
+    terngrad,
+    threshold,
+    topk,
+    uniform,
+)
+
+SEED = 12345
+BUCKET = 512
+DENSITY = 0.01
+TARGET_N = 25_000_000
+
+# ---------------------------------------------------------------------------
+# the read pass: the memory-bandwidth floor
+# ---------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def read_pass(x):
+    """One plain pass over x (a float32 sum; fastmath lets LLVM vectorize it)."""
+    acc = np.float32(0.0)
+    for i in range(x.shape[0]):
+        acc += x[i]
+    return acc
+
+
+# ---------------------------------------------------------------------------
+# numpy baselines: straightforward vectorized implementations of the same quantizers
+# ---------------------------------------------------------------------------
+
+
+def split_buckets(a, bucket):
+    """(full buckets as a 2-D view, tail as a 1 x r view or None): no copies."""
+    n = a.shape[0]
+    m = n // bucket
+    main = a[: m * bucket].reshape(m, bucket)
+    tail = a[m * bucket :].reshape(1, -1) if n % bucket else None
+    return main, tail
+
+
+def _blocks(a, bucket):
+    main, tail = split_buckets(a, bucket)
+    return [main] if tail is None else [main, tail]
+
+
+def np_pack(codes, bits):
+    """Pack uint8 codes LSB-first at 1/2/4/8 bits (numpy)."""
+    n = codes.shape[0]
+    if bits == 8:
+        return codes.copy()
+    if bits == 1:
+        return np.packbits(codes & 1, bitorder="little")
+    per = 8 // bits
+    if n % per:
+        codes = np.concatenate([codes, np.zeros(per - n % per, np.uint8)])
+    c = codes.reshape(-1, per)
+    mask = np.uint8((1 << bits) - 1)
+    out = c[:, 0] & mask
+    for j in range(1, per):
+        out |= (c[:, j] & mask) << np.uint8(j * bits)
+    return out
+
+
+def np_unpack(packed, bits, n):
+    """Unpack n codes of 1/2/4/8 bits, LSB-first (numpy)."""
+    if bits == 8:
+        return packed[:n].copy()
+    if bits == 1:
+        return np.unpackbits(packed, count=n, bitorder="little")
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    out = np.empty((packed.shape[0], per), np.uint8)
+    for j in range(per):
+        out[:, j] = (packed >> np.uint8(j * bits)) & mask
+    return out.reshape(-1)[:n]
+
+
+def np_qsgd_encode(x, levels, bucket, rng):
+    bits = qsgd.qsgd_code_bits(levels)
+    codes, norms = [], []
+    lv = np.float32(levels)
+    for blk in _blocks(x, bucket):
+        norm = np.sqrt(np.einsum("ij,ij->i", blk, blk))
+        inv = np.divide(lv, norm, out=np.zeros_like(norm), where=norm > 0)
+        lvl = np.abs(blk) * inv[:, None]
+        fl = np.floor(lvl)
+        lev = fl + (rng.random(blk.shape, dtype=np.float32) < lvl - fl)
+        codes.append(np.where(blk >= 0, lv + lev, lv - lev).astype(np.uint8).reshape(-1))
+        norms.append(norm)
+    return np_pack(np.concatenate(codes) if len(codes) > 1 else codes[0], bits), np.concatenate(norms)
+
+
+def np_qsgd_decode(packed, norms, levels, bucket, n, out):
+    bits = qsgd.qsgd_code_bits(levels)
+    vals = np_unpack(packed, bits, n).astype(np.float32)
+    vals -= np.float32(levels)
+    sc = norms / np.float32(levels)
+    for j, (v, o) in enumerate(zip(_blocks(vals, bucket), _blocks(out, bucket), strict=True)):
+        s = sc[: v.shape[0]] if j == 0 else sc[-1:]
+        np.multiply(v, s[:, None], out=o)
+    return out
+
+
+def np_uniform_encode(x, bits, bucket, stochastic, rng):
+    top = np.float32((1 << bits) - 1)
+    codes, scales, offsets = [], [], []
+    for blk in _blocks(x, bucket):
+        lo = blk.min(axis=1)
+        hi = blk.max(axis=1)
+        scale = ((hi.astype(np.float64) - lo) / top).astype(np.float32)
+        inv = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)
+        t = (blk - lo[:, None]) * inv[:, None]
+        if stochastic:
+            fl = np.floor(t)
+            q = fl + (rng.random(blk.shape, dtype=np.float32) < t - fl)
+        else:
+            q = np.rint(t)
+        codes.append(np.clip(q, 0, top).astype(np.uint8).reshape(-1))
+        scales.append(scale)
+        offsets.append(lo)
+    return np_pack(np.concatenate(codes) if len(codes) > 1 else codes[0], bits), np.concatenate(scales), np.concatenate(offsets)
+
+
+def np_uniform_decode(packed, scales, offsets, bits, bucket, n, out):
+    vals = np_unpack(packed, bits, n).astype(np.float32)
+    for j, (v, o) in enumerate(zip(_blocks(vals, bucket), _blocks(out, bucket), strict=True)):
+        s = scales[: v.shape[0]] if j == 0 else scales[-1:]
+        f = offsets[: v.shape[0]] if j == 0 else offsets[-1:]
+        np.multiply(v, s[:, None], out=o)
+        o += f[:, None]
+    return out
+
+
+def np_sign_encode(x, bucket):
+    scales = np.concatenate([np.abs(blk).mean(axis=1) for blk in _blocks(x, bucket)])
+    return np.packbits(x >= 0, bitorder="little"), scales
+
+
+def np_sign_decode(packed, scales, bucket, n, out):
+    b = np.unpackbits(packed, count=n, bitorder="little")
+    for j, (v, o) in enumerate(zip(_blocks(b, bucket), _blocks(out, bucket), strict=True)):
+        s = scales[: v.shape[0]] if j == 0 else scales[-1:]
+        np.copyto(o, np.where(v.astype(bool), s[:, None], -s[:, None]))
+    return out
+
+
+def np_terngrad_encode(x, bucket, rng):
+    codes, scales = [], []
+    for blk in _blocks(x, bucket):
+        a = np.abs(blk)
+        scale = a.max(axis=1)
+        keep = rng.random(blk.shape, dtype=np.float32) * scale[:, None] < a
+        codes.append(np.where(keep, np.where(blk >= 0, 2, 0), 1).astype(np.uint8).reshape(-1))
+        scales.append(scale)
+    return np_pack(np.concatenate(codes) if len(codes) > 1 else codes[0], 2), np.concatenate(scales)
+
+
+def np_terngrad_decode(packed, scales, bucket, n, out):
+    vals = np_unpack(packed, 2, n).astype(np.float32)
+    vals -= np.float32(1.0)
+    for j, (v, o) in enumerate(zip(_blocks(vals, bucket), _blocks(out, bucket), strict=True)):
+        s = scales[: v.shape[0]] if j == 0 else scales[-1:]
+        np.multiply(v, s[:, None], out=o)
+    return out
+
+
+def np_natural_encode(x, rng):
+    b = x.view(np.uint32)
+    e = (b >> np.uint32(23)) & np.uint32(0xFF)
+    m = b & np.uint32(0x7FFFFF)
+    up = rng.integers(0, 1 << 23, size=x.shape[0], dtype=np.uint32) < m
+    exps = np.minimum(e + up, 255).astype(np.uint8)
+    signs = np.packbits((b >> np.uint32(31)).astype(np.uint8), bitorder="little")
+    return exps, signs
+
+
+def np_natural_decode(exps, signs, n, out):
+    s = np.unpackbits(signs, count=n, bitorder="little").astype(np.uint32)
+    e = exps.astype(np.uint32)
+    bits = out.view(np.uint32)
+    np.bitwise_or(s << np.uint32(31), e << np.uint32(23), out=bits)
+    bits |= np.where(e == 255, np.uint32(0x400000), np.uint32(0))
+    return out
+
+
+def np_varint_decode(buf, count):
+    """Vectorized LEB128 gaps -> ascending indices (numpy)."""
+    b = buf.astype(np.uint64)
+    ends = np.flatnonzero(buf < 0x80)
+    starts = np.empty(count, np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    pos = np.arange(buf.shape[0], dtype=np.int64) - np.repeat(starts, lengths)
+    contrib = (b & np.uint64(0x7F)) << (np.uint64(7) * pos.astype(np.uint64))
+    gaps = np.add.reduceat(contrib, starts)
+    return np.cumsum(gaps.astype(np.int64) + 1) - 1
+
+
+def np_varint_encode(idx):
+    """Vectorized delta + LEB128 encoding of ascending indices (numpy)."""
+    gaps = np.diff(idx, prepend=-1).astype(np.uint64) - np.uint64(1)
+    sizes = np.ones(gaps.shape[0], np.int64)
+    for j in range(1, 10):
+        sizes += gaps >= np.uint64(1 << (7 * j))
+    offsets = np.cumsum(sizes) - sizes
+    out = np.empty(int(sizes.sum()), np.uint8)
+    for j in range(int(sizes.max()) if sizes.size else 0):
+        sel = sizes > j
+        byte = (gaps[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        byte |= np.where(sizes[sel] > j + 1, np.uint64(0x80), np.uint64(0))
+        out[offsets[sel] + j] = byte.astype(np.uint8)
+    return out
+
+
+def np_bitmap_decode(buf, n):
+    return np.flatnonzero(np.unpackbits(buf, count=n, bitorder="little"))
+
+
+# ---------------------------------------------------------------------------
+# sanity checks: the baselines compute the same thing as the kernels
+# ---------------------------------------------------------------------------
+
+
+def verify(n=100_003):
+    """Cheap agreement checks between kernels and their numpy baselines (raises AssertionError)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(n, dtype=np.float32)
+    for bits in (1, 2, 4, 8):
+        codes = rng.integers(0, 256, n, dtype=np.uint8)
+        p = bitpack.pack_bits(codes, bits)
+        assert np.array_equal(p, np_pack(codes, bits)), f"pack_bits {bits}"
+        assert np.array_equal(bitpack.unpack_bits(p, bits, n), np_unpack(p, bits, n)), f"unpack_bits {bits}"
+    for bits in (8, 4, 2):
+        p, s, o = uniform.uniform_encode(x, bits, BUCKET)
+        q, s2, o2 = np_uniform_encode(x, bits, BUCKET, False, rng)
+        assert np.allclose(s, s2) and np.array_equal(o, o2), f"uniform {bits} scales"
+        mism = np.mean(bitpack.unpack_bits(p, bits, n) != np_unpack(q, bits, n))
+        assert mism < 1e-3, f"uniform {bits} codes differ on {mism:.2%}"
+        assert np.allclose(uniform.uniform_decode(p, s, o, bits, BUCKET, n),
+                           np_uniform_decode(p, s, o, bits, BUCKET, n, np.empty(n, np.float32)), atol=1e-6)
+    p, s = sign.sign_encode(x, BUCKET)
+    q, s2 = np_sign_encode(x, BUCKET)
+    assert np.array_equal(p, q) and np.allclose(s, s2, rtol=1e-5), "sign"
+    assert np.array_equal(sign.sign_decode(p, s, BUCKET, n), np_sign_decode(p, s, BUCKET, n, np.empty(n, np.float32)))
+    p, nm = qsgd.qsgd_encode(x, 4, BUCKET, 1)
+    q, nm2 = np_qsgd_encode(x, 4, BUCKET, rng)
+    assert np.allclose(nm, nm2, rtol=1e-5), "qsgd norms"
+    assert np.allclose(qsgd.qsgd_decode(p, nm, 4, BUCKET, n), np_qsgd_decode(p, nm, 4, BUCKET, n, np.empty(n, np.float32)))
+    p, sc = terngrad.terngrad_encode(x, BUCKET, 1)
+    q, sc2 = np_terngrad_encode(x, BUCKET, rng)
+    assert np.array_equal(sc, sc2), "terngrad scales"
+    assert np.array_equal(terngrad.terngrad_decode(p, sc, BUCKET, n),
+                          np_terngrad_decode(p, sc, BUCKET, n, np.empty(n, np.float32))), "terngrad decode"
+    e, sg = natural.natural_encode(x, 1)
+    e2, sg2 = np_natural_encode(x, rng)
+    assert np.array_equal(sg, sg2) and np.mean(e != e2) < 0.6 and np.all(np.abs(e.astype(int) - e2) <= 1), "natural"
+    assert np.array_equal(natural.natural_decode(e, sg, n).view(np.uint32),
+                          np_natural_decode(e, sg, n, np.empty(n, np.float32)).view(np.uint32)), "natural decode"
+    k = max(1, n // 100)
+    idx, _ = topk.topk_exact(x, k)
+    ref = np.sort(np.argpartition(np.abs(x), n - k)[n - k :])
+    assert np.array_equal(idx, ref), "topk_exact"
+    buf = index_coding.varint_encode(idx)
+    assert np.array_equal(np_varint_encode(idx), buf), "varint encode"
+    assert np.array_equal(np_varint_decode(buf, k), idx), "varint"
+    bm = index_coding.bitmap_encode(idx, n)
+    assert np.array_equal(np_bitmap_decode(bm, n), idx), "bitmap"
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, repeat, budget):
+        self.repeat = repeat
+        self.budget = budget
+        self.records = []
+
+    def group(self, fns):
+        samples = _common.measure_group(fns, self.repeat, self.budget)
+        return {name: (_common.median(ts), min(ts), len(ts)) for name, ts in samples.items()}
+
+    def record(self, category, kernel, n, param, t, base_name=None, base=None, others=None, **extra):
+        med, best, runs = t
+        rec = {
+            "category": category,
+            "kernel": kernel,
+            "n": n,
+            "param": param,
+            "median_s": med,
+            "min_s": best,
+            "runs": runs,
+            "gbps": 4 * n / med / 1e9,
+            "baseline": base_name,
+            "baseline_median_s": None if base is None else base[0],
+            "speedup": None if base is None else base[0] / med,
+        }
+        if others:
+            rec["other_baselines"] = {name: {"median_s": o[0], "speedup": o[0] / med} for name, o in others.items()}
+        rec.update(extra)
+        self.records.append(rec)
+        return rec
+
+    def pair(self, category, kernel, n, param, fn, base_name, base_fn, others=None, alloc_fn=None):
+        """Time a kernel with its baseline(s) in one group and record it."""
+        fns = {"kernel": fn, "baseline": base_fn}
+        if alloc_fn is not None:
+            fns["alloc"] = alloc_fn
+        for name, f in (others or {}).items():
+            fns["other:" + name] = f
+        t = self.group(fns)
+        extra = {}
+        if alloc_fn is not None:
+            extra["alloc_median_s"] = t["alloc"][0]
+            extra["alloc_gbps"] = 4 * n / t["alloc"][0] / 1e9
+        oth = {name: t["other:" + name] for name in (others or {})}
+        rec = self.record(category, kernel, n, param, t["kernel"], base_name, t["baseline"], oth, **extra)
+        print(f"  {kernel:<18} {param:<28} {_common.fmt_time(rec['median_s']):>10}  {rec['gbps']:6.2f} GB/s  "
+              f"x{rec['speedup']:.1f} vs {base_name}", flush=True)
+        return rec
+
+    # -- families ----------------------------------------------------------
+    def selection(self, x):
+        n = x.shape[0]
+        k = max(1, math.ceil(DENSITY * n))
+        tau = float(np.partition(np.abs(x), n - k)[n - k])
+        xt = torch.from_numpy(x)
+        rng = np.random.default_rng(SEED)
+        fns = {
+            "read_pass": lambda: read_pass(x),
+            "np.sum": lambda: np.sum(x),
+            "topk_exact": lambda: topk.topk_exact(x, k),
+            "topk_sampled": lambda: sampled_topk.topk_sampled(x, k, SEED),
+            "threshold_select": lambda: threshold.threshold_select(x, tau),
+            "randomk_indices": lambda: randomk.randomk_indices(n, k, SEED),
+            "randomk_select": lambda: randomk.randomk_select(x, k, SEED),
+            "torch.topk": lambda: torch.topk(xt.abs(), k, sorted=False),
+            "np.argpartition": lambda: np.argpartition(np.abs(x), n - k),
+            "rng.choice": lambda: np.sort(rng.choice(n, k, replace=False)),
+        }
+        t = self.group(fns)
+        read = t["read_pass"]
+        self.record("read", "read_pass", n, "numba float32 sum", read, "np.sum(x)", t["np.sum"])
+        tb = "torch.topk(|x|, k, sorted=False)"
+        ap = "np.argpartition(|x|, n-k)"
+        got_thr = threshold.threshold_count(x, tau)
+        params = {
+            "topk_exact": f"k={k} (1%)",
+            "topk_sampled": f"k={k} (1%), sample 1%",
+            "threshold_select": f"tau={tau:.4g} ({got_thr / n:.2%})",
+            "randomk_indices": f"k={k} (1%)",
+            "randomk_select": f"k={k} (1%), +gather",
+        }
+        for name, param in params.items():
+            others = {ap: t["np.argpartition"]}
+            if name.startswith("randomk"):
+                others["sort(rng.choice(n, k))"] = t["rng.choice"]
+            self.record("selection", name, n, param, t[name], tb, t["torch.topk"], others,
+                        read_pass_ratio=t[name][0] / read[0])
+        for rec in self.records[-6:]:
+            ratio = rec.get("read_pass_ratio")
+            print(f"  {rec['kernel']:<18} {rec['param']:<28} {_common.fmt_time(rec['median_s']):>10}  "
+                  f"{rec['gbps']:6.2f} GB/s  x{rec['speedup']:.1f} vs {rec['baseline']}"
+                  + (f"  ({ratio:.2f} x read pass)" if ratio else ""), flush=True)
+
+    def encoders(self, x):
+        n = x.shape[0]
+        rng = np.random.default_rng(SEED)
+        self.pair("encode", "qsgd_encode", n, f"levels=4 bucket={BUCKET} (4-bit)",
+                  lambda: qsgd.qsgd_encode(x, 4, BUCKET, SEED), "numpy", lambda: np_qsgd_encode(x, 4, BUCKET, rng))
+        for bits in (8, 4, 2):
+            self.pair("encode", "uniform_encode", n, f"{bits}-bit maxmin nearest b={BUCKET}",
+                      lambda bits=bits: uniform.uniform_encode(x, bits, BUCKET),
+                      "numpy", lambda bits=bits: np_uniform_encode(x, bits, BUCKET, False, rng))
+        self.pair("encode", "uniform_encode", n, f"4-bit maxmin stochastic b={BUCKET}",
+                  lambda: uniform.uniform_encode(x, 4, BUCKET, rounding="stochastic", seed=SEED),
+                  "numpy", lambda: np_uniform_encode(x, 4, BUCKET, True, rng))
+        self.pair("encode", "sign_encode", n, f"bucket={BUCKET}",
+                  lambda: sign.sign_encode(x, BUCKET), "numpy", lambda: np_sign_encode(x, BUCKET))
+        self.pair("encode", "terngrad_encode", n, f"bucket={BUCKET}",
+                  lambda: terngrad.terngrad_encode(x, BUCKET, SEED), "numpy", lambda: np_terngrad_encode(x, BUCKET, rng))
+        self.pair("encode", "natural_encode", n, "8-bit exp + sign bit",
+                  lambda: natural.natural_encode(x, SEED), "numpy", lambda: np_natural_encode(x, rng))
+        for bits in (1, 2, 4, 8):
+            codes = rng.integers(0, 1 << bits, n, dtype=np.uint8)
+            self.pair("encode", "pack_bits", n, f"{bits}-bit from uint8 codes",
+                      lambda bits=bits, codes=codes: bitpack.pack_bits(codes, bits),
+                      "numpy", lambda bits=bits, codes=codes: np_pack(codes, bits))
+
+    def decoders(self, x):
+        n = x.shape[0]
+        out = np.empty(n, np.float32)
+        ref = np.empty(n, np.float32)
+        p, nm = qsgd.qsgd_encode(x, 4, BUCKET, SEED)
+        self.pair("decode", "qsgd_decode", n, f"levels=4 bucket={BUCKET} (4-bit)",
+                  lambda: qsgd.qsgd_decode(p, nm, 4, BUCKET, n, out=out),
+                  "numpy", lambda: np_qsgd_decode(p, nm, 4, BUCKET, n, ref),
+                  alloc_fn=lambda: qsgd.qsgd_decode(p, nm, 4, BUCKET, n))
+        for bits in (8, 4, 2):
+            pu, su, ou = uniform.uniform_encode(x, bits, BUCKET)
+            self.pair("decode", "uniform_decode", n, f"{bits}-bit b={BUCKET}",
+                      lambda pu=pu, su=su, ou=ou, bits=bits: uniform.uniform_decode(pu, su, ou, bits, BUCKET, n, out=out),
+                      "numpy", lambda pu=pu, su=su, ou=ou, bits=bits: np_uniform_decode(pu, su, ou, bits, BUCKET, n, ref),
+                      alloc_fn=lambda pu=pu, su=su, ou=ou, bits=bits: uniform.uniform_decode(pu, su, ou, bits, BUCKET, n))
+        ps, ss = sign.sign_encode(x, BUCKET)
+        self.pair("decode", "sign_decode", n, f"bucket={BUCKET}",
+                  lambda: sign.sign_decode(ps, ss, BUCKET, n, out=out),
+                  "numpy", lambda: np_sign_decode(ps, ss, BUCKET, n, ref),
+                  alloc_fn=lambda: sign.sign_decode(ps, ss, BUCKET, n))
+        pt, st = terngrad.terngrad_encode(x, BUCKET, SEED)
+        self.pair("decode", "terngrad_decode", n, f"bucket={BUCKET}",
+                  lambda: terngrad.terngrad_decode(pt, st, BUCKET, n, out=out),
+                  "numpy", lambda: np_terngrad_decode(pt, st, BUCKET, n, ref),
+                  alloc_fn=lambda: terngrad.terngrad_decode(pt, st, BUCKET, n))
+        ex, sg = natural.natural_encode(x, SEED)
+        self.pair("decode", "natural_decode", n, "8-bit exp + sign bit",
+                  lambda: natural.natural_decode(ex, sg, n, out=out),
+                  "numpy", lambda: np_natural_decode(ex, sg, n, ref),
+                  alloc_fn=lambda: natural.natural_decode(ex, sg, n))
+        rng = np.random.default_rng(SEED + 1)
+        codes_out = np.empty(n, np.uint8)
+        for bits in (1, 2, 4, 8):
+            packed = bitpack.pack_bits(rng.integers(0, 1 << bits, n, dtype=np.uint8), bits)
+            self.pair("decode", "unpack_bits", n, f"{bits}-bit to uint8 codes",
+                      lambda packed=packed, bits=bits: bitpack.unpack_bits(packed, bits, n, out=codes_out),
+                      "numpy", lambda packed=packed, bits=bits: np_unpack(packed, bits, n),
+                      alloc_fn=lambda packed=packed, bits=bits: bitpack.unpack_bits(packed, bits, n))
+        k = max(1, math.ceil(DENSITY * n))
+        idx, val = topk.topk_exact(x, k)
+        dense = np.zeros(n, np.float32)
+        dense_np = np.zeros(n, np.float32)
+        dense_at = np.zeros(n, np.float32)
+        self.pair("decode", "scatter_add", n, f"k={k} (1%) into dense",
+                  lambda: scatter.scatter_add(idx, val, dense), "dense[idx] += v",
+                  lambda: dense_np.__setitem__(idx, dense_np[idx] + val),
+                  others={"np.add.at": lambda: np.add.at(dense_at, idx, val)})
+        self.pair("decode", "sparse_to_dense", n, f"k={k} (1%)",
+                  lambda: scatter.sparse_to_dense(idx, val, n, out=out), "out[:] = 0; out[idx] = v",
+                  lambda: (ref.fill(0.0), ref.__setitem__(idx, val)),
+                  others={"np.zeros; z[idx] = v": lambda: np.zeros(n, np.float32).__setitem__(idx, val)},
+                  alloc_fn=lambda: scatter.sparse_to_dense(idx, val, n))
+        vbuf = index_coding.varint_encode(idx)
+        bbuf = index_coding.bitmap_encode(idx, n)
+        idx_out = np.empty(k, np.int64)
+        self.pair("decode", "varint_decode", n, f"k={k} (1%), {vbuf.shape[0]} bytes",
+                  lambda: index_coding.varint_decode(vbuf, k, n, out=idx_out), "numpy (vectorized LEB128)",
+                  lambda: np_varint_decode(vbuf, k), alloc_fn=lambda: index_coding.varint_decode(vbuf, k, n))
+        self.pair("decode", "bitmap_decode", n, f"k={k} (1%), {bbuf.shape[0]} bytes",
+                  lambda: index_coding.bitmap_decode(bbuf, n, k, out=idx_out), "flatnonzero(unpackbits)",
+                  lambda: np_bitmap_decode(bbuf, n), alloc_fn=lambda: index_coding.bitmap_decode(bbuf, n, k))
+
+    def misc(self, x):
+        n = x.shape[0]
+        k = max(1, math.ceil(DENSITY * n))
+        idx, _ = topk.topk_exact(x, k)
+        self.pair("misc", "count_nonfinite", n, "float32", lambda: scatter.count_nonfinite(x),
+                  "count_nonzero(~isfinite)", lambda: np.count_nonzero(~np.isfinite(x)))
+        self.pair("misc", "varint_encode", n, f"k={k} (1%)", lambda: index_coding.varint_encode(idx),
+                  "numpy (vectorized LEB128)", lambda: np_varint_encode(idx))
+        self.pair("misc", "bitmap_encode", n, f"k={k} (1%)", lambda: index_coding.bitmap_encode(idx, n),
+                  "packbits(zeros; z[idx]=1)", lambda: _np_bitmap_encode(idx, n))
+
+
+def _np_bitmap_encode(idx, n):
+    z = np.zeros(n, np.uint8)
+    z[idx] = 1
+    return np.packbits(z, bitorder="little")
+
+
+# ---------------------------------------------------------------------------
+# targets
+# ---------------------------------------------------------------------------
+
+
+def evaluate_targets(records, sizes):
+    """Pass/fail of the performance targets at n = 25M (or the largest size run)."""
+    n = TARGET_N if TARGET_N in sizes else max(sizes)
+    at = [r for r in records if r["n"] == n]
+    out = []
+
+    def add(target, kernel, param, value, goal, ok, unit):
+        out.append({"target": target, "n": n, "kernel": kernel, "param": param, "value": value, "goal": goal,
+                    "unit": unit, "pass": bool(ok)})
+
+    for r in at:
+        if r["kernel"] == "topk_exact":
+            add("exact top-k 1% >= 10x faster than torch.topk", r["kernel"], r["param"], r["speedup"], 10.0,
+                r["speedup"] >= 10.0, "x speedup")
+        if r["kernel"] == "topk_sampled":
+            add("sampled top-k 1% within 3x of the read pass", r["kernel"], r["param"], r["read_pass_ratio"], 3.0,
+                r["read_pass_ratio"] <= 3.0, "x read pass time")
+    for r in at:
+        if r["category"] == "encode":
+            add("every quantizer (bit packing included) >= 2 GB/s", r["kernel"], r["param"], r["gbps"], 2.0,
+                r["gbps"] >= 2.0, "GB/s")
+    for r in at:
+        if r["category"] == "decode":
+            add("decode paths >= 2 GB/s of dense output", r["kernel"], r["param"], r["gbps"], 2.0, r["gbps"] >= 2.0,
+                "GB/s")
+    return out
+
+
+def print_tables(records, targets):
+    cols = [("kernel", "kernel"), ("param", "param"), ("n", "n"), ("time", "median"), ("gbps_s", "GB/s"),
+            ("baseline", "baseline"), ("base_time", "baseline median"), ("speedup_s", "speedup"), ("note", "note")]
+    rows = table_rows(records)
+    print()
+    print(_common.format_table(rows, cols))
+    print()
+    tcols = [("target", "target"), ("kernel", "kernel"), ("param", "param"), ("value_s", "value"), ("goal_s", "goal"),
+             ("result", "result")]
+    print(_common.format_table(target_rows(targets), tcols))
+
+
+def table_rows(records):
+    rows = []
+    for r in records:
+        note = []
+        if r.get("read_pass_ratio") is not None:
+            note.append(f"{r['read_pass_ratio']:.2f}x read pass")
+        for name, o in (r.get("other_baselines") or {}).items():
+            note.append(f"x{o['speedup']:.1f} vs {name}")
+        if r.get("alloc_median_s") is not None:
+            note.append(f"alloc out: {r['alloc_gbps']:.2f} GB/s")
+        rows.append({
+            "kernel": r["kernel"], "param": r["param"], "n": f"{r['n']:,}",
+            "time": _common.fmt_time(r["median_s"]), "gbps_s": f"{r['gbps']:.2f}",
+            "baseline": r["baseline"] or "-",
+            "base_time": _common.fmt_time(r["baseline_median_s"]) if r["baseline_median_s"] is not None else "-",
+            "speedup_s": f"{r['speedup']:.1f}x" if r["speedup"] is not None and r["baseline"] != "-" else "-",
+            "note": "; ".join(note),
+        })
+    return rows
+
+
+def target_rows(targets):
+    rows = []
+    for t in targets:
+        rows.append({
+            "target": t["target"], "kernel": t["kernel"], "param": t["param"],
+            "value_s": f"{t['value']:.2f} {t['unit']}", "goal_s": f"{'<=' if 'read' in t['unit'] else '>='} {t['goal']:g}",
+            "result": "PASS" if t["pass"] else "FAIL",
+        })
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", required=True, help="where to write the JSON results")
+    ap.add_argument("--sizes", default="1000000,25000000", help="comma-separated vector lengths (default 1000000,25000000)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for numba, torch, BLAS (default 1)")
+    ap.add_argument("--repeat", type=int, default=10, help="max timed runs per measurement (default 10)")
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="seconds of timed work per group before runs are cut (never below 3 runs; default 3)")
+    ap.add_argument("--only", default="", help="comma-separated families to run: selection,encode,decode,misc")
+    ap.add_argument("--no-verify", action="store_true", help="skip the kernel-vs-baseline agreement checks")
+    args = ap.parse_args(argv)
+    if args.threads != _EARLY_THREADS:
+        ap.error("--threads must be given on the command line (it is read before numba is imported)")
+    sizes = _common.parse_sizes(args.sizes)
+    _common.apply_threads(args.threads)
+    if not args.no_verify:
+        verify()
+        print("baseline agreement checks: ok", flush=True)
+    families = [f for f in args.only.split(",") if f] or ["selection", "encode", "decode", "misc"]
+    bench = Bench(max(args.repeat, 3), args.budget)
+    for n in sizes:
+        x = np.random.default_rng(SEED).standard_normal(n, dtype=np.float32)
+        print(f"n = {n:,}", flush=True)
+        if "selection" in families:
+            bench.selection(x)
+        if "encode" in families:
+            bench.encoders(x)
+        if "decode" in families:
+            bench.decoders(x)
+        if "misc" in families:
+            bench.misc(x)
+        del x
+    targets = evaluate_targets(bench.records, sizes)
+    head = _common.header(args.threads, sizes, repeat=args.repeat, budget_s=args.budget, bucket_size=BUCKET,
+                          density=DENSITY, input="float32 standard normal, seed 12345",
+                          numba_threading_layer=_threading_layer())
+    _common.write_json(args.json, head, bench.records, targets=targets)
+    print_tables(bench.records, targets)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def _threading_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return f"{numba.config.THREADING_LAYER} (not initialised)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Shared pieces of the collective algorithms: the Algorithm contract and per-call stats.
+
+An algorithm turns every rank's float32 vector into the same result on every
+rank: the mean (or the sum) of what the ranks' compressed forms decode to.  It
+is split in two so adapters can overlap communication with computation:
+
+* :meth:`Algorithm.prepare` - local work only (error feedback, compression);
+* :meth:`Algorithm.complete` - communication and decoding, on any thread.
+
+Algorithms talk to a :class:`gcomp.transports.Transport` and to the error
+feedback memories the engine hands them; nothing here knows about DDP or MPI.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+__all__ = ["Algorithm", "Pending", "CallStats", "Timer"]
+
+
+@dataclasses.dataclass
+class CallStats:
+    """What one compressed allreduce cost this rank."""
+
+    key: object
+    step: int
+    algorithm: str
+    numel: int
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packet_bytes: int = 0
+    compress_s: float = 0.0
+    decompress_s: float = 0.0
+    comm_s: float = 0.0
+    nonfinite: bool = False
+
+    @property
+    def dense_bytes(self):
+        return 4 * self.numel
+
+    @property
+    def compression_ratio(self):
+        """float32 bytes of the vector over the bytes this rank's compressed form took."""
+        return self.dense_bytes / self.packet_bytes if self.packet_bytes else float("inf") if self.numel else 1.0
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d["key"] = str(self.key)
+        d["compression_ratio"] = self.compression_ratio
+        return d
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def lap(self):
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+@dataclasses.dataclass
+class Pending:
+    """What :meth:`Algorithm.prepare` hands to :meth:`Algorithm.complete`."""
+
+    x: np.ndarray
+    key: object
+    step: int
+    stats: CallStats
+    payload: object = None
+    average: bool = True
+
+
+class Algorithm:
+    """Base class of the collective algorithms."""
+
+    name = ""
+
+    def __init__(self, transport, compressor, feedback, server_feedback=None):
+        self.transport = transport
+        self.compressor = compressor
+        self.feedback = feedback
+        self.server_feedback = server_feedback
+
+    @property
+    def size(self):
+        return self.transport.size
+
+    def estimated_bytes(self, numel) -> int:
+        """Bytes this rank would send for a vector of ``numel`` (from max_payload_bytes)."""
+        raise NotImplementedError
+
+    def prepare(self, x, key, step, average=True) -> Pending:
+        raise NotImplementedError
+
+    def complete(self, pending: Pending) -> np.ndarray:
+        raise NotImplementedError
+
+    def memory_keys(self, key):
+        """Every feedback key this algorithm uses for ``key`` (to reset them together)."""
+        return [key]
+
+    def _counted(self, pending, fn, *args):
+        before = self.transport.counter.snapshot()
+        t = Timer()
+        out = fn(*args)
+        pending.stats.comm_s += t.lap()
+        after = self.transport.counter.snapshot()
+        pending.stats.bytes_sent += after[0] - before[0]
+        pending.stats.bytes_received += after[1] - before[1]
+        return out

@@ -1,0 +1,179 @@
+"""The engine both adapters use: picks an algorithm, checks agreement, keeps memories and stats.
+
+:class:`CompressedAllreduce` is the one object the DDP hook and the MPI
+``Allreduce`` drive.  Per call it:
+
+1. on the first use of a key, allgathers a 32-byte fingerprint of (compressor
+   config, algorithm, feedback kind, numel, dtype, nonfinite policy) and raises
+   :class:`gcomp.errors.MismatchError` on *every* rank if any rank differs, so
+   nobody hangs and nothing is summed wrongly;
+2. runs the chosen algorithm (``prepare`` then ``complete``);
+3. applies the non-finite policy to the result, which is bit-identical on every
+   rank, so every rank does the same: ``"propagate"`` (default: NaN/Inf reach
+   the optimizer, e.g. for GradScaler to skip the step), ``"zero"`` (the
+   vector becomes zeros) or ``"raise"`` (NonFiniteError).  In all three the
+   error-feedback memories of that key are reset on every rank, so one bad step
+   does not poison later ones;
+4. records :class:`CallStats`.
+
+``algorithm="auto"`` picks, per vector size, the algorithm that sends the
+fewest bytes by the compressor's ``max_payload_bytes``: ``allreduce`` for
+linear compressors; otherwise ``allgather`` or ``scatter-reduce-allgather``
+(ties go to allgather, which compresses once).
+"""
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..compressors import Compressor
+from ..compressors import compressor as build_compressor
+from ..errors import ConfigError, MismatchError, NonFiniteError, StateError
+from ..feedback import ErrorFeedback, ResidualFeedback, feedback
+from ..kernels.scatter import count_nonfinite
+from .allgather import AllgatherAlgorithm
+from .allreduce import LinearAllreduce
+from .base import CallStats
+from .dense import DenseAllreduce
+from .scatter_reduce_allgather import ScatterReduceAllgather
+
+__all__ = ["CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]
+
+ALGORITHMS = {
+    "dense": DenseAllreduce,
+    "allreduce": LinearAllreduce,
+    "allgather": AllgatherAlgorithm,
+    "scatter-reduce-allgather": ScatterReduceAllgather,
+}
+NONFINITE_POLICIES = ("propagate", "zero", "raise")
+STATE_VERSION = 1
+
+
+class CompressedAllreduce:
+    """Compressed allreduce over a transport with error feedback (see the module docstring)."""
+
+    def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
+                 min_numel=0, verify=True, keep_stats=1000):
+        self.transport = transport
+        self.compressor = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
+        if algorithm != "auto" and algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(ALGORITHMS)}")
+        if algorithm == "allreduce" and not self.compressor.linear:
+            raise ConfigError(f"algorithm 'allreduce' needs a linear compressor; {self.compressor.name!r} is not "
+                              "(use allgather or scatter-reduce-allgather)")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"unknown nonfinite policy {nonfinite!r}; known: {', '.join(NONFINITE_POLICIES)}")
+        if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+            raise ConfigError(f"expected min_numel a non-negative integer, found {min_numel!r}")
+        if isinstance(error_feedback, ErrorFeedback):
+            self.feedback = error_feedback
+            self.compressor = error_feedback.compressor
+        else:
+            self.feedback = feedback(error_feedback or "none", self.compressor)
+        self.server_feedback = ResidualFeedback(self.compressor) if self.feedback.kind != "none" else feedback("none", self.compressor)
+        self.algorithm = algorithm
+        self.nonfinite = nonfinite
+        self.min_numel = min_numel
+        self.verify = verify
+        self.keep_stats = keep_stats
+        self.stats = []
+        self._verified = set()
+        self._steps = {}
+        self._algorithms = {name: cls(transport, self.compressor, self.feedback, self.server_feedback)
+                            for name, cls in ALGORITHMS.items()}
+
+    # -- choice ---------------------------------------------------------
+    def choose(self, numel) -> str:
+        """The algorithm used for a vector of ``numel`` entries."""
+        if numel < self.min_numel or self.transport.size == 1 and self.algorithm == "auto":
+            return "dense" if numel < self.min_numel else self._auto(numel)
+        if self.algorithm != "auto":
+            return self.algorithm
+        return self._auto(numel)
+
+    def _auto(self, numel):
+        if self.compressor.name == "none":
+            return "dense"
+        if self.compressor.linear:
+            return "allreduce"
+        gather = self._algorithms["allgather"].estimated_bytes(numel)
+        sra = self._algorithms["scatter-reduce-allgather"].estimated_bytes(numel)
+        return "allgather" if gather <= sra else "scatter-reduce-allgather"
+
+    # -- agreement ------------------------------------------------------
+    def fingerprint(self, key, numel, dtype, algorithm) -> bytes:
+        doc = json.dumps({"compressor": self.compressor.get_config(), "algorithm": algorithm,
+                          "feedback": self.feedback.kind, "numel": int(numel), "dtype": str(dtype),
+                          "nonfinite": self.nonfinite}, sort_keys=True, default=str)
+        return hashlib.sha256(doc.encode()).digest()
+
+    def verify_agreement(self, key, numel, dtype, algorithm):
+        """Allgather fingerprints; raise MismatchError on every rank if any differs."""
+        mine = self.fingerprint(key, numel, dtype, algorithm)
+        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
+        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
+        if differing:
+            raise MismatchError(
+                f"ranks disagree on compressor, configuration, size or dtype for key {key!r}: rank "
+                f"{self.transport.rank} has {self.compressor.get_config()} with algorithm {algorithm!r}, "
+                f"{numel} entries of {dtype}, but ranks {differing} differ; every rank must use the same "
+                "compressor and options on the same tensors"
+            )
+
+    # -- work -----------------------------------------------------------
+    def prepare(self, x, key=0, step=None, *, average=True, dtype="float32"):
+        """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`."""
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        algorithm = self.choose(x.shape[0])
+        if self.verify and (key, algorithm) not in self._verified:
+            self.verify_agreement(key, x.shape[0], dtype, algorithm)
+            self._verified.add((key, algorithm))
+        if step is None:
+            step = self._steps.get(key, 0)
+        self._steps[key] = step + 1
+        pending = self._algorithms[algorithm].prepare(x, key, step, average=average)
+        pending.algorithm = algorithm
+        return pending
+
+    def complete(self, pending) -> np.ndarray:
+        """Communication and decoding of a prepared call; the result is identical on every rank."""
+        algorithm = self._algorithms[pending.algorithm]
+        out = algorithm.complete(pending)
+        if count_nonfinite(out):
+            pending.stats.nonfinite = True
+            for k in algorithm.memory_keys(pending.key):
+                self.feedback.reset(k)
+                self.server_feedback.reset(k)
+            if self.nonfinite == "raise":
+                self._record(pending.stats)
+                raise NonFiniteError(
+                    f"NaN or Inf in the reduced vector for key {pending.key!r} at step {pending.step} (policy 'raise'); "
+                    "every rank raised and reset its error-feedback memory for this key"
+                )
+            if self.nonfinite == "zero":
+                out[:] = 0.0
+        self._record(pending.stats)
+        return out
+
+    def __call__(self, x, key=0, step=None, *, average=True, dtype="float32"):
+        return self.complete(self.prepare(x, key, step, average=average, dtype=dtype))
+
+    def _record(self, stats: CallStats):
+        self.stats.append(stats)
+        if len(self.stats) > self.keep_stats:
+            del self.stats[: len(self.stats) - self.keep_stats]
+
+    # -- checkpointing --------------------------------------------------
+    def state_dict(self):
+        """This rank's memories, steps and compressor state (never the transport)."""
+        return {"version": STATE_VERSION, "feedback": self.feedback.state_dict(),
+                "server_feedback": self.server_feedback.state_dict(), "steps": dict(self._steps)}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise StateError(f"expected an engine state with version {STATE_VERSION}, found "
+                             f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
+        self.feedback.load_state_dict(state["feedback"])
+        self.server_feedback.load_state_dict(state["server_feedback"])
+        self._steps = dict(state.get("steps", {}))
