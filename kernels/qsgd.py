@@ -103,9 +103,16 @@ def _codes(xc, rc, c0, key, inv, lv, codes, vbuf):
 
 @kernel
 def _residual_update(vc, codes, rc, sc, lv):
-    """``rc = vc - decode(codes)`` for one chunk (the decoder's formula)."""
-    for i in range(vc.shape[0]):
-        rc[i] = vc[i] - sc * (np.float32(codes[i]) - lv)
+    """``rc = vc - decode(codes)`` for one chunk.
+
+    Two loops: the decoded values are rounded to float32 (stored) before the
+    subtraction, so no fused multiply-add makes the residual differ from
+    ``v - qsgd_decode(...)``.
+    """
+    for i in range(rc.shape[0]):
+        rc[i] = sc * (np.float32(codes[i]) - lv)
+    for i in range(rc.shape[0]):
+        rc[i] = vc[i] - rc[i]
 
 
 @kernel

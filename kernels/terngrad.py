@@ -36,6 +36,7 @@ from .bitpack import (
 )
 from .config import kernel
 from .random import seed_key32
+from .uniform import _absmax
 
 __all__ = ["terngrad_encode", "terngrad_decode"]
 
@@ -43,26 +44,6 @@ __all__ = ["terngrad_encode", "terngrad_decode"]
 _CHUNK = 2048
 
 _F32_NAN = np.float32(np.nan)
-
-
-@kernel
-def _absmax(xb, rb):
-    """(max |v|, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
-    hi = np.float32(0.0)
-    chk = np.float32(0.0)
-    if rb is None:
-        for i in range(xb.shape[0]):
-            v = xb[i]
-            a = abs(v)
-            hi = a if a > hi else hi
-            chk += v * np.float32(0.0)
-    else:
-        for i in range(xb.shape[0]):
-            v = xb[i] + rb[i]
-            a = abs(v)
-            hi = a if a > hi else hi
-            chk += v * np.float32(0.0)
-    return hi, chk
 
 
 @kernel
@@ -82,9 +63,16 @@ def _codes(xc, rc, c0, key, scale, codes, vbuf):
 
 @kernel
 def _residual_update(vc, codes, rc, scale):
-    """``rc = vc - decode(code)`` for one chunk (the decoder's formula)."""
-    for i in range(vc.shape[0]):
-        rc[i] = vc[i] - scale * (np.float32(codes[i]) - np.float32(1.0))
+    """``rc = vc - decode(code)`` for one chunk.
+
+    Two loops: the decoded values are rounded to float32 (stored) before the
+    subtraction, so no fused multiply-add makes the residual differ from
+    ``v - terngrad_decode(...)``.
+    """
+    for i in range(rc.shape[0]):
+        rc[i] = scale * (np.float32(codes[i]) - np.float32(1.0))
+    for i in range(rc.shape[0]):
+        rc[i] = vc[i] - rc[i]
 
 
 @kernel
@@ -97,10 +85,10 @@ def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
         s = b * bucket_size
         e = min(s + bucket_size, n)
         if residual is None:
-            scale, chk = _absmax(x[s:e], None)
+            scale, finite = _absmax(x[s:e], None)
         else:
-            scale, chk = _absmax(x[s:e], residual[s:e])
-        if not (chk == np.float32(0.0)):
+            scale, finite = _absmax(x[s:e], residual[s:e])
+        if not finite:
             scales[b] = _F32_NAN
             packed[(2 * s) >> 3 : (2 * e + 7) >> 3] = 0
             if residual is not None:

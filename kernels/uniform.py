@@ -71,43 +71,49 @@ _F32_NAN = np.float32(np.nan)
 
 @kernel
 def _minmax(xb, rb):
-    """(min, max, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
+    """(min, max, finite) of ``v = xb (+ rb)``; ``finite`` is False iff some ``v`` is NaN or +-Inf.
+
+    NaN is caught by ``v != v`` (comparisons survive gcomp's fast-math flags,
+    which exclude ``nnan``); +-Inf shows up in the min or the max.  (Summing
+    ``v * 0`` would not do: reassociation may factor it into ``0 * sum(v)``,
+    which overflows for large finite values.)
+    """
     lo = _F32_INF
     hi = -_F32_INF
-    chk = np.float32(0.0)
+    nan = np.uint32(0)
     if rb is None:
         for i in range(xb.shape[0]):
             v = xb[i]
             lo = v if v < lo else lo
             hi = v if v > hi else hi
-            chk += v * np.float32(0.0)
+            nan = np.uint32(nan | np.uint32(v != v))
     else:
         for i in range(xb.shape[0]):
             v = xb[i] + rb[i]
             lo = v if v < lo else lo
             hi = v if v > hi else hi
-            chk += v * np.float32(0.0)
-    return lo, hi, chk
+            nan = np.uint32(nan | np.uint32(v != v))
+    return lo, hi, nan == 0 and lo > -_F32_INF and hi < _F32_INF
 
 
 @kernel
 def _absmax(xb, rb):
-    """(max |v|, check) of ``v = xb (+ rb)``; ``check`` is NaN iff some ``v`` is NaN or +-Inf."""
+    """(max |v|, finite) of ``v = xb (+ rb)``; ``finite`` is False iff some ``v`` is NaN or +-Inf."""
     hi = np.float32(0.0)
-    chk = np.float32(0.0)
+    nan = np.uint32(0)
     if rb is None:
         for i in range(xb.shape[0]):
             v = xb[i]
             a = abs(v)
             hi = a if a > hi else hi
-            chk += v * np.float32(0.0)
+            nan = np.uint32(nan | np.uint32(v != v))
     else:
         for i in range(xb.shape[0]):
             v = xb[i] + rb[i]
             a = abs(v)
             hi = a if a > hi else hi
-            chk += v * np.float32(0.0)
-    return hi, chk
+            nan = np.uint32(nan | np.uint32(v != v))
+    return hi, nan == 0 and hi < _F32_INF
 
 
 @kernel
@@ -156,9 +162,15 @@ def _chunk_codes(xc, rc, c0, key, off, inv, top, stochastic, codes, vbuf):
 
 @kernel
 def _residual_update(vc, codes, rc, scale, offset):
-    """``rc = vc - (offset + scale * code)`` for one chunk (the decoder's formula)."""
-    for i in range(vc.shape[0]):
-        rc[i] = vc[i] - (offset + scale * np.float32(codes[i]))
+    """``rc = vc - (offset + scale * code)`` for one chunk.
+
+    Two loops: the decoded values are rounded to float32 (stored) before the
+    subtraction, as :func:`uniform_decode` stores them.
+    """
+    for i in range(rc.shape[0]):
+        rc[i] = offset + scale * np.float32(codes[i])
+    for i in range(rc.shape[0]):
+        rc[i] = vc[i] - rc[i]
 
 
 @kernel
@@ -178,19 +190,19 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
         e = min(s + bucket_size, n)
         if absmax:
             if residual is None:
-                amax, chk = _absmax(x[s:e], None)
+                amax, finite = _absmax(x[s:e], None)
             else:
-                amax, chk = _absmax(x[s:e], residual[s:e])
+                amax, finite = _absmax(x[s:e], residual[s:e])
             scale = np.float32(np.float64(amax) * rh)
             offset = -(scale * np.float32(h))
         else:
             if residual is None:
-                lo, hi, chk = _minmax(x[s:e], None)
+                lo, hi, finite = _minmax(x[s:e], None)
             else:
-                lo, hi, chk = _minmax(x[s:e], residual[s:e])
+                lo, hi, finite = _minmax(x[s:e], residual[s:e])
             scale = np.float32((np.float64(hi) - np.float64(lo)) * rtop)
             offset = lo
-        if not (chk == np.float32(0.0)) or not (scale < _F32_INF):
+        if not finite or not (scale < _F32_INF):
             # NaN/Inf in the bucket (or a max-min range beyond float32): NaN scale and offset, zero codes.
             scales[b] = _F32_NAN
             offsets[b] = _F32_NAN

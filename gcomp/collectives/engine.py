@@ -126,19 +126,21 @@ class CompressedAllreduce:
         """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`."""
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         algorithm = self.choose(x.shape[0])
-        if self.verify and (key, algorithm) not in self._verified:
-            self.verify_agreement(key, x.shape[0], dtype, algorithm)
-            self._verified.add((key, algorithm))
         if step is None:
             step = self._steps.get(key, 0)
         self._steps[key] = step + 1
         pending = self._algorithms[algorithm].prepare(x, key, step, average=average)
         pending.algorithm = algorithm
+        pending.dtype = dtype
         return pending
 
     def complete(self, pending) -> np.ndarray:
         """Communication and decoding of a prepared call; the result is identical on every rank."""
         algorithm = self._algorithms[pending.algorithm]
+        # The agreement check is communication, so it runs here (on the thread that communicates).
+        if self.verify and (pending.key, pending.algorithm) not in self._verified:
+            self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
+            self._verified.add((pending.key, pending.algorithm))
         out = algorithm.complete(pending)
         if count_nonfinite(out):
             pending.stats.nonfinite = True

@@ -13,6 +13,9 @@ from .base import Transport
 
 __all__ = ["TorchTransport"]
 
+# torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns).
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 class TorchTransport(Transport):
     name = "torch"
@@ -32,7 +35,7 @@ class TorchTransport(Transport):
     def _sizes(self, n):
         sizes = torch.zeros(self.size, dtype=torch.int64)
         mine = torch.tensor([n], dtype=torch.int64)
-        dist.all_gather_into_tensor(sizes, mine, group=self.group)
+        _all_gather(sizes, mine, group=self.group)
         return sizes.tolist()
 
     def _allgatherv(self, data):
@@ -41,7 +44,7 @@ class TorchTransport(Transport):
         padded = np.zeros(width, np.uint8)
         padded[: data.nbytes] = data
         out = torch.empty(self.size * width, dtype=torch.uint8)
-        dist.all_gather_into_tensor(out, torch.from_numpy(padded), group=self.group)
+        _all_gather(out, torch.from_numpy(padded), group=self.group)
         flat = out.numpy()
         return [flat[i * width: i * width + sizes[i]].copy() for i in range(self.size)]
 

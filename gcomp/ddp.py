@@ -1,0 +1,283 @@
+"""PyTorch DDP communication hooks for every gcomp compressor.
+
+::
+
+    import gcomp.ddp
+    state = gcomp.ddp.register(ddp_model, "topk:ratio=0.01")   # or:
+    state = gcomp.ddp.CompressionState("qsgd", error_feedback="residual")
+    ddp_model.register_comm_hook(state, gcomp.ddp.compression_hook)
+
+The hook follows PyTorch's contract: it receives a ``GradBucket`` whose buffer
+holds this rank's gradients (summed over nothing yet) and returns a
+``torch.futures.Future`` of the *averaged* bucket.
+
+How a bucket travels:
+
+* for the first ``start_iter`` iterations (DDP rebuilds its buckets after the
+  first one, so per-bucket state is not trusted before), and for buckets under
+  ``min_numel`` entries, a plain dense allreduce on DDP's process group;
+* afterwards the bucket is compressed in the hook (error feedback included),
+  and the collective algorithm (``allreduce`` / ``allgather`` /
+  ``scatter-reduce-allgather``, ``auto`` by bytes) runs on one background
+  communication thread over a dedicated gloo group, decoding and averaging
+  there; the Future completes when it is done, so communication overlaps the
+  rest of the backward pass (Numba kernels release the GIL).
+
+Compression runs on the CPU: CUDA buckets are copied to the host and the
+result copied back, so the hook works on NCCL/CUDA models too, and nothing
+requires CUDA.
+
+Checkpointing is per rank: ``state.state_dict()`` holds this rank's residuals,
+steps and seeds (never a process group); save one file per rank and
+``load_state_dict`` into a fresh state before registering it (docs/ddp.md).
+
+This module must not use ``from __future__ import annotations``: DDP compares
+the hook's annotations as objects.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .collectives import CallStats, CompressedAllreduce
+from .compressors import Compressor
+from .compressors import compressor as build_compressor
+from .errors import CollectiveError, ConfigError, GcompError, MismatchError, StateError
+from .transports.torch_dist import TorchTransport
+
+__all__ = ["CompressionState", "compression_hook", "register", "StepStats"]
+
+log = logging.getLogger("gcomp.ddp")
+STATE_VERSION = 1
+
+
+class StepStats(dict):
+    """Totals of one training step over its buckets (a dict, so it logs and serializes as one)."""
+
+
+class CompressionState:
+    """Per-rank state of the gcomp DDP hook.
+
+    Must be constructed on every rank of ``process_group`` in the same order:
+    it creates a dedicated gloo group for the compressed traffic (a collective
+    call) and checks that every rank uses the same configuration, raising
+    :class:`gcomp.errors.MismatchError` on every rank otherwise.
+
+    Parameters: ``compressor`` (spec, config dict or Compressor);
+    ``error_feedback`` ("residual", "ef21", "dgc", "none"); ``algorithm``
+    ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense");
+    ``start_iter`` dense iterations before compressing; ``min_numel`` buckets
+    smaller than this go dense; ``seed`` the compressors' seed (identical on
+    every rank); ``nonfinite`` ("propagate", "zero", "raise": see
+    :mod:`gcomp.collectives.engine`); ``timeout`` for the communication group
+    (a ``datetime.timedelta``; a dead peer makes the others raise after it);
+    ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger.
+    """
+
+    def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
+                 min_numel=1024, seed=0, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000):
+        if not dist.is_available() or not dist.is_initialized():
+            raise ConfigError("expected torch.distributed to be initialised (dist.init_process_group) before CompressionState")
+        comp = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
+        if seed is not None and "seed" in comp.params:
+            comp = build_compressor({**comp.get_config(), "seed": seed})
+        for name, value in (("start_iter", start_iter), ("min_numel", min_numel), ("log_every", log_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"expected {name} a non-negative integer, found {value!r}")
+        self.process_group = process_group
+        self.world_size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
+        ranks = list(range(dist.get_world_size())) if process_group is None else dist.get_process_group_ranks(process_group)
+        kwargs = {"backend": "gloo"}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        self.comm_group = dist.new_group(ranks=ranks, **kwargs)
+        self.transport = TorchTransport(self.comm_group)
+        self.engine = CompressedAllreduce(self.transport, comp, algorithm=algorithm, error_feedback=error_feedback,
+                                          nonfinite=nonfinite)
+        self.compressor = self.engine.compressor
+        self.start_iter = start_iter
+        self.min_numel = min_numel
+        self.log_every = log_every
+        self.keep_steps = keep_steps
+        self.iter = 0
+        self.steps = []  # StepStats of finished steps
+        self._dense_stats = []
+        self._layouts = {}
+        self._saved_layouts = None
+        self._lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-comm")
+        self._check_config()
+
+    # -- configuration agreement -----------------------------------------
+    def config(self):
+        return {"compressor": self.compressor.get_config(), "error_feedback": self.engine.feedback.kind,
+                "algorithm": self.engine.algorithm, "start_iter": self.start_iter, "min_numel": self.min_numel,
+                "nonfinite": self.engine.nonfinite, "world_size": self.world_size}
+
+    def _check_config(self):
+        mine = hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).digest()
+        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
+        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
+        if differing:
+            raise MismatchError(f"ranks disagree on the DDP compression configuration: rank {self.rank} has "
+                                f"{self.config()}, ranks {differing} differ; construct CompressionState identically everywhere")
+
+    # -- stats -------------------------------------------------------------
+    @property
+    def stats(self):
+        """Per-call :class:`gcomp.collectives.CallStats` of compressed and dense buckets (latest last)."""
+        return list(self.engine.stats) + list(self._dense_stats)
+
+    def last_step(self):
+        """:class:`StepStats` of the latest finished step, or None."""
+        return self.steps[-1] if self.steps else None
+
+    def _close_step(self, step):
+        calls = [s for s in self.engine.stats if s.step == step]
+        calls += [s for s in self._dense_stats if s.step == step]
+        if not calls:
+            return
+        sent = sum(s.bytes_sent for s in calls)
+        dense = sum(s.dense_bytes for s in calls)
+        packets = sum(s.packet_bytes for s in calls)
+        summary = StepStats(
+            step=step, buckets=len(calls), bytes_sent=sent, bytes_received=sum(s.bytes_received for s in calls),
+            dense_bytes=dense, compression_ratio=dense / packets if packets else 1.0,
+            compress_s=sum(s.compress_s for s in calls), decompress_s=sum(s.decompress_s for s in calls),
+            comm_s=sum(s.comm_s for s in calls), algorithms=sorted({s.algorithm for s in calls}),
+            nonfinite=any(s.nonfinite for s in calls),
+        )
+        self.steps.append(summary)
+        del self.steps[: max(0, len(self.steps) - self.keep_steps)]
+        del self._dense_stats[: max(0, len(self._dense_stats) - 4 * self.keep_steps)]
+        if self.log_every and step % self.log_every == 0:
+            log.info("gcomp step %d: %s", step, dict(summary))
+
+    # -- checkpointing -------------------------------------------------------
+    def state_dict(self):
+        """This rank's hook state: iteration, residuals, steps, seeds and bucket layouts (no process group)."""
+        self.wait()
+        return {"version": STATE_VERSION, "iter": self.iter, "rank": self.rank, "world_size": self.world_size,
+                "config": self.config(), "engine": self.engine.state_dict(),
+                "layouts": {k: list(v) for k, v in self._layouts.items()}}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output of the same rank and configuration."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise StateError(f"expected a gcomp DDP state with version {STATE_VERSION}, found "
+                             f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
+        if state.get("world_size") != self.world_size or state.get("rank") != self.rank:
+            raise StateError(f"expected the state of rank {self.rank} of {self.world_size}, found rank "
+                             f"{state.get('rank')} of {state.get('world_size')}: save and load one file per rank")
+        if state.get("config") != self.config():
+            raise StateError(f"expected a state saved with configuration {self.config()}, found {state.get('config')}")
+        self.engine.load_state_dict(state["engine"])
+        self.iter = int(state["iter"])
+        self._saved_layouts = {k: tuple(v) for k, v in state.get("layouts", {}).items()}
+
+    def wait(self):
+        """Block until every launched bucket has completed."""
+        self._executor.submit(lambda: None).result()
+
+    def close(self):
+        self._executor.shutdown(wait=True)
+
+    # -- the per-bucket work ---------------------------------------------------
+    def _layout(self, bucket):
+        return tuple((tuple(p.shape), str(p.dtype)) for p in bucket.parameters())
+
+    def _check_layout(self, key, bucket):
+        layout = self._layout(bucket)
+        self._layouts[key] = layout
+        if self._saved_layouts is not None and key in self._saved_layouts and self._saved_layouts[key] != layout:
+            raise StateError(
+                f"bucket {key} holds parameters {layout} but the checkpoint's bucket {key} held "
+                f"{self._saved_layouts[key]}; build the DDP model exactly as before (same parameter order, "
+                "bucket_cap_mb) so bucket-keyed residuals map onto the same tensors"
+            )
+
+
+def _dense(state, bucket, tensor):
+    stats = CallStats(bucket.index(), state.iter, "dense", tensor.numel(), packet_bytes=tensor.numel() * tensor.element_size())
+    moved = 2 * (state.world_size - 1) * stats.packet_bytes // max(state.world_size, 1)
+    stats.bytes_sent = stats.bytes_received = moved
+    stats.step = state.iter
+    state._dense_stats.append(stats)
+    fut = dist.all_reduce(tensor, group=state.process_group, async_op=True).get_future()
+
+    def average(f):
+        return f.value()[0].div_(state.world_size)
+
+    return fut.then(average)
+
+
+def _finish_iteration(state, bucket):
+    if bucket.is_last():
+        step = state.iter
+        state.iter += 1
+        return step
+    return None
+
+
+def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """gcomp's DDP communication hook: returns a Future of the averaged bucket (module docstring)."""
+    tensor = bucket.buffer()
+    last = bucket.is_last()
+    step = state.iter
+    if step < state.start_iter or tensor.numel() < state.min_numel or tensor.numel() == 0:
+        fut = _dense(state, bucket, tensor)
+        _finish_iteration(state, bucket)
+        if last:
+            fut = fut.then(lambda f: (_close_after(state, step), f.value())[1])
+        return fut
+    key = bucket.index()
+    state._check_layout(key, bucket)
+    host = tensor.detach()
+    if host.device.type != "cpu":
+        host = host.cpu()
+    dtype = str(host.dtype).replace("torch.", "")
+    x = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
+    pending = state.engine.prepare(x, key=key, dtype=dtype)
+    pending.stats.step = step
+    _finish_iteration(state, bucket)
+    fut = torch.futures.Future()
+
+    def communicate():
+        try:
+            out = state.engine.complete(pending)
+            tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
+            if last:
+                _close_after(state, step)
+            fut.set_result(tensor)
+        except GcompError as exc:
+            fut.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - a peer died or timed out: say so in gcomp's terms
+            fut.set_exception(CollectiveError(
+                f"compressed allreduce of bucket {key} at step {step} failed on rank {state.rank}: {exc}; "
+                "a peer may have died or the group timed out"))
+
+    state._executor.submit(communicate)
+    return fut
+
+
+def _close_after(state, step):
+    # The step's totals are closed once its last bucket is done.
+    time.sleep(0)
+    state._close_step(step)
+
+
+def register(ddp_model, spec, **options) -> CompressionState:
+    """Build a :class:`CompressionState` for ``ddp_model``'s process group and register the hook; returns the state."""
+    if "process_group" not in options and getattr(ddp_model, "process_group", None) is not None:
+        options["process_group"] = ddp_model.process_group
+    state = CompressionState(spec, **options)
+    ddp_model.register_comm_hook(state, compression_hook)
+    return state
