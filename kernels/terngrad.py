@@ -3,12 +3,16 @@
 For each bucket of ``bucket_size`` entries (the last one may be partial) with
 ``v = x`` (or ``v = x + residual``, see below) and ``scale = max |v|``::
 
-    keep  = u * scale < |v|               u = uniform01(seed_key32(seed), i)
+    keep  = u * scale < |v|               u = uniform01(seed_key32(seed), i) = k / 2**24
     code  = 1 + keep * (1 if v >= 0 else -1)          (0: -1, 1: 0, 2: +1)
 
 so ``P(code != 1) = |v| / scale`` and decoding, ``value = scale * (code - 1)``,
 is unbiased (up to float32 rounding and the 24-bit resolution of ``u``).  ``i``
-is the global element index.  Codes are packed LSB-first at 2 bits; code 3 is
+is the global element index.  The comparison is evaluated as
+``k * (scale / 2**24) < |v|`` (the same float32 value as ``u * scale``), or,
+when ``scale < 2**-100`` would make ``scale / 2**24`` lose bits to underflow,
+as ``k * scale < |v| * 2**24``: written that way so that fast-math
+reassociation (which may fold ``2**-24 * scale``) cannot flush tiny buckets.  Codes are packed LSB-first at 2 bits; code 3 is
 never produced.  A zero bucket has ``scale = 0`` and every code 1 (decodes to 0).
 
 Non-finite values (the policy of :mod:`gcomp.kernels`): a bucket holding a NaN
@@ -25,7 +29,7 @@ import numpy as np
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
     _pack_chunk,
-    _uniform01_u32,
+    _rand32_u32,
     _unpack_chunk,
     _word_views,
     check_bucket_size,
@@ -44,10 +48,12 @@ __all__ = ["terngrad_encode", "terngrad_decode"]
 _CHUNK = 2048
 
 _F32_NAN = np.float32(np.nan)
+_TINY = np.float32(2.0**-100)
 
 
 @kernel
-def _codes(xc, rc, c0, key, scale, codes, vbuf):
+def _codes(xc, rc, c0, key, s2, m2, codes, vbuf):
+    """Codes of one chunk: keep iff ``k * s2 < |v| * m2`` (``k``: the 24 random bits)."""
     c = c0
     zero = np.float32(0.0)
     one = np.float32(1.0)
@@ -56,7 +62,8 @@ def _codes(xc, rc, c0, key, scale, codes, vbuf):
         if rc is not None:
             v = v + rc[i]
             vbuf[i] = v
-        step = (one if v >= zero else -one) if _uniform01_u32(key, c) * scale < abs(v) else zero
+        k = np.float32(np.int32(_rand32_u32(key, c) >> np.uint32(8)))
+        step = (one if v >= zero else -one) if k * s2 < abs(v) * m2 else zero
         codes[i] = np.uint8(one + step)
         c = np.uint32(c + np.uint32(1))
 
@@ -95,14 +102,20 @@ def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
                 residual[s:e] = _F32_NAN
             continue
         scales[b] = scale
+        if scale >= _TINY:
+            s2 = scale * np.float32(2.0**-24)
+            m2 = np.float32(1.0)
+        else:
+            s2 = scale
+            m2 = np.float32(2.0**24)
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
             m = ce - cs
             c0 = np.uint32(cs & 0xFFFFFFFF)
             if residual is None:
-                _codes(x[cs:ce], None, c0, key, scale, codes, vbuf)
+                _codes(x[cs:ce], None, c0, key, s2, m2, codes, vbuf)
             else:
-                _codes(x[cs:ce], residual[cs:ce], c0, key, scale, codes, vbuf)
+                _codes(x[cs:ce], residual[cs:ce], c0, key, s2, m2, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
             _pack_chunk(cw, codes, m, 2, packed, p16, p32, p64, (2 * cs) >> 3)
 

@@ -3,7 +3,7 @@
 :class:`CompressedAllreduce` is the one object the DDP hook and the MPI
 ``Allreduce`` drive.  Per call it:
 
-1. on the first use of a key, allgathers a 32-byte fingerprint of (compressor
+1. on the first use of a key (``verify="always"``: on every call), allgathers a 32-byte fingerprint of (compressor
    config, algorithm, feedback kind, numel, dtype, nonfinite policy) and raises
    :class:`gcomp.errors.MismatchError` on *every* rank if any rank differs, so
    nobody hangs and nothing is summed wrongly;
@@ -55,6 +55,8 @@ class CompressedAllreduce:
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
                  min_numel=0, verify=True, keep_stats=1000):
+        if verify not in (True, False, "first", "always"):
+            raise ConfigError(f"expected verify True/'first', 'always' or False, found {verify!r}")
         self.transport = transport
         self.compressor = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
         if algorithm != "auto" and algorithm not in ALGORITHMS:
@@ -138,7 +140,8 @@ class CompressedAllreduce:
         """Communication and decoding of a prepared call; the result is identical on every rank."""
         algorithm = self._algorithms[pending.algorithm]
         # The agreement check is communication, so it runs here (on the thread that communicates).
-        if self.verify and (pending.key, pending.algorithm) not in self._verified:
+        # verify="always" checks every call (keys may differ across ranks); True/"first" once per key.
+        if self.verify == "always" or (self.verify and (pending.key, pending.algorithm) not in self._verified):
             self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
             self._verified.add((pending.key, pending.algorithm))
         out = algorithm.complete(pending)

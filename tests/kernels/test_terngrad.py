@@ -50,7 +50,10 @@ def terngrad_encode_ref(x, bucket_size, seed, residual=None):
             continue
         scale = np.max(np.abs(vb))
         scales[b] = scale
-        keep = u[sl] * scale < np.abs(vb)
+        if scale >= 2.0**-100:
+            keep = u[sl] * scale < np.abs(vb)
+        else:  # the kernel's form for tiny scales: k * scale < |v| * 2**24, k = u * 2**24
+            keep = (u[sl] * F32(2**24)) * scale < np.abs(vb) * F32(2**24)
         codes[sl] = 1 + keep * np.where(vb >= 0, 1, -1)
     return codes, scales, v
 

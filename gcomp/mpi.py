@@ -1,0 +1,281 @@
+"""A compressed drop-in for mpi4py's ``comm.Allreduce``, for mpirun experiments across edge boxes.
+
+::
+
+    from mpi4py import MPI
+    import gcomp.mpi
+
+    ccomm = gcomp.mpi.CompressedComm(MPI.COMM_WORLD, "topk:ratio=0.01")
+    ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)   # compressed, error feedback kept
+    ccomm.Bcast(params, root=0)                              # anything else passes through
+
+    gcomp.mpi.Allreduce(MPI.COMM_WORLD, send, recv, compressor="qsgd")  # one-off, no memory
+
+Buffers are numpy arrays or CPU torch tensors of float16/32/64 (or bfloat16
+tensors); ``MPI.IN_PLACE`` works as in mpi4py.  ``op`` is ``MPI.SUM`` or
+:data:`MEAN` (also accepted: ``"sum"``, ``"mean"``, ``"avg"``); other ops
+raise :class:`gcomp.errors.ConfigError`.
+
+The same collective algorithms as the DDP hook run over
+:class:`gcomp.transports.MPITransport` (Allreduce, Allgatherv, Alltoallv,
+Bcast: buffer methods only, never pickle).  Every call first checks that all
+ranks agree on compressor, options, size and dtype (``verify="always"``, one
+32-byte Allgather), raising :class:`gcomp.errors.MismatchError` on every rank
+otherwise; pass ``verify="first"`` to check once per key.
+
+Error feedback memories are keyed by ``key=`` (default: the buffer's length,
+so one buffer per size needs no key).  ``state_dict()`` holds this rank's.
+
+Hierarchical mode (``hierarchical="node"`` or an integer color per site, or a
+callable ``rank -> color``): a dense Allreduce inside each group of fast links,
+the compressed allreduce between the group leaders, and a broadcast back
+inside each group: the cloud-edge-device hybrid.
+
+An exception on one rank would leave the others waiting in a collective: run
+scripts as ``mpiexec -n 4 python -m mpi4py script.py`` so an uncaught
+exception calls MPI_Abort and ends the whole job (docs/mpi.md).
+"""
+
+import concurrent.futures
+
+import numpy as np
+from mpi4py import MPI
+
+from .collectives import CompressedAllreduce
+from .compressors import Compressor
+from .compressors import compressor as build_compressor
+from .errors import ConfigError, StateError
+from .transports.mpi import MPITransport
+
+__all__ = ["Allreduce", "Iallreduce", "CompressedComm", "MEAN", "SUM", "Request"]
+
+
+class _Mean:
+    """The averaging op (mpi4py has no MPI_AVG)."""
+
+    def __repr__(self):
+        return "gcomp.mpi.MEAN"
+
+
+MEAN = _Mean()
+SUM = MPI.SUM
+STATE_VERSION = 1
+
+
+def _average_of(op):
+    if op is MEAN or (isinstance(op, str) and op.lower() in ("mean", "avg", "average")):
+        return True
+    if op == MPI.SUM or (isinstance(op, str) and op.lower() == "sum"):
+        return False
+    raise ConfigError(f"expected op MPI.SUM or gcomp.mpi.MEAN for a compressed Allreduce, found {op!r}; "
+                      "other reductions (MAX, PROD, ...) do not commute with compression: use comm.Allreduce")
+
+
+def _buffer(buf, name):
+    """``(numpy float32 view or copy, original object, dtype name)`` of a buffer argument."""
+    if isinstance(buf, (list, tuple)) and buf:
+        buf = buf[0]  # [array, MPI.FLOAT]-style buffer specs
+    if isinstance(buf, np.ndarray):
+        if buf.dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"expected {name} of dtype float16, float32 or float64, found {buf.dtype}")
+        if not buf.flags.c_contiguous:
+            raise ValueError(f"expected {name} to be C-contiguous")
+        return buf.reshape(-1), buf.dtype.name
+    if type(buf).__module__.startswith("torch"):
+        import torch
+
+        if buf.device.type != "cpu":
+            raise TypeError(f"expected {name} on the CPU, found {buf.device}")
+        if not buf.is_contiguous():
+            raise ValueError(f"expected {name} to be contiguous")
+        if buf.dtype == torch.bfloat16:
+            return buf.reshape(-1), "bfloat16"
+        if buf.dtype not in (torch.float16, torch.float32, torch.float64):
+            raise TypeError(f"expected {name} of a float dtype, found {buf.dtype}")
+        return buf.detach().reshape(-1).numpy(), str(buf.dtype).replace("torch.", "")
+    raise TypeError(f"expected {name} to be a numpy array or CPU torch tensor (or MPI.IN_PLACE), found {type(buf).__name__}")
+
+
+def _as_f32(flat, dtype):
+    if dtype == "bfloat16":
+        return flat.float().numpy()
+    return flat if flat.dtype == np.float32 else flat.astype(np.float32)
+
+
+def _write(recv_flat, dtype, result):
+    if dtype == "bfloat16":
+        import torch
+
+        recv_flat.copy_(torch.from_numpy(result))
+    else:
+        recv_flat[...] = result
+
+
+class Request:
+    """A nonblocking compressed allreduce; ``Wait()`` returns when the result is in ``recvbuf``."""
+
+    def __init__(self, future):
+        self._future = future
+
+    def Wait(self, status=None):
+        self._future.result()
+        return True
+
+    def Test(self, status=None):
+        if self._future.done():
+            self._future.result()
+            return True
+        return False
+
+    wait = Wait
+    test = Test
+
+
+class CompressedComm:
+    """Wraps a communicator: ``Allreduce``/``Iallreduce`` compress, every other attribute passes through.
+
+    Options: ``error_feedback`` ("residual", "ef21", "dgc", "none"), ``algorithm``
+    ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense"),
+    ``nonfinite`` ("propagate", "zero", "raise"), ``verify`` ("always", "first",
+    False), ``min_numel`` (smaller buffers go dense), ``seed``, and
+    ``hierarchical`` (None, "node", an int color, or a callable rank -> color).
+    """
+
+    def __init__(self, comm, spec, *, error_feedback="residual", algorithm="auto", nonfinite="propagate",
+                 verify="always", min_numel=0, seed=0, hierarchical=None):
+        comp = spec if isinstance(spec, Compressor) else build_compressor(spec)
+        if seed is not None and "seed" in comp.params:
+            comp = build_compressor({**comp.get_config(), "seed": seed})
+        self.comm = comm
+        self._own = comm.Dup()  # compressed traffic never mixes with the caller's collectives
+        self.hierarchical = hierarchical
+        self._intra = self._leaders = None
+        transport = MPITransport(self._own)
+        if hierarchical is not None:
+            self._intra, self._leaders = self._split(hierarchical)
+            transport = MPITransport(self._leaders) if self._leaders is not None else None
+        options = dict(algorithm=algorithm, error_feedback=error_feedback, nonfinite=nonfinite, min_numel=min_numel,
+                       verify=verify)
+        self.engine = CompressedAllreduce(transport, comp, **options) if transport is not None else None
+        self.compressor = comp
+        self.options = options
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")
+
+    # -- hierarchical groups ------------------------------------------------
+    def _split(self, how):
+        rank = self._own.Get_rank()
+        if how == "node":
+            intra = self._own.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        else:
+            color = how(rank) if callable(how) else how
+            if isinstance(color, bool) or not isinstance(color, (int, np.integer)) or color < 0:
+                raise ConfigError(f"expected a non-negative integer group color, found {color!r}")
+            intra = self._own.Split(int(color), rank)
+        is_leader = intra.Get_rank() == 0
+        leaders = self._own.Split(0 if is_leader else MPI.UNDEFINED, rank)
+        return intra, (leaders if is_leader else None)
+
+    # -- pass-through ---------------------------------------------------------
+    def __getattr__(self, name):
+        return getattr(self.__dict__["comm"], name)
+
+    @property
+    def stats(self):
+        """Per-call :class:`gcomp.collectives.CallStats` of this rank's compressed traffic."""
+        return list(self.engine.stats) if self.engine is not None else []
+
+    # -- the compressed allreduce ------------------------------------------------
+    def _run(self, sendbuf, recvbuf, op, key):
+        average = _average_of(op)
+        recv_flat, dtype = _buffer(recvbuf, "recvbuf")
+        if sendbuf is MPI.IN_PLACE:
+            x = _as_f32(recv_flat, dtype)
+        else:
+            send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
+            if send_flat.shape != recv_flat.shape:
+                raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
+            x = _as_f32(send_flat, send_dtype)
+        key = f"n{x.shape[0]}" if key is None else key
+        if self.hierarchical is None:
+            pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
+            return lambda: _write(recv_flat, dtype, self.engine.complete(pending))
+        return lambda: _write(recv_flat, dtype, self._hierarchical(x, key, average, dtype))
+
+    def _hierarchical(self, x, key, average, dtype):
+        total = np.array(x, dtype=np.float32, copy=True)
+        self._intra.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        if self._leaders is not None and self._leaders.Get_size() > 1:
+            total = self.engine(total, key=key, average=False, dtype=dtype)
+        self._intra.Bcast(total, root=0)
+        if average:
+            total /= np.float32(self._own.Get_size())
+        return total
+
+    def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None):
+        """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``; op is MPI.SUM or gcomp.mpi.MEAN."""
+        work = self._run(sendbuf, recvbuf, op, key)
+        self._executor.submit(work).result()
+
+    def Iallreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None) -> Request:
+        """Nonblocking :meth:`Allreduce`: compresses now, communicates on a background thread."""
+        work = self._run(sendbuf, recvbuf, op, key)
+        return Request(self._executor.submit(work))
+
+    # -- checkpointing ------------------------------------------------------------
+    def state_dict(self):
+        """This rank's error-feedback memories and steps (never the communicator)."""
+        self._executor.submit(lambda: None).result()
+        return {"version": STATE_VERSION, "rank": self._own.Get_rank(), "size": self._own.Get_size(),
+                "engine": self.engine.state_dict() if self.engine is not None else None}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise StateError(f"expected a gcomp MPI state with version {STATE_VERSION}")
+        if (state.get("rank"), state.get("size")) != (self._own.Get_rank(), self._own.Get_size()):
+            raise StateError(f"expected the state of rank {self._own.Get_rank()} of {self._own.Get_size()}, found rank "
+                             f"{state.get('rank')} of {state.get('size')}: save and load one file per rank")
+        if self.engine is not None and state.get("engine") is not None:
+            self.engine.load_state_dict(state["engine"])
+
+    def Free(self):
+        """Release the duplicated communicators (the wrapped one stays yours)."""
+        self._executor.shutdown(wait=True)
+        for c in (self._leaders, self._intra, self._own):
+            if c is not None and c != MPI.COMM_NULL:
+                c.Free()
+
+
+def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key=None, **options):
+    """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``.
+
+    ``state`` is a :class:`CompressedComm` over ``comm`` whose memories (error
+    feedback, steps) this call uses; without one the call is stateless (no error
+    feedback) and runs on ``comm`` directly.
+    """
+    if state is not None:
+        if not isinstance(state, CompressedComm):
+            raise TypeError(f"expected state to be a gcomp.mpi.CompressedComm, found {type(state).__name__}")
+        if state.compressor != (compressor if isinstance(compressor, Compressor) else build_compressor(compressor)):
+            raise ConfigError(f"expected compressor {state.compressor!r} (the state's), found {compressor!r}")
+        return state.Allreduce(sendbuf, recvbuf, op, key=key)
+    options.setdefault("error_feedback", "none")
+    options.setdefault("verify", "always")
+    engine = CompressedAllreduce(MPITransport(comm), compressor, **options)
+    average = _average_of(op)
+    recv_flat, dtype = _buffer(recvbuf, "recvbuf")
+    if sendbuf is MPI.IN_PLACE:
+        x = _as_f32(recv_flat, dtype)
+    else:
+        send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
+        if send_flat.shape != recv_flat.shape:
+            raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
+        x = _as_f32(send_flat, send_dtype)
+    _write(recv_flat, dtype, engine(x, key=key or f"n{x.shape[0]}", average=average, dtype=dtype))
+    return engine.stats[-1]
+
+
+def Iallreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state, key=None) -> Request:
+    """Nonblocking compressed allreduce through ``state`` (a :class:`CompressedComm`)."""
+    if not isinstance(state, CompressedComm):
+        raise TypeError("expected state to be a gcomp.mpi.CompressedComm (nonblocking calls need its comm thread)")
+    return state.Iallreduce(sendbuf, recvbuf, op, key=key)
