@@ -1,4 +1,8 @@
-"""``threshold``: send every entry with ``|x| >= tau`` (Strom 2015); the count varies."""
+"""``threshold``: send every entry with ``|x| >= tau`` (Strom 2015); the count varies.
+
+``tau`` defaults to 1e-3; tune it to your gradients' scale (the count sent is
+whatever passes).  Decoding does not need ``tau``.
+"""
 
 from ..kernels.threshold import threshold_select
 from ._params import check_nonneg_float, sparse_payload_bound
@@ -8,7 +12,7 @@ from .topk import SparseCompressor
 class Threshold(SparseCompressor):
     name = "threshold"
     description = "every entry with |x| >= tau (variable count)"
-    params = {"tau": None}
+    params = {"tau": 1e-3}
 
     def _validate(self):
         check_nonneg_float(self.name, "tau", self.tau)

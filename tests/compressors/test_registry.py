@@ -51,7 +51,7 @@ def test_unknown_name_lists_known():
     "spec",
     [
         "topk:ratio=0", "topk:ratio=1.5", "topk:ratio=abc", "topk:k=3", "qsgd:levels=0", "qsgd:levels=200",
-        "qsgd:bucket_size=12", "uniform:bits=3", "uniform:mode=odd", "uniform:bits=1,mode=absmax", "threshold",
+        "qsgd:bucket_size=12", "uniform:bits=3", "uniform:mode=odd", "uniform:bits=1,mode=absmax", "threshold:tau=nan",
         "threshold:tau=-1", "sign:bucket_size=0", "powersgd:rank=0", "randomk:seed=-1", "dgc:warmup_steps=-2",
         "topk:ratio", "randomk:rescale=3",
     ],

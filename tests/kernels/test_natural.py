@@ -182,13 +182,6 @@ def test_unbiased(scale):
     assert (np.abs(mean - x) <= 6.5 * se + 1e-12 * step).all(), np.max(np.abs(mean - x) / np.maximum(se, 1e-300))
 
 
-def test_probability_of_rounding_up_is_exact():
-    """P(up) = m / 2**23 exactly: among the 2**24 values of the 24 random bits, up happens for exactly 2m."""
-    for m in (0, 1, 2**22, 2**23 - 1, 12345):
-        k = np.arange(2**24, dtype=U32)
-        assert np.count_nonzero(k < U32(2 * m)) == 2 * m
-
-
 def test_deterministic_seeded_and_untouched():
     x = VECTORS["normal"]
     x0 = x.copy()

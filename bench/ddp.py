@@ -1,0 +1,466 @@
+"""DDP training throughput and bytes per step: no hook, torch's hooks and gcomp's hooks on one model.
+
+Usage::
+
+    python bench/ddp.py --json /tmp/ddp.json [--world 2] [--steps 30] [--warmup 5] [--model mlp]
+                        [--hidden 1024] [--batch 64] [--link 20mbit,100mbit] [--timeout 900]
+
+``--world`` gloo ranks are spawned on localhost (multiprocessing "spawn"
+context, a free port).  Every rank builds one DDP copy of the *same* seeded
+model per configuration (same initial weights, same seeded batches) and the
+configurations are stepped *round-robin*: round ``r`` runs one training step
+(forward, backward with the configuration's communication hook, SGD step) of
+every configuration, in an order rotated each round, so background load on
+the machine hits every configuration alike.  The first ``--warmup`` rounds are
+not timed (DDP rebuilds its buckets after step 0; torch's PowerSGD and gcomp
+compress from step 2 on; gcomp checks rank agreement once per bucket on its
+first compressed step; Numba compiles or loads its cache).
+
+Configurations:
+
+* ``nohook``: DDP's built-in fp32 allreduce;
+* ``torch-fp16``: ``default_hooks.fp16_compress_hook``;
+* ``torch-powersgd``: ``powerSGD_hook`` with its own ``PowerSGDState``
+  (``matrix_approximation_rank=4, start_powerSGD_iter=2``; defaults otherwise:
+  error feedback, warm start, ``min_compression_rate=2``);
+* ``gcomp-<name>``: ``gcomp.ddp.register(model, spec)`` for topk, dgc, qsgd,
+  sign and powersgd (specs in ``GCOMP_SPECS``; hook defaults otherwise:
+  residual error feedback, ``algorithm="auto"``, ``start_iter=2``).
+
+Columns (per rank; the step time of a round is the slowest rank's):
+
+* *measured* (on loopback, where communication is nearly free):
+  ``step_s_median`` (median over the timed rounds), ``steps_per_s`` = 1 /
+  median, ``speedup_vs_nohook_measured``;
+* ``bytes_per_step``: bytes this rank sends per step.  gcomp: ``bytes_sent``
+  of ``state.last_step()`` (gcomp's transports count a ring allreduce of B
+  bytes as ``2(P-1)/P * B`` and an allgather as ``(P-1) * B``).  torch's hooks
+  and no hook: the same ring model ``2(P-1)/P * payload`` with payload = 4
+  bytes/parameter (no hook), 2 bytes/parameter (fp16), and for PowerSGD
+  ``4 * r * (rows + cols)`` per 2-D parameter it compresses plus ``4 * numel``
+  for the tensors it sends uncompressed (1-D biases, and matrices where
+  ``(rows + cols) * r * min_compression_rate >= rows * cols``), counted from
+  the hook state's ``total_numel_after_compression``;
+* *modelled* (a slow link): ``modelled_step_s_<link> = step_s_median +
+  8 * bytes_per_step / bandwidth``, i.e. the measured loopback step plus the
+  time to push this rank's bytes through a full-duplex link of that bandwidth,
+  with no overlap of communication and computation (pessimistic for all, most
+  for the dense configurations); ``speedup_vs_nohook_<link>``.
+
+JSON: ``{"header": {...}, "records": [...]}``; a table is printed.
+"""
+
+# ruff: noqa: E402  (the thread environment must be pinned before numpy, numba and torch are imported)
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+for _name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_name] = "1"  # one thread per rank (inherited by the spawned ranks)
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import queue
+import re
+import socket
+import statistics
+import time
+import traceback
+
+try:  # shared helpers of the other benchmarks (read-only); this script also runs without them
+    import _common
+except ImportError:  # pragma: no cover
+    _common = None
+
+SEED = 1234
+N_BATCHES = 8  # distinct seeded batches per rank, cycled
+
+#: gcomp configurations: row name -> spec given to gcomp.ddp.register
+GCOMP_SPECS = {
+    "gcomp-topk": "topk:ratio=0.01",
+    "gcomp-dgc": "dgc:ratio=0.01",
+    "gcomp-qsgd": "qsgd:levels=4,bucket_size=512",
+    "gcomp-sign": "sign:bucket_size=512",
+    "gcomp-powersgd": "powersgd:rank=4",
+}
+TORCH_CONFIGS = ["nohook", "torch-fp16", "torch-powersgd"]
+CONFIGS = TORCH_CONFIGS + list(GCOMP_SPECS)
+POWERSGD_RANK = 4
+POWERSGD_START = 2
+
+
+# -- links ------------------------------------------------------------------------
+_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+def parse_links(text):
+    """``"20mbit,100mbit"`` -> ``[("20mbit", 20e6), ("100mbit", 100e6)]`` (bits/s); ``"none"`` -> ``[]``."""
+    links = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part or part == "none":
+            continue
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit)(?:/s|ps)?", part)
+        if not m:
+            raise argparse.ArgumentTypeError(f"expected a bandwidth like 20mbit, 1gbit or 500kbit, found {part!r}")
+        bps = float(m.group(1)) * _UNITS[m.group(2)]
+        if bps <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive bandwidth, found {part!r}")
+        name = (m.group(1) + m.group(2)).replace(".", "p")
+        links.append((name, bps))
+    return links
+
+
+# -- model --------------------------------------------------------------------------
+def build_model(args):
+    import torch
+
+    torch.manual_seed(SEED)
+    if args.model == "mlp":
+        h = args.hidden
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
+            torch.nn.Linear(h, 10),
+        )
+    raise ValueError(f"unknown model {args.model!r}")
+
+
+def make_batches(args, rank):
+    import torch
+
+    g = torch.Generator().manual_seed(SEED + 1000 * (rank + 1))
+    return [(torch.randn(args.batch, 784, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+            for _ in range(N_BATCHES)]
+
+
+def ring_bytes(payload, world):
+    """Bytes each rank sends in a ring allreduce of ``payload`` bytes."""
+    return 2 * (world - 1) * payload // world
+
+
+def powersgd_payload_numel(model, rank=POWERSGD_RANK, min_compression_rate=2):
+    """Elements torch's powerSGD_hook sends per step (its per-tensor rule, as in powerSGD_hook.py)."""
+    total = 0
+    for p in model.parameters():
+        rows = p.shape[0]
+        cols = p.numel() // rows
+        r = min(rows, cols, rank)
+        if (rows + cols) * r * min_compression_rate < rows * cols:
+            total += (rows + cols) * r
+        else:
+            total += rows * cols
+    return total
+
+
+# -- one rank -----------------------------------------------------------------------------
+def _worker(rank, world, port, args, results):
+    try:
+        results.put({"rank": rank, "ok": True, "data": _run_rank(rank, world, port, args)})
+    except BaseException:  # noqa: BLE001 - report anything to the parent, which stops the others
+        results.put({"rank": rank, "ok": False, "error": traceback.format_exc()})
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _run_rank(rank, world, port, args):
+    import numba
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import gcomp.ddp
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=args.op_timeout)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
+
+    batches = make_batches(args, rank)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    runs = {}
+    for name in CONFIGS:
+        model = build_model(args)
+        ddp = DDP(model)
+        run = {"model": ddp, "opt": torch.optim.SGD(ddp.parameters(), lr=args.lr), "times": [], "bytes": [],
+               "compress_s": [], "decompress_s": [], "comm_s": [], "algorithms": set(), "buckets": [], "psgd": [],
+               "ratio": [], "losses": []}
+        if name == "torch-fp16":
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        elif name == "torch-powersgd":
+            run["state"] = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=POWERSGD_RANK,
+                                              start_powerSGD_iter=POWERSGD_START)
+            ddp.register_comm_hook(run["state"], psgd.powerSGD_hook)
+        elif name in GCOMP_SPECS:
+            run["state"] = gcomp.ddp.register(ddp, GCOMP_SPECS[name], timeout=timeout)
+        runs[name] = run
+
+    rounds = args.warmup + args.steps
+    for r in range(rounds):
+        shift = r % len(CONFIGS)
+        for name in CONFIGS[shift:] + CONFIGS[:shift]:
+            run = runs[name]
+            x, y = batches[r % N_BATCHES]
+            state = run.get("state")
+            before = state.total_numel_after_compression if name == "torch-powersgd" else 0
+            t0 = time.perf_counter()
+            run["opt"].zero_grad(set_to_none=False)
+            loss = loss_fn(run["model"](x), y)
+            loss.backward()
+            run["opt"].step()
+            dt = time.perf_counter() - t0
+            run["losses"].append(float(loss))
+            if r < args.warmup:
+                continue
+            run["times"].append(dt)
+            if name == "torch-powersgd":
+                run["psgd"].append(state.total_numel_after_compression - before)
+            elif name in GCOMP_SPECS:
+                last = state.last_step()
+                if last is None or last["step"] != r:
+                    raise RuntimeError(f"{name}: expected gcomp's last_step() to be step {r}, found "
+                                       f"{None if last is None else last['step']}")
+                run["bytes"].append(int(last["bytes_sent"]))
+                run["compress_s"].append(last["compress_s"])
+                run["decompress_s"].append(last["decompress_s"])
+                run["comm_s"].append(last["comm_s"])
+                run["ratio"].append(last["compression_ratio"])
+                run["buckets"].append(last["buckets"])
+                run["algorithms"].update(last["algorithms"])
+    for run in runs.values():
+        if hasattr(run.get("state"), "close"):
+            run["state"].close()
+    dist.barrier()
+
+    model = runs["nohook"]["model"].module
+    out = {"n_params": sum(p.numel() for p in model.parameters()),
+           "psgd_model_numel": powersgd_payload_numel(model), "configs": {}}
+    for name, run in runs.items():
+        out["configs"][name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in run.items()
+                                if k not in ("model", "opt", "state")}
+    return out
+
+
+# -- the parent ---------------------------------------------------------------------------
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs):
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 10
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def run_ranks(args):
+    """Spawn the ranks, collect their results; stop every rank on an error or on ``--timeout``."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(rank, args.world, port, args, results), name=f"bench-ddp-rank{rank}")
+             for rank in range(args.world)]
+    out = {}
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + args.timeout
+        while len(out) < args.world:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"ranks {sorted(set(range(args.world)) - set(out))} did not finish within "
+                                   f"--timeout {args.timeout:g} s")
+            try:
+                msg = results.get(timeout=min(1.0, left))
+            except queue.Empty:
+                dead = [p.name for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead and results.empty():
+                    time.sleep(1.0)  # a last message may still be in the pipe
+                    if results.empty():
+                        raise RuntimeError(f"{', '.join(dead)} exited without a result") from None
+                continue
+            if not msg["ok"]:
+                raise RuntimeError(f"rank {msg['rank']} failed:\n{msg['error']}")
+            out[msg["rank"]] = msg["data"]
+        for p in procs:
+            p.join(30)
+    finally:
+        _stop(procs)
+        results.close()
+    return [out[r] for r in range(args.world)]
+
+
+def summarize(ranks, args, links):
+    world = args.world
+    n_params = ranks[0]["n_params"]
+    records = []
+    for name in CONFIGS:
+        per_rank = [r["configs"][name] for r in ranks]
+        # a round's step time is its slowest rank's
+        step_times = [max(ts) for ts in zip(*(c["times"] for c in per_rank), strict=True)]
+        step_s = statistics.median(step_times)
+        c0 = per_rank[0]
+        rec = {"config": name, "spec": GCOMP_SPECS.get(name, name), "steps_per_s": 1.0 / step_s, "step_s_median": step_s,
+               "step_s_min": min(step_times), "step_s_max": max(step_times)}
+        if name == "nohook":
+            payload = 4 * n_params
+            rec["bytes_source"] = "modelled: ring 2(P-1)/P x 4 B/param"
+        elif name == "torch-fp16":
+            payload = 2 * n_params
+            rec["bytes_source"] = "modelled: ring 2(P-1)/P x 2 B/param"
+        elif name == "torch-powersgd":
+            numel = statistics.median(c0["psgd"])
+            if numel != ranks[0]["psgd_model_numel"]:
+                rec["warning"] = f"PowerSGDState counted {numel} elements per step, the per-tensor rule {ranks[0]['psgd_model_numel']}"
+            payload = 4 * numel
+            rec["bytes_source"] = (f"modelled: ring 2(P-1)/P x 4 B x (r(rows+cols) per compressed matrix + numel of "
+                                   f"uncompressed tensors), r={POWERSGD_RANK}")
+        if name in GCOMP_SPECS:
+            sent = [max(b) for b in zip(*(c["bytes"] for c in per_rank), strict=True)]
+            rec["bytes_per_step"] = int(statistics.median(sent))
+            rec["bytes_source"] = "measured: gcomp state.last_step()['bytes_sent'] (max over ranks, median over steps)"
+            rec["compression_ratio"] = statistics.median(c0["ratio"])
+            rec["compress_s"] = statistics.median(c0["compress_s"])
+            rec["decompress_s"] = statistics.median(c0["decompress_s"])
+            rec["comm_thread_s"] = statistics.median(c0["comm_s"])
+            rec["algorithms"] = c0["algorithms"]
+            rec["buckets"] = int(statistics.median(c0["buckets"]))
+        else:
+            rec["bytes_per_step"] = ring_bytes(int(payload), world)
+            rec["compression_ratio"] = 4 * n_params / payload
+        rec["loss_first"] = c0["losses"][0]
+        rec["loss_last"] = c0["losses"][-1]
+        for link, bps in links:
+            rec[f"modelled_step_s_{link}"] = step_s + 8 * rec["bytes_per_step"] / bps
+        records.append(rec)
+    base = records[0]
+    for rec in records:
+        rec["speedup_vs_nohook_measured"] = base["step_s_median"] / rec["step_s_median"]
+        for link, _ in links:
+            rec[f"speedup_vs_nohook_{link}"] = base[f"modelled_step_s_{link}"] / rec[f"modelled_step_s_{link}"]
+    return records
+
+
+def make_header(args, links, n_params):
+    import numpy
+    import torch
+
+    import gcomp
+
+    extra = {
+        "benchmark": "ddp",
+        "world": args.world, "backend": "gloo (localhost)", "model": f"mlp 784-{args.hidden}-{args.hidden}-10",
+        "model_params": n_params, "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lr": args.lr,
+        "threads_per_rank": 1, "schedule": "round-robin over configurations, order rotated each round",
+        "step_time": "wall clock of zero_grad+forward+backward+optimizer step; a round's time is the slowest rank's; median",
+        "bytes_model": ("bytes sent per rank per step; ring allreduce of B bytes = 2(P-1)/P*B, allgather = (P-1)*B; "
+                        "gcomp measured from state.last_step(), torch hooks and no hook modelled"),
+        "links_bps": {name: bps for name, bps in links},
+        "modelled_step": "step_s_median (measured, loopback) + 8*bytes_per_step/bandwidth (no overlap)",
+        "gcomp_specs": GCOMP_SPECS,
+        "torch_powersgd": {"matrix_approximation_rank": POWERSGD_RANK, "start_powerSGD_iter": POWERSGD_START},
+    }
+    if _common is not None:
+        head = _common.header(1, [n_params], **extra)
+        head.pop("sizes", None)
+        return head
+    return {"gcomp": gcomp.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "torch": torch.__version__, "cpu": platform.processor() or "unknown", "logical_cpus": os.cpu_count(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python"] + sys.argv), **extra}
+
+
+def _fmt(v, spec):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def table(records, links):
+    cols = [("config", "config"), ("steps", "steps/s (meas)"), ("ms", "ms/step (meas)"), ("x", "speedup (meas)"),
+            ("mb", "MB/step/rank"), ("ratio", "ratio")]
+    for link, _ in links:
+        cols += [(f"m_{link}", f"s/step @{link} (model)"), (f"x_{link}", f"speedup @{link} (model)")]
+    rows = []
+    for rec in records:
+        row = {"config": rec["config"], "steps": _fmt(rec["steps_per_s"], ".2f"), "ms": _fmt(1e3 * rec["step_s_median"], ".1f"),
+               "x": _fmt(rec["speedup_vs_nohook_measured"], ".2f"), "mb": _fmt(rec["bytes_per_step"] / 1e6, ".4f"),
+               "ratio": _fmt(rec["compression_ratio"], ".1f")}
+        for link, _ in links:
+            row[f"m_{link}"] = _fmt(rec[f"modelled_step_s_{link}"], ".3f")
+            row[f"x_{link}"] = _fmt(rec[f"speedup_vs_nohook_{link}"], ".2f")
+        rows.append(row)
+    if _common is not None:
+        return _common.format_table(rows, cols)
+    lines = ["  ".join(title for _, title in cols)]
+    lines += ["  ".join(str(r[k]) for k, _ in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", required=True, help="where to write the JSON results")
+    ap.add_argument("--world", type=int, default=2, help="gloo ranks on localhost (default 2)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per configuration (default 30)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, at least 3 (default 5)")
+    ap.add_argument("--model", default="mlp", choices=["mlp"], help="model (default mlp: 784-H-H-10)")
+    ap.add_argument("--hidden", type=int, default=1024, help="MLP hidden width H (default 1024: 1.86M parameters)")
+    ap.add_argument("--batch", type=int, default=64, help="batch size per rank (default 64)")
+    ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    ap.add_argument("--link", type=parse_links, default="20mbit,100mbit",
+                    help="comma-separated link bandwidths for the modelled columns, or none (default 20mbit,100mbit)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds before every rank is stopped (default 900)")
+    ap.add_argument("--op-timeout", type=float, default=120.0, help="gloo collective timeout in seconds (default 120)")
+    args = ap.parse_args(argv)
+    if args.world < 2:
+        ap.error("--world must be at least 2")
+    if args.steps < 1 or args.hidden < 1 or args.batch < 1:
+        ap.error("--steps, --hidden and --batch must be positive")
+    if args.warmup < POWERSGD_START + 1:
+        ap.error(f"--warmup must be at least {POWERSGD_START + 1} (compression starts at step {POWERSGD_START})")
+    links = args.link
+    if not isinstance(links, list):
+        links = parse_links(links)
+
+    t0 = time.perf_counter()
+    ranks = run_ranks(args)
+    records = summarize(ranks, args, links)
+    head = make_header(args, links, ranks[0]["n_params"])
+    head["wall_s"] = round(time.perf_counter() - t0, 1)
+    if _common is not None:
+        _common.write_json(args.json, head, records)
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"header": head, "records": records}, f, indent=1)
+            f.write("\n")
+    print(f"DDP benchmark: {head['model']} ({head['model_params']:,} params), world {args.world} gloo on localhost, "
+          f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up, torch {head['torch']}, {head['cpu']}")
+    print("meas = measured on loopback; model = measured step + bytes/bandwidth (no overlap); MB = 1e6 bytes sent per rank")
+    print(table(records, links))
+    print(f"wrote {args.json} ({head['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
