@@ -177,6 +177,7 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=2.0,
                     help="seconds of timed work per compressor before runs are cut (never below 3 runs; default 2)")
     ap.add_argument("--only", default="", help="comma-separated compressor names to run (default: all)")
+    ap.add_argument("--markdown", default="", help="also write the table as Markdown to this path")
     args = ap.parse_args(argv)
     if args.threads != _EARLY_THREADS:
         ap.error("--threads must be given on the command line (it is read before numba is imported)")
@@ -205,6 +206,9 @@ def main(argv=None):
     cols, rows = table(records)
     print()
     print(_common.format_table(rows, cols))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(_common.format_table(rows, cols, markdown=True) + "\n")
     print(f"\nwrote {args.json}")
     return 0
 

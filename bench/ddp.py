@@ -191,7 +191,8 @@ def _run_rank(rank, world, port, args):
     batches = make_batches(args, rank)
     loss_fn = torch.nn.CrossEntropyLoss()
     runs = {}
-    for name in CONFIGS:
+    configs = args.configs
+    for name in configs:
         model = build_model(args)
         ddp = DDP(model)
         run = {"model": ddp, "opt": torch.optim.SGD(ddp.parameters(), lr=args.lr), "times": [], "bytes": [],
@@ -209,8 +210,8 @@ def _run_rank(rank, world, port, args):
 
     rounds = args.warmup + args.steps
     for r in range(rounds):
-        shift = r % len(CONFIGS)
-        for name in CONFIGS[shift:] + CONFIGS[:shift]:
+        shift = r % len(configs)
+        for name in configs[shift:] + configs[:shift]:
             run = runs[name]
             x, y = batches[r % N_BATCHES]
             state = run.get("state")
@@ -221,7 +222,7 @@ def _run_rank(rank, world, port, args):
             loss.backward()
             run["opt"].step()
             dt = time.perf_counter() - t0
-            run["losses"].append(float(loss))
+            run["losses"].append(loss.item())
             if r < args.warmup:
                 continue
             run["times"].append(dt)
@@ -244,7 +245,7 @@ def _run_rank(rank, world, port, args):
             run["state"].close()
     dist.barrier()
 
-    model = runs["nohook"]["model"].module
+    model = build_model(args)
     out = {"n_params": sum(p.numel() for p in model.parameters()),
            "psgd_model_numel": powersgd_payload_numel(model), "configs": {}}
     for name, run in runs.items():
@@ -271,6 +272,20 @@ def _stop(procs):
         if p.is_alive():
             p.kill()
             p.join(5)
+
+
+def _failures(first, results, wait_s=5.0):
+    """Every failure report that arrives within ``wait_s`` (the first one seen may be a peer's echo of the cause)."""
+    msgs = [first]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            msg = results.get(timeout=max(0.05, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if not msg["ok"]:
+            msgs.append(msg)
+    return "\n".join(f"rank {m['rank']} failed:\n{m['error']}" for m in sorted(msgs, key=lambda m: m["rank"]))
 
 
 def run_ranks(args):
@@ -302,7 +317,7 @@ def run_ranks(args):
                         raise RuntimeError(f"{', '.join(dead)} exited without a result") from None
                 continue
             if not msg["ok"]:
-                raise RuntimeError(f"rank {msg['rank']} failed:\n{msg['error']}")
+                raise RuntimeError(_failures(msg, results))
             out[msg["rank"]] = msg["data"]
         for p in procs:
             p.join(30)
@@ -316,7 +331,7 @@ def summarize(ranks, args, links):
     world = args.world
     n_params = ranks[0]["n_params"]
     records = []
-    for name in CONFIGS:
+    for name in args.configs:
         per_rank = [r["configs"][name] for r in ranks]
         # a round's step time is its slowest rank's
         step_times = [max(ts) for ts in zip(*(c["times"] for c in per_rank), strict=True)]
@@ -355,11 +370,12 @@ def summarize(ranks, args, links):
         for link, bps in links:
             rec[f"modelled_step_s_{link}"] = step_s + 8 * rec["bytes_per_step"] / bps
         records.append(rec)
-    base = records[0]
+    base = next((rec for rec in records if rec["config"] == "nohook"), None)
     for rec in records:
-        rec["speedup_vs_nohook_measured"] = base["step_s_median"] / rec["step_s_median"]
+        rec["speedup_vs_nohook_measured"] = base["step_s_median"] / rec["step_s_median"] if base else None
         for link, _ in links:
-            rec[f"speedup_vs_nohook_{link}"] = base[f"modelled_step_s_{link}"] / rec[f"modelled_step_s_{link}"]
+            rec[f"speedup_vs_nohook_{link}"] = (base[f"modelled_step_s_{link}"] / rec[f"modelled_step_s_{link}"]
+                                                if base else None)
     return records
 
 
@@ -429,6 +445,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     ap.add_argument("--link", type=parse_links, default="20mbit,100mbit",
                     help="comma-separated link bandwidths for the modelled columns, or none (default 20mbit,100mbit)")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma-separated configurations, nohook first for the speedups (default all: {','.join(CONFIGS)})")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before every rank is stopped (default 900)")
     ap.add_argument("--op-timeout", type=float, default=120.0, help="gloo collective timeout in seconds (default 120)")
     args = ap.parse_args(argv)
@@ -438,6 +456,10 @@ def main(argv=None):
         ap.error("--steps, --hidden and --batch must be positive")
     if args.warmup < POWERSGD_START + 1:
         ap.error(f"--warmup must be at least {POWERSGD_START + 1} (compression starts at step {POWERSGD_START})")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown or not args.configs or len(set(args.configs)) != len(args.configs):
+        ap.error(f"expected distinct configurations from {', '.join(CONFIGS)}, found {args.configs}")
     links = args.link
     if not isinstance(links, list):
         links = parse_links(links)

@@ -333,6 +333,8 @@ class Bench:
         self.repeat = repeat
         self.budget = budget
         self.records = []
+        #: the input vector of the current size (for the read pass timed in every group)
+        self.x = None
 
     def group(self, fns):
         samples = _common.measure_group(fns, self.repeat, self.budget)
@@ -362,6 +364,10 @@ class Bench:
     def pair(self, category, kernel, n, param, fn, base_name, base_fn, others=None, alloc_fn=None):
         """Time a kernel with its baseline(s) in one group and record it."""
         fns = {"kernel": fn, "baseline": base_fn}
+        x = self.x
+        if x is not None and x.shape[0] == n:
+            # the read pass in every group: a yardstick that shows how contended the machine was
+            fns["read_pass"] = lambda: read_pass(x)
         if alloc_fn is not None:
             fns["alloc"] = alloc_fn
         for name, f in (others or {}).items():
@@ -371,10 +377,14 @@ class Bench:
         if alloc_fn is not None:
             extra["alloc_median_s"] = t["alloc"][0]
             extra["alloc_gbps"] = 4 * n / t["alloc"][0] / 1e9
+        if "read_pass" in t:
+            extra["read_pass_ratio"] = t["kernel"][0] / t["read_pass"][0]
+            extra["read_pass_gbps"] = 4 * n / t["read_pass"][0] / 1e9
         oth = {name: t["other:" + name] for name in (others or {})}
         rec = self.record(category, kernel, n, param, t["kernel"], base_name, t["baseline"], oth, **extra)
+        ratio = rec.get("read_pass_ratio")
         print(f"  {kernel:<18} {param:<28} {_common.fmt_time(rec['median_s']):>10}  {rec['gbps']:6.2f} GB/s  "
-              f"x{rec['speedup']:.1f} vs {base_name}", flush=True)
+              f"x{rec['speedup']:.1f} vs {base_name}" + (f"  ({ratio:.2f} x read pass)" if ratio else ""), flush=True)
         return rec
 
     # -- families ----------------------------------------------------------
@@ -417,7 +427,7 @@ class Bench:
             if name.startswith("randomk"):
                 others["sort(rng.choice(n, k))"] = t["rng.choice"]
             self.record("selection", name, n, param, t[name], tb, t["torch.topk"], others,
-                        read_pass_ratio=t[name][0] / read[0])
+                        read_pass_ratio=t[name][0] / read[0], read_pass_gbps=4 * n / read[0] / 1e9)
         for rec in self.records[-6:]:
             ratio = rec.get("read_pass_ratio")
             print(f"  {rec['kernel']:<18} {rec['param']:<28} {_common.fmt_time(rec['median_s']):>10}  "
@@ -540,8 +550,9 @@ def evaluate_targets(records, sizes):
     out = []
 
     def add(target, kernel, param, value, goal, ok, unit):
+        rec = next(r for r in at if r["kernel"] == kernel and r["param"] == param)
         out.append({"target": target, "n": n, "kernel": kernel, "param": param, "value": value, "goal": goal,
-                    "unit": unit, "pass": bool(ok)})
+                    "unit": unit, "pass": bool(ok), "read_pass_gbps": rec.get("read_pass_gbps")})
 
     for r in at:
         if r["kernel"] == "topk_exact":
@@ -561,24 +572,43 @@ def evaluate_targets(records, sizes):
     return out
 
 
+#: columns of the kernel table: (row key, title)
+TABLE_COLUMNS = [("kernel", "kernel"), ("param", "param"), ("n", "n"), ("time", "median"), ("gbps_s", "GB/s"),
+                 ("xread", "x read pass"), ("baseline", "baseline"), ("base_time", "baseline median"),
+                 ("speedup_s", "speedup"), ("note", "note")]
+
+#: columns of the target table
+TARGET_COLUMNS = [("target", "target"), ("kernel", "kernel"), ("param", "param"), ("value_s", "value"), ("goal_s", "goal"),
+                  ("result", "result"), ("read_s", "read pass GB/s (same group)")]
+
+
 def print_tables(records, targets):
-    cols = [("kernel", "kernel"), ("param", "param"), ("n", "n"), ("time", "median"), ("gbps_s", "GB/s"),
-            ("baseline", "baseline"), ("base_time", "baseline median"), ("speedup_s", "speedup"), ("note", "note")]
+    cols = TABLE_COLUMNS
     rows = table_rows(records)
     print()
     print(_common.format_table(rows, cols))
     print()
-    tcols = [("target", "target"), ("kernel", "kernel"), ("param", "param"), ("value_s", "value"), ("goal_s", "goal"),
-             ("result", "result")]
+    tcols = TARGET_COLUMNS
     print(_common.format_table(target_rows(targets), tcols))
+
+
+def write_markdown(path, records, targets):
+    """The kernel table (one per size) and the target table, as Markdown."""
+    parts = []
+    for n in sorted({r["n"] for r in records}):
+        parts.append(f"#### n = {n:,}\n")
+        parts.append(_common.format_table(table_rows([r for r in records if r["n"] == n]), TABLE_COLUMNS, markdown=True))
+        parts.append("")
+    parts.append("#### Targets\n")
+    parts.append(_common.format_table(target_rows(targets), TARGET_COLUMNS, markdown=True))
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
 
 
 def table_rows(records):
     rows = []
     for r in records:
         note = []
-        if r.get("read_pass_ratio") is not None:
-            note.append(f"{r['read_pass_ratio']:.2f}x read pass")
         for name, o in (r.get("other_baselines") or {}).items():
             note.append(f"x{o['speedup']:.1f} vs {name}")
         if r.get("alloc_median_s") is not None:
@@ -586,6 +616,7 @@ def table_rows(records):
         rows.append({
             "kernel": r["kernel"], "param": r["param"], "n": f"{r['n']:,}",
             "time": _common.fmt_time(r["median_s"]), "gbps_s": f"{r['gbps']:.2f}",
+            "xread": f"{r['read_pass_ratio']:.2f}" if r.get("read_pass_ratio") is not None else "-",
             "baseline": r["baseline"] or "-",
             "base_time": _common.fmt_time(r["baseline_median_s"]) if r["baseline_median_s"] is not None else "-",
             "speedup_s": f"{r['speedup']:.1f}x" if r["speedup"] is not None and r["baseline"] != "-" else "-",
@@ -601,6 +632,7 @@ def target_rows(targets):
             "target": t["target"], "kernel": t["kernel"], "param": t["param"],
             "value_s": f"{t['value']:.2f} {t['unit']}", "goal_s": f"{'<=' if 'read' in t['unit'] else '>='} {t['goal']:g}",
             "result": "PASS" if t["pass"] else "FAIL",
+            "read_s": f"{t['read_pass_gbps']:.1f}" if t.get("read_pass_gbps") else "-",
         })
     return rows
 
@@ -615,6 +647,7 @@ def main(argv=None):
                     help="seconds of timed work per group before runs are cut (never below 3 runs; default 3)")
     ap.add_argument("--only", default="", help="comma-separated families to run: selection,encode,decode,misc")
     ap.add_argument("--no-verify", action="store_true", help="skip the kernel-vs-baseline agreement checks")
+    ap.add_argument("--markdown", default="", help="also write the tables as Markdown to this path")
     args = ap.parse_args(argv)
     if args.threads != _EARLY_THREADS:
         ap.error("--threads must be given on the command line (it is read before numba is imported)")
@@ -628,6 +661,7 @@ def main(argv=None):
     for n in sizes:
         x = np.random.default_rng(SEED).standard_normal(n, dtype=np.float32)
         print(f"n = {n:,}", flush=True)
+        bench.x = x
         if "selection" in families:
             bench.selection(x)
         if "encode" in families:
@@ -636,6 +670,7 @@ def main(argv=None):
             bench.decoders(x)
         if "misc" in families:
             bench.misc(x)
+        bench.x = None
         del x
     targets = evaluate_targets(bench.records, sizes)
     head = _common.header(args.threads, sizes, repeat=args.repeat, budget_s=args.budget, bucket_size=BUCKET,
@@ -643,6 +678,8 @@ def main(argv=None):
                           numba_threading_layer=_threading_layer())
     _common.write_json(args.json, head, bench.records, targets=targets)
     print_tables(bench.records, targets)
+    if args.markdown:
+        write_markdown(args.markdown, bench.records, targets)
     print(f"\nwrote {args.json}")
     return 0
 

@@ -55,6 +55,35 @@ def _cmd_info(args):
     return 0
 
 
+def _cmd_list(args):
+    from .compressors import list_compressors
+
+    for name, description in list_compressors().items():
+        print(f"{name:<10} {description}")
+    return 0
+
+
+def _cmd_train(args):
+    from .train import DEFAULT_COMPRESSOR, TrainOptions, summary_table, train
+
+    opts = TrainOptions(
+        workers=args.workers, compressors=args.compressor or [DEFAULT_COMPRESSOR], epochs=args.epochs, model=args.model,
+        hidden=args.hidden, backend=args.backend, link=args.link, emulate=args.emulate,
+        target_accuracy=args.target_accuracy, out=args.out, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+        error_feedback=args.error_feedback, timeout=args.timeout, progress=not args.quiet,
+    )
+    try:
+        results = train(opts)
+    except (ValueError, RuntimeError) as exc:
+        print(f"gcomp train: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(results))
+    print(f"\nresults: {os.path.join(opts.out, 'results.json')}")
+    for path in results.get("plots", []):
+        print(f"plot:    {path}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="gcomp",
@@ -64,6 +93,50 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_info = sub.add_parser("info", help="print versions of gcomp and its dependencies, Numba threading and cache")
     p_info.set_defaults(func=_cmd_info)
+    p_list = sub.add_parser("list", help="list the registered compressors")
+    p_list.set_defaults(func=_cmd_list)
+
+    p_train = sub.add_parser(
+        "train",
+        help="train on the embedded digits data across N local workers, comparing compressors on edge links",
+        description="Train a model on scikit-learn's digits data across N local workers (torch DDP on gloo, or MPI), "
+        "once per --compressor, and report accuracy, time to the target accuracy, bytes, the split of time and "
+        "modelled energy.  Times are modelled from the bytes actually sent through --link, or measured on "
+        "shaped links with --emulate.",
+    )
+    p_train.add_argument("--workers", type=int, default=4, help="number of workers (default 4)")
+    p_train.add_argument("--compressor", action="append", metavar="SPEC",
+                         help="a gcomp compressor spec (e.g. topk:ratio=0.01) or a baseline: none, torch-fp16, "
+                              "torch-powersgd; repeat to compare (default dgc:ratio=0.01)")
+    p_train.add_argument("--epochs", type=int, default=8, help="epochs per run (default 8)")
+    p_train.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="model (default mlp, ~1.1M parameters)")
+    p_train.add_argument("--hidden", type=int, default=1024, help="hidden width (default 1024)")
+    p_train.add_argument("--backend", choices=["ddp", "mpi"], default="ddp", help="torch DDP on gloo, or mpiexec (default ddp)")
+    p_train.add_argument("--link", default="20mbit",
+                         help="uplink per worker: RATE[/LATENCY], or a comma list, one per worker (default 20mbit)")
+    p_train.add_argument("--emulate", action="store_true",
+                         help="run each worker in a network namespace with its uplink shaped by tc tbf (needs root); "
+                              "times are then measured")
+    p_train.add_argument("--target-accuracy", type=float, default=0.95, help="test accuracy to reach (default 0.95)")
+    p_train.add_argument("--out", default="gcomp-train", help="output directory (default ./gcomp-train)")
+    p_train.add_argument("--seed", type=int, default=0, help="seed for data order, model init and compressors")
+    p_train.add_argument("--batch-size", type=int, default=32, help="per-worker batch size (default 32)")
+    p_train.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05, momentum 0.9)")
+    p_train.add_argument("--error-feedback", default="residual", choices=["residual", "ef21", "dgc", "none"],
+                         help="error feedback for gcomp compressors (default residual)")
+    p_train.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned (default 600)")
+    p_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_train.set_defaults(func=_cmd_train)
+
+    try:
+        from .train.emulate import add_emulate_arguments, cmd_emulate
+    except ImportError:  # pragma: no cover - emulation module missing
+        return parser
+    p_emu = sub.add_parser("emulate", help="run a command once per worker, each in a network namespace behind a shaped uplink",
+                           description="Run CMD once per worker, each in its own Linux network namespace whose uplink "
+                           "is shaped with tc tbf (needs root).  Usage: gcomp emulate --workers 4 --link 20mbit -- CMD ...")
+    add_emulate_arguments(p_emu)
+    p_emu.set_defaults(func=cmd_emulate)
     return parser
 
 

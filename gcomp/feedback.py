@@ -26,7 +26,8 @@ import math
 
 import numpy as np
 
-from .compressors import Compressor, compressor as build_compressor
+from .compressors import Compressor
+from .compressors import compressor as build_compressor
 from .compressors.base import as_flat_f32
 from .errors import ConfigError, StateError
 

@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, StateError
-from ._params import check_bool, check_int, check_seed
 from ..kernels.random import derive_seed
+from ._params import check_bool, check_int, check_seed
 from .base import Compressed, Compressor, key_to_int
 
 _EPS = 1e-8

@@ -8,7 +8,6 @@ copies through a shared slot table between two barriers, so the semantics
 
 import threading
 
-
 from .base import Transport
 
 __all__ = ["LocalGroup", "LocalTransport", "run_local"]

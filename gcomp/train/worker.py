@@ -1,0 +1,180 @@
+"""One training worker of ``gcomp train`` (``python -m gcomp.train.worker CONFIG.json RANK``).
+
+Joins a gloo process group, trains the model with DDP and the configured
+communication (no hook, torch's fp16 or PowerSGD hook, or a gcomp compressor),
+and writes ``rank<R>.json`` with per-epoch loss, accuracy, wall-clock time,
+bytes sent/received, and the split of time between compute, compression and
+communication.  Rank 0 prints one ``PROGRESS`` line per epoch for the parent.
+"""
+
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import epoch_batches, load_digits_split
+from .models import build_model
+
+BASELINES = ("none", "torch-fp16", "torch-powersgd")
+
+
+def _interface_counters(ifname):
+    try:
+        base = f"/sys/class/net/{ifname}/statistics/"
+        with open(base + "tx_bytes") as tx, open(base + "rx_bytes") as rx:
+            return int(tx.read()), int(rx.read())
+    except OSError:
+        return None
+
+
+def modelled_bytes_per_step(spec, model, world, powersgd_rank=4):
+    """Bytes one rank sends per step for the non-gcomp configurations (ring model 2 (P-1)/P S)."""
+    ring = 2 * (world - 1) / world
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec == "none":
+        return ring * 4 * sum(p.numel() for p in params)
+    if spec == "torch-fp16":
+        return ring * 2 * sum(p.numel() for p in params)
+    if spec == "torch-powersgd":
+        total = 0
+        for p in params:
+            if p.dim() >= 2:
+                n, m = p.shape[0], p.numel() // p.shape[0]
+                r = min(powersgd_rank, n, m)
+                total += 4 * (n + m) * r if (n + m) * r < n * m else 4 * n * m
+            else:
+                total += 4 * p.numel()
+        return ring * total
+    raise ValueError(spec)
+
+
+def _setup_hook(cfg, ddp, world):
+    spec = cfg["compressor"]
+    if spec == "none":
+        return None
+    if spec == "torch-fp16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    if spec == "torch-powersgd":
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=4,
+                                            start_powerSGD_iter=cfg["start_iter"], use_error_feedback=True,
+                                            warm_start=True, random_seed=cfg["seed"])
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return None
+    import gcomp.ddp
+
+    return gcomp.ddp.register(ddp, spec, start_iter=cfg["start_iter"], error_feedback=cfg.get("error_feedback", "residual"),
+                              timeout=datetime.timedelta(seconds=cfg["timeout"]))
+
+
+def _compute_seconds(cfg, x, y):
+    """Median seconds of one local forward+backward+step on a copy (the compute part of a step)."""
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    times = []
+    for i in range(6):
+        xb = torch.from_numpy(x[i * cfg["batch_size"]: (i + 1) * cfg["batch_size"]])
+        yb = torch.from_numpy(y[i * cfg["batch_size"]: (i + 1) * cfg["batch_size"]])
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def run(cfg, rank):
+    world = cfg["workers"]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
+    x_train, y_train, x_test, y_test = load_digits_split(cfg["seed"])
+    compute_s = _compute_seconds(cfg, x_train, y_train)
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    state = _setup_hook(cfg, ddp, world)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    ifname = cfg.get("ifname")
+    counters0 = _interface_counters(ifname) if ifname else None
+    base_bytes = None if state is not None or cfg["compressor"] not in BASELINES else modelled_bytes_per_step(
+        cfg["compressor"], model, world)
+    epochs = []
+    start = time.perf_counter()
+    step = 0
+    bytes_sent = bytes_received = 0.0
+    compress_s = comm_s = 0.0
+    dense_bytes = 4 * sum(p.numel() for p in model.parameters())
+    for epoch in range(cfg["epochs"]):
+        ddp.train()
+        losses = []
+        for batch in epoch_batches(len(y_train), cfg["batch_size"], rank, world, epoch, cfg["seed"]):
+            xb, yb = torch.from_numpy(x_train[batch]), torch.from_numpy(y_train[batch])
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(ddp(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            elapsed = time.perf_counter() - t0
+            losses.append(float(loss))
+            if state is not None:
+                state.wait()
+                last = state.last_step()
+                if last is not None and last["step"] == step:
+                    bytes_sent += last["bytes_sent"]
+                    bytes_received += last["bytes_received"]
+                    compress_s += last["compress_s"] + last["decompress_s"]
+            else:
+                dense = step < cfg["start_iter"] and cfg["compressor"] == "torch-powersgd"
+                b = modelled_bytes_per_step("none" if dense else cfg["compressor"], model, world)
+                bytes_sent += b
+                bytes_received += b
+            comm_s += max(0.0, elapsed - compute_s)
+            step += 1
+        ddp.eval()
+        with torch.no_grad():
+            acc = float((ddp.module(xt).argmax(1) == yt).float().mean())
+        record = {"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)), "accuracy": acc,
+                  "wall_s": time.perf_counter() - start, "bytes_sent": bytes_sent, "bytes_received": bytes_received,
+                  "compute_s": compute_s * step, "compress_s": compress_s, "comm_s": max(0.0, comm_s - compress_s)}
+        if counters0 is not None:
+            now = _interface_counters(ifname)
+            record["measured_tx_bytes"] = now[0] - counters0[0]
+            record["measured_rx_bytes"] = now[1] - counters0[1]
+        epochs.append(record)
+        if rank == 0:
+            print(f"PROGRESS {epoch + 1} {cfg['epochs']} {acc:.4f} {record['wall_s']:.2f}", flush=True)
+    result = {"rank": rank, "config": cfg, "compute_s_per_step": compute_s, "dense_bytes_per_step": dense_bytes,
+              "steps_per_epoch": step // max(1, cfg["epochs"]), "epochs": epochs,
+              "bytes_model": "gcomp byte counters" if state is not None else "ring model 2(P-1)/P x payload",
+              "final_params_sha": _param_hash(model)}
+    if state is not None:
+        state.close()
+    with open(os.path.join(cfg["run_dir"], f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def _param_hash(model):
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        config = json.load(f)
+    run(config, int(sys.argv[2]))
