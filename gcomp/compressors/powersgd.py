@@ -174,6 +174,7 @@ class PowerSGD(Compressor):
 
     def load_state_dict(self, state):
         if not isinstance(state, dict) or state.get("version") != 1 or "q" not in state:
-            raise StateError(f"expected a powersgd state dict with version 1, found {type(state).__name__} {sorted(state) if isinstance(state, dict) else ''}")
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise StateError(f"expected a powersgd state dict with version 1 and key 'q', found {found}")
         self._q = {k: np.array(v, dtype=np.float32, copy=True) for k, v in state["q"].items()}
 

@@ -107,8 +107,6 @@ def run(cfg, rank):
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
     ifname = cfg.get("ifname")
     counters0 = _interface_counters(ifname) if ifname else None
-    base_bytes = None if state is not None or cfg["compressor"] not in BASELINES else modelled_bytes_per_step(
-        cfg["compressor"], model, world)
     epochs = []
     start = time.perf_counter()
     step = 0
