@@ -1,0 +1,43 @@
+"""The examples in docs/ and README run as written."""
+
+import pathlib
+import re
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def python_blocks(path):
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_testing_md_example_runs():
+    block = python_blocks(DOCS / "testing.md")[0]
+    namespace = {}
+    exec(compile(block, "docs/testing.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["report"].passed
+
+
+def test_testing_md_strategy_example_runs():
+    block = python_blocks(DOCS / "testing.md")[1]
+    namespace = {}
+    exec(compile(block, "docs/testing.md", "exec"), namespace)  # noqa: S102
+    namespace["test_roundtrip_size"]()
+
+
+def test_cli_help_lists_commands():
+    from gcomp.cli import build_parser
+
+    text = build_parser().format_help()
+    for command in ("info", "list", "train"):
+        assert command in text
+
+
+@pytest.mark.parametrize("argv", [["info"], ["list"]])
+def test_cli_commands_run(argv, capsys):
+    from gcomp.cli import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert ("numba" in out) if argv == ["info"] else ("topk" in out and "qsgd" in out)
