@@ -47,6 +47,16 @@ Columns (per rank; the step time of a round is the slowest rank's):
   with no overlap of communication and computation (pessimistic for all, most
   for the dense configurations); ``speedup_vs_nohook_<link>``.
 
+Buckets: every configuration gets ``DDP(model, bucket_cap_mb=--bucket-cap-mb)``
+(25 by default, passed explicitly so DDP's 1 MiB first-bucket cap does not
+apply): the default MLP (7.5 MB of fp32 gradients) is then *one* bucket.  With
+two or more buckets, torch's ``powerSGD_hook`` on gloo aborts a rank within a
+few steps ("op.preamble.length <= op.nbytes ... collective mismatch"): it
+launches its P/Q allreduces from future callbacks (gloo's worker threads)
+while the main thread launches the next bucket's allreduce on the same group,
+so the ranks can enqueue them in different orders.  gcomp's hook does not do
+this (compressed traffic runs on one communication thread over its own group).
+
 JSON: ``{"header": {...}, "records": [...]}``; a table is printed.
 """
 
@@ -138,6 +148,11 @@ def make_batches(args, rank):
             for _ in range(N_BATCHES)]
 
 
+def _n_params(args):
+    h = args.hidden
+    return 784 * h + h + h * h + h + 10 * h + 10
+
+
 def ring_bytes(payload, world):
     """Bytes each rank sends in a ring allreduce of ``payload`` bytes."""
     return 2 * (world - 1) * payload // world
@@ -194,7 +209,7 @@ def _run_rank(rank, world, port, args):
     configs = args.configs
     for name in configs:
         model = build_model(args)
-        ddp = DDP(model)
+        ddp = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
         run = {"model": ddp, "opt": torch.optim.SGD(ddp.parameters(), lr=args.lr), "times": [], "bytes": [],
                "compress_s": [], "decompress_s": [], "comm_s": [], "algorithms": set(), "buckets": [], "psgd": [],
                "ratio": [], "losses": []}
@@ -274,18 +289,25 @@ def _stop(procs):
             p.join(5)
 
 
-def _failures(first, results, wait_s=5.0):
-    """Every failure report that arrives within ``wait_s`` (the first one seen may be a peer's echo of the cause)."""
-    msgs = [first]
+def _failures(first, results, procs, wait_s=5.0):
+    """Every failure report that arrives within ``wait_s`` (the first one seen may be a peer's echo of the
+    cause), and the ranks that died without one (a C++ abort: see their stderr above)."""
+    msgs = [] if first is None else [first]
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
             msg = results.get(timeout=max(0.05, deadline - time.monotonic()))
         except queue.Empty:
-            break
+            if all(not p.is_alive() for p in procs):
+                break
+            continue
         if not msg["ok"]:
             msgs.append(msg)
-    return "\n".join(f"rank {m['rank']} failed:\n{m['error']}" for m in sorted(msgs, key=lambda m: m["rank"]))
+    reported = {m["rank"] for m in msgs}
+    lines = [f"rank {m['rank']} failed:\n{m['error']}" for m in sorted(msgs, key=lambda m: m["rank"])]
+    lines += [f"rank {rank} exited with code {p.exitcode} without a report (see its stderr above)"
+              for rank, p in enumerate(procs) if rank not in reported and p.exitcode not in (0, None)]
+    return "\n".join(lines)
 
 
 def run_ranks(args):
@@ -295,7 +317,7 @@ def run_ranks(args):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, args.world, port, args, results), name=f"bench-ddp-rank{rank}")
+    procs = [ctx.Process(target=_worker, args=(rank, args.world, port, args, results), name=f"bench-ddp-rank{rank}", daemon=True)
              for rank in range(args.world)]
     out = {}
     try:
@@ -310,14 +332,11 @@ def run_ranks(args):
             try:
                 msg = results.get(timeout=min(1.0, left))
             except queue.Empty:
-                dead = [p.name for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-                if dead and results.empty():
-                    time.sleep(1.0)  # a last message may still be in the pipe
-                    if results.empty():
-                        raise RuntimeError(f"{', '.join(dead)} exited without a result") from None
+                if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
+                    raise RuntimeError(_failures(None, results, procs)) from None
                 continue
             if not msg["ok"]:
-                raise RuntimeError(_failures(msg, results))
+                raise RuntimeError(_failures(msg, results, procs))
             out[msg["rank"]] = msg["data"]
         for p in procs:
             p.join(30)
@@ -362,6 +381,9 @@ def summarize(ranks, args, links):
             rec["comm_thread_s"] = statistics.median(c0["comm_s"])
             rec["algorithms"] = c0["algorithms"]
             rec["buckets"] = int(statistics.median(c0["buckets"]))
+            if min(c0["buckets"]) != max(c0["buckets"]):
+                rec["warning"] = (f"gcomp's last_step() counted between {min(c0['buckets'])} and {max(c0['buckets'])} "
+                                  "buckets per step: its step totals may miss buckets")
         else:
             rec["bytes_per_step"] = ring_bytes(int(payload), world)
             rec["compression_ratio"] = 4 * n_params / payload
@@ -442,6 +464,9 @@ def main(argv=None):
     ap.add_argument("--model", default="mlp", choices=["mlp"], help="model (default mlp: 784-H-H-10)")
     ap.add_argument("--hidden", type=int, default=1024, help="MLP hidden width H (default 1024: 1.86M parameters)")
     ap.add_argument("--batch", type=int, default=64, help="batch size per rank (default 64)")
+    ap.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                    help="DDP bucket_cap_mb, passed explicitly so the first bucket has the same cap (default 25: the "
+                         "default MLP is one bucket; see the module docstring on torch's powerSGD_hook and gloo)")
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     ap.add_argument("--link", type=parse_links, default="20mbit,100mbit",
                     help="comma-separated link bandwidths for the modelled columns, or none (default 20mbit,100mbit)")
@@ -464,6 +489,9 @@ def main(argv=None):
     if not isinstance(links, list):
         links = parse_links(links)
 
+    if "torch-powersgd" in args.configs and 4 * _n_params(args) > args.bucket_cap_mb * 2**20:
+        print(f"warning: the model's gradients exceed --bucket-cap-mb {args.bucket_cap_mb:g}, so DDP uses several buckets; "
+              "torch's powerSGD_hook on gloo may then abort with a collective mismatch (module docstring)", file=sys.stderr)
     t0 = time.perf_counter()
     ranks = run_ranks(args)
     records = summarize(ranks, args, links)
