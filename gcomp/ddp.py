@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 
 import numpy as np
 import torch
@@ -113,6 +112,7 @@ class CompressionState:
         self._layouts = {}
         self._saved_layouts = None
         self._lock = threading.Lock()
+        self._open = {}  # step -> [buckets launched, buckets done, last bucket launched]
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-comm")
         self._check_config()
 
@@ -219,6 +219,25 @@ def _dense(state, bucket, tensor):
     return fut.then(average)
 
 
+def _bucket_launched(state, step, last):
+    with state._lock:
+        entry = state._open.setdefault(step, [0, 0, False])
+        entry[0] += 1
+        entry[2] = entry[2] or last
+
+
+def _bucket_done(state, step):
+    """Close the step's totals once its last bucket was launched and every bucket is done."""
+    with state._lock:
+        entry = state._open[step]
+        entry[1] += 1
+        ready = entry[2] and entry[1] == entry[0]
+        if ready:
+            del state._open[step]
+    if ready:
+        state._close_step(step)
+
+
 def _finish_iteration(state, bucket):
     if bucket.is_last():
         step = state.iter
@@ -232,12 +251,11 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     tensor = bucket.buffer()
     last = bucket.is_last()
     step = state.iter
+    _bucket_launched(state, step, last)
     if step < state.start_iter or tensor.numel() < state.min_numel or tensor.numel() == 0:
         fut = _dense(state, bucket, tensor)
         _finish_iteration(state, bucket)
-        if last:
-            fut = fut.then(lambda f: (_close_after(state, step), f.value())[1])
-        return fut
+        return fut.then(lambda f: (_bucket_done(state, step), f.value())[1])
     key = bucket.index()
     state._check_layout(key, bucket)
     host = tensor.detach()
@@ -252,10 +270,11 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
 
     def communicate():
         try:
-            out = state.engine.complete(pending)
-            tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
-            if last:
-                _close_after(state, step)
+            try:
+                out = state.engine.complete(pending)
+                tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
+            finally:
+                _bucket_done(state, step)
             fut.set_result(tensor)
         except GcompError as exc:
             fut.set_exception(exc)
@@ -266,12 +285,6 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
 
     state._executor.submit(communicate)
     return fut
-
-
-def _close_after(state, step):
-    # The step's totals are closed once its last bucket is done.
-    time.sleep(0)
-    state._close_step(step)
 
 
 def register(ddp_model, spec, **options) -> CompressionState:

@@ -126,7 +126,7 @@ class PowerSGD(Compressor):
         x = np.ascontiguousarray(x, dtype=np.float32)
         p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
         self._p_hat[key] = p_hat
-        return self._matrix(x).T @ p_hat
+        return (p_hat.T @ self._matrix(x)).T  # row-major friendly form of M^T P_hat
 
     def finish(self, q_sum, numel, key=0, out=None):
         """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start."""

@@ -87,6 +87,7 @@ _MIN_BURST = 4096
 #: tbf queue: this much time at the link rate, at least _MIN_QUEUE bytes (plus the burst)
 _QUEUE_SECONDS = 0.4
 _MIN_QUEUE = 64 * 1024
+_NO_IPV6 = "for k in all default; do echo 1 > /proc/sys/net/ipv6/conf/$k/disable_ipv6; done 2>/dev/null; true"
 _PREFIX = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
 
 _COUNTER = itertools.count()
@@ -340,6 +341,9 @@ class EmulatedNetwork:
     def _add_namespace(self, ns):
         self._created.append(ns)  # recorded first: a signal between the two lines still gets it deleted
         _run(["ip", "netns", "add", ns])
+        # IPv6 off before any interface exists: no router solicitations, DAD or MLD reports in the byte counters
+        # (best effort: a kernel without IPv6 has nothing to switch off)
+        _run(["ip", "netns", "exec", ns, "sh", "-c", _NO_IPV6], check=False)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
     def _setup(self):
@@ -609,7 +613,7 @@ def run_emulated(links, argv_or_fn, *, args=(), kwargs=None, timeout=600.0, mast
                     readers.append(t)
                 deadline = start + timeout
                 failed_at = None
-                while any(p.poll() is None for p in procs):
+                while [p.poll() for p in procs].count(None):  # poll every worker, not just up to the first live one
                     now = time.monotonic()
                     if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
                         failed_at = now

@@ -132,7 +132,8 @@ def _launch(opts, cfg, cfg_path, links, progress):
             cfg["master_addr"], cfg["ifname"] = network.addresses[0], network.ifname
             port = cfg["master_port"]
             cmds = [network.command(r, argv + [str(r)]) for r in range(opts.workers)]
-            envs = [{**env, **network.env(r, port)} for r in range(opts.workers)]
+            overrides = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            envs = [{**network.env(r, port), **overrides} for r in range(opts.workers)]
         else:
             cmds = [argv + [str(r)] for r in range(opts.workers)]
             envs = [dict(env, GLOO_SOCKET_IFNAME="lo") for _ in range(opts.workers)]
