@@ -157,6 +157,8 @@ class CompressedComm:
         options = dict(algorithm=algorithm, error_feedback=error_feedback, nonfinite=nonfinite, min_numel=min_numel,
                        verify=verify)
         self.engine = CompressedAllreduce(transport, comp, **options) if transport is not None else None
+        self._checker = CompressedAllreduce(MPITransport(self._own), comp, **options) if hierarchical is not None else None
+        self._checked = set()
         self.compressor = comp
         self.options = options
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")
@@ -202,6 +204,11 @@ class CompressedComm:
         return lambda: _write(recv_flat, dtype, self._hierarchical(x, key, average, dtype))
 
     def _hierarchical(self, x, key, average, dtype):
+        # Every rank (not only the leaders) must agree before the dense intra-group Allreduce.
+        verify = self.options["verify"]
+        if verify == "always" or (verify and key not in self._checked):
+            self._checker.verify_agreement(key, x.shape[0], dtype, "hierarchical")
+            self._checked.add(key)
         total = np.array(x, dtype=np.float32, copy=True)
         self._intra.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
         if self._leaders is not None and self._leaders.Get_size() > 1:

@@ -6,7 +6,7 @@
   their own dtype, and the summed form is decompressed: that is the mean.
 * PowerSGD: ``P = M Q`` allreduced, orthonormalized, ``Q' = M^T P_hat``
   allreduced, result ``P_hat Q'^T`` (Vogels et al.); the error feedback keeps
-  ``M - result`` per rank, as PyTorch's PowerSGD hook does.
+  ``M - mean`` per rank (in units scaled by 1/P), as PyTorch's PowerSGD hook does.
 """
 
 import numpy as np
@@ -73,6 +73,7 @@ class LinearAllreduce(Algorithm):
         t = Timer()
         out = comp.finish(q, v.shape[0], key)
         if residual is not None:
-            np.subtract(v, out, out=residual)
+            # out approximates the sum over ranks of v; this rank keeps v - out / P (torch's M - mean, scaled).
+            np.subtract(v, out / np.float32(self.size), out=residual)
         pending.stats.decompress_s += t.lap()
         return out

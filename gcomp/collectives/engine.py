@@ -145,9 +145,12 @@ class CompressedAllreduce:
             self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
             self._verified.add((pending.key, pending.algorithm))
         out = algorithm.complete(pending)
+        if self.feedback.kind == "ef21" and pending.algorithm != "dense":
+            # EF21 sends increments of the estimate; the result is the receivers' aggregate G.
+            out = self.feedback.aggregate(pending.key, out)
         if count_nonfinite(out):
             pending.stats.nonfinite = True
-            for k in algorithm.memory_keys(pending.key):
+            for k in {*algorithm.memory_keys(pending.key), pending.key}:
                 self.feedback.reset(k)
                 self.server_feedback.reset(k)
             if self.nonfinite == "raise":

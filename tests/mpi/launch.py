@@ -36,8 +36,8 @@ THREAD_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 
-_CHECK = re.compile(r"^CHECK (\S+) rank=(\d+) (ok|FAIL)(?: (.*))?$")
-_DONE = re.compile(r"^DONE rank=(\d+) failures=(\d+)$")
+_CHECK = re.compile(r"CHECK (\S+) rank=(\d+) (ok|FAIL)(?: (.*?))?(?=CHECK |DONE |BYTES |MARK |$)")
+_DONE = re.compile(r"DONE rank=(\d+) failures=(\d+)")
 
 
 def mpiexec() -> str:
@@ -65,17 +65,18 @@ class Result:
         """``{check name: {rank: (status, message)}}`` from the CHECK markers."""
         found = {}
         for line in self.output.splitlines():
-            m = _CHECK.match(line.strip())
-            if m:
-                found.setdefault(m.group(1), {})[int(m.group(2))] = (m.group(3), m.group(4) or "")
+            for m in _CHECK.finditer(line):
+                found.setdefault(m.group(1), {})[int(m.group(2))] = (m.group(3), (m.group(4) or "").strip())
         return found
 
     def done_ranks(self) -> dict:
         """``{rank: failures}`` from the DONE markers."""
-        return {int(m.group(1)): int(m.group(2)) for m in map(_DONE.match, (s.strip() for s in self.output.splitlines())) if m}
+        return {int(m.group(1)): int(m.group(2)) for m in _DONE.finditer(self.output)}
 
-    def lines(self, prefix) -> list:
-        return [s.strip() for s in self.output.splitlines() if s.strip().startswith(prefix)]
+    def markers(self, prefix) -> list:
+        """The text of every ``<prefix> ...`` marker, up to the next marker or the end of its line."""
+        pattern = re.compile(re.escape(prefix) + r" (.*?)(?=CHECK |DONE |BYTES |MARK |$)")
+        return [m.group(1).strip() for line in self.output.splitlines() for m in pattern.finditer(line)]
 
     def describe(self, tail=6000) -> str:
         text = self.output if len(self.output) <= tail else "...\n" + self.output[-tail:]
@@ -95,7 +96,7 @@ def run_mpi(script, n, *args, timeout=120.0, env=None) -> Result:
     full_env = dict(os.environ)
     for name, value in THREAD_ENV.items():
         full_env.setdefault(name, value)
-    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env.pop("PYTHONUNBUFFERED", None)  # unbuffered, print() writes text and newline apart: lines of ranks interleave
     full_env.update(env or {})
     start = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
@@ -124,7 +125,7 @@ def _kill_group(proc):
             continue
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_mpi_cached(script, n, *args, timeout=180.0) -> Result:
     """:func:`run_mpi`, once per (script, n, args, timeout) per pytest session."""
     return run_mpi(script, n, *args, timeout=timeout)

@@ -1,0 +1,71 @@
+"""Faults under real mpiexec: disagreeing ranks raise everywhere, a failing rank ends the job."""
+
+import pytest
+
+from .launch import assert_check, assert_clean, run_mpi, run_mpi_cached
+
+pytest.importorskip("mpi4py")
+pytestmark = pytest.mark.slow
+
+MISMATCH_CASES = ["size", "size-same-key", "dtype", "compressor", "compressor-params", "compressor-seed", "error-feedback",
+                  "algorithm", "iallreduce", "oneoff", "verify-first"]
+
+
+def mismatch_run(n):
+    return run_mpi_cached("faults.py", n, "mismatch", timeout=120.0)
+
+
+def marks(result, case):
+    out = {}
+    for text in result.markers(f"MARK mismatch-{case}"):
+        rank, _, outcome = text.partition(" ")
+        out[int(rank.removeprefix("rank="))] = outcome
+    return out
+
+
+@pytest.mark.parametrize("n", (2, 4))
+def test_mismatch_job_completes(n):
+    """No rank hangs: the job exits 0 well before its timeout and every rank reaches the end."""
+    assert_clean(mismatch_run(n), n)
+
+
+@pytest.mark.parametrize("n", (2, 4))
+@pytest.mark.parametrize("case", MISMATCH_CASES)
+def test_mismatch_raises_on_every_rank(n, case):
+    result = mismatch_run(n)
+    assert marks(result, case) == {r: "MismatchError" for r in range(n)}, result.describe(3000)
+    assert_check(result, f"mismatch/{case}", n)
+
+
+@pytest.mark.parametrize("n", (2, 4))
+@pytest.mark.parametrize("check", ["size-then-agree", "compressor-then-agree", "compressor-params-then-agree",
+                                   "compressor-seed-then-agree", "final-agree"])
+def test_agreeing_call_after_a_mismatch_works(n, check):
+    assert_check(mismatch_run(n), f"mismatch/{check}", n)
+
+
+@pytest.mark.parametrize("case", ["hierarchical-size", "hierarchical-compressor"])
+def test_hierarchical_mismatch_raises_on_every_rank(case):
+    """Hierarchical mode must check agreement before its dense intra-group Allreduce.
+
+    Fails at the time of writing: CompressedComm._hierarchical runs ``self._intra.Allreduce`` first, so a
+    size mismatch inside a group is an MPI fatal error ("Message truncated") that aborts the whole job, and
+    a non-leader's different compressor is never noticed (only the leaders' engine verifies).
+    """
+    result = run_mpi_cached("faults.py", 4, "hierarchical-mismatch", timeout=60.0)
+    assert not result.timed_out, result.describe()
+    assert marks(result, case) == {r: "MismatchError" for r in range(4)}, result.describe(3000)
+    assert_clean(result, 4)
+
+
+def test_exception_on_one_rank_aborts_the_job():
+    """``python -m mpi4py script.py``: rank 1's uncaught exception calls MPI_Abort; the others, blocked in a
+    compressed Allreduce, are killed at once instead of hanging."""
+    timeout = 90.0
+    result = run_mpi("faults.py", 4, "abort", timeout=timeout)
+    assert not result.timed_out, "the job hung instead of aborting:\n" + result.describe()
+    assert result.returncode != 0, result.describe()
+    assert result.elapsed < timeout / 3, f"took {result.elapsed:.1f}s to abort"
+    assert "RuntimeError: rank 1 fails on purpose" in result.output
+    assert sorted(int(t.removeprefix("rank=")) for t in result.markers("MARK abort-before")) == [0, 1, 2, 3]
+    assert result.markers("MARK abort-after") == [], "a rank went on past the failed collective"
