@@ -101,7 +101,9 @@ def run(cfg, rank):
     x_train, y_train, x_test, y_test = load_digits_split(cfg["seed"])
     compute_s = _compute_seconds(cfg, x_train, y_train)
     model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    # One bucket for the whole model: torch's powerSGD_hook can deadlock on gloo with several buckets
+    # (its P/Q allreduces run from future callbacks), and it keeps every configuration comparable.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cfg.get("bucket_cap_mb", 64))
     state = _setup_hook(cfg, ddp, world)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
