@@ -2,7 +2,7 @@
 
 ::
 
-    from tests.ddp.launch import launch
+    from .launch import launch                # from a test module in tests/ddp
 
     def worker(rank, world_size, steps):      # top level: spawn pickles it by reference
         ...                                   # dist is initialised here (gloo, localhost)
@@ -25,6 +25,11 @@
 
 Each rank sets ``torch.set_num_threads(1)`` (CI machines have few cores and
 several ranks share them).
+
+The bottom of this module holds small helpers the workers share: a seeded
+MLP, deterministic per-(rank, step) batches, bit-exact parameter digests and
+:func:`capture`, which turns an exception into data so that one worker can
+run several cases and report each.
 """
 
 import datetime
@@ -38,7 +43,8 @@ import tempfile
 import time
 import traceback
 
-__all__ = ["launch", "LaunchError", "DIED", "free_port"]
+__all__ = ["launch", "LaunchError", "DIED", "free_port", "make_model", "batch", "eval_loss", "train_step", "digest",
+           "flat_params", "capture"]
 
 #: Placeholder result of a rank that exited without reporting (only with ``may_die``).
 DIED = "<died>"
@@ -99,39 +105,41 @@ def _entry(fn, rank, world_size, port, outdir, pg_timeout, args, kwargs):
             os._exit(code)
 
 
-def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout, may_die):
+def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout):
     ctx = mp.get_context("spawn")
     outdir = tempfile.mkdtemp(prefix="gcomp-ddp-")
-    port = free_port()
     procs = []
     try:
-        for rank in range(world_size):
-            p = ctx.Process(target=_entry, args=(fn, rank, world_size, port, outdir, pg_timeout, args, kwargs),
-                            name=f"gcomp-rank{rank}", daemon=True)
-            p.start()
-            procs.append(p)
-        deadline = time.monotonic() + timeout
-        pending = list(procs)
-        while pending and time.monotonic() < deadline:
-            multiprocessing.connection.wait([p.sentinel for p in pending], timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-            pending = [p for p in procs if p.is_alive()]
-        hung = [procs.index(p) for p in pending]
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        for p in procs:
-            p.join(10)
-    reports = {}
-    try:
+        port = free_port()
+        try:
+            for rank in range(world_size):
+                p = ctx.Process(target=_entry, args=(fn, rank, world_size, port, outdir, pg_timeout, args, kwargs),
+                                name=f"gcomp-rank{rank}", daemon=True)
+                p.start()
+                procs.append(p)
+            deadline = time.monotonic() + timeout
+            pending = list(procs)
+            while pending and time.monotonic() < deadline:
+                multiprocessing.connection.wait([p.sentinel for p in pending],
+                                                timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                pending = [p for p in procs if p.is_alive()]
+            hung = [procs.index(p) for p in pending]
+        finally:
+            # never leave a rank behind: kill what still runs (our own processes, by object), reap all
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+            for p in procs:
+                p.join(10)
+        reports = {}
         for rank in range(world_size):
             path = os.path.join(outdir, f"rank{rank}.pkl")
             if os.path.exists(path):
                 with open(path, "rb") as fh:
                     reports[rank] = pickle.load(fh)
+        return reports, hung, [p.exitcode for p in procs]
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
-    return reports, hung, [p.exitcode for p in procs]
 
 
 def _address_in_use(reports):
@@ -147,7 +155,7 @@ def launch(fn, world_size, *args, timeout=120.0, pg_timeout=30.0, may_die=(), **
     traceback if a rank raised, hung or died unexpectedly.
     """
     for attempt in range(3):
-        reports, hung, exitcodes = _run_once(fn, world_size, args, kwargs, timeout, pg_timeout, set(may_die))
+        reports, hung, exitcodes = _run_once(fn, world_size, args, kwargs, timeout, pg_timeout)
         if not _address_in_use(reports) or attempt == 2:
             break
     problems = []
@@ -172,3 +180,94 @@ def launch(fn, world_size, *args, timeout=120.0, pg_timeout=30.0, may_die=(), **
         fname = getattr(fn, "__qualname__", repr(fn))
         raise LaunchError(f"{fname} on {world_size} ranks failed:\n\n" + "\n\n".join(problems), reports)
     return results
+
+
+# ----------------------------------------------------------------------------
+# Small helpers for the worker functions (they run inside the ranks)
+# ----------------------------------------------------------------------------
+IN_FEATURES = 16
+HIDDEN = 64
+
+
+def make_model(seed=0, dtype=None):
+    """A 16-64-64-1 tanh MLP (5313 parameters), identical on every rank for a given seed."""
+    import torch
+    from torch import nn
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(),
+                          nn.Linear(HIDDEN, 1))
+    torch.random.set_rng_state(gen_state)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def _teacher(x):
+    import torch
+
+    w = torch.linspace(-1.0, 1.0, IN_FEATURES, dtype=torch.float32)
+    return torch.tanh(0.5 * (x @ w)).unsqueeze(1)
+
+
+def batch(rank, step, n=32, seed=1234, dtype=None):
+    """Rank ``rank``'s batch at ``step``: a deterministic function of (seed, rank, step), never the global RNG."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + rank * 10_007 + step)
+    x = torch.randn(n, IN_FEATURES, generator=g)
+    y = _teacher(x)
+    if dtype is not None:
+        x, y = x.to(dtype), y.to(dtype)
+    return x, y
+
+
+def eval_loss(model, n=256):
+    """Loss of ``model`` (the DDP-wrapped module, no communication) on a fixed held-out set."""
+    import torch
+
+    x, y = batch(rank=-1, step=0, n=n, seed=99)
+    p = next(model.parameters())
+    with torch.no_grad():
+        return float(((model(x.to(p.dtype)).float() - y) ** 2).mean())
+
+
+def train_step(ddp, opt, x, y):
+    """One forward/backward/step; returns the local loss."""
+    opt.zero_grad(set_to_none=True)
+    loss = ((ddp(x) - y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def param_bytes(model):
+    return b"".join(p.detach().cpu().contiguous().view(-1).view(dtype=_u8()).numpy().tobytes() for p in model.parameters())
+
+
+def _u8():
+    import torch
+
+    return torch.uint8
+
+
+def digest(model):
+    """sha256 of every parameter's raw bytes (bit-exact, NaN payloads included)."""
+    import hashlib
+
+    return hashlib.sha256(param_bytes(model)).hexdigest()
+
+
+def flat_params(model):
+    import torch
+
+    return torch.cat([p.detach().float().reshape(-1) for p in model.parameters()]).numpy().copy()
+
+
+def capture(fn, *args, **kwargs):
+    """Run ``fn``; return ("ok", result) or ("raised", type name, message, mro names)."""
+    try:
+        return ("ok", fn(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - the test inspects what was raised
+        return ("raised", type(exc).__name__, str(exc), [c.__name__ for c in type(exc).__mro__])
