@@ -73,15 +73,15 @@ class CompressionState:
     ``error_feedback`` ("residual", "ef21", "dgc", "none"); ``algorithm``
     ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense");
     ``start_iter`` dense iterations before compressing; ``min_numel`` buckets
-    smaller than this go dense; ``seed`` the compressors' seed (identical on
-    every rank); ``nonfinite`` ("propagate", "zero", "raise": see
+    smaller than this go dense; ``seed`` overrides the compressor's seed (None:
+    keep the spec's; it must be identical on every rank); ``nonfinite`` ("propagate", "zero", "raise": see
     :mod:`gcomp.collectives.engine`); ``timeout`` for the communication group
     (a ``datetime.timedelta``; a dead peer makes the others raise after it);
     ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger.
     """
 
     def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
-                 min_numel=1024, seed=0, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000):
+                 min_numel=1024, seed=None, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000):
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("expected torch.distributed to be initialised (dist.init_process_group) before CompressionState")
         comp = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
@@ -111,6 +111,7 @@ class CompressionState:
         self._dense_stats = []
         self._layouts = {}
         self._saved_layouts = None
+        self._param_index = None
         self._lock = threading.Lock()
         self._open = {}  # step -> [buckets launched, buckets done, last bucket launched]
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-comm")
@@ -119,6 +120,7 @@ class CompressionState:
     # -- configuration agreement -----------------------------------------
     def config(self):
         return {"compressor": self.compressor.get_config(), "error_feedback": self.engine.feedback.kind,
+                "feedback_options": self.engine.feedback.options(),
                 "algorithm": self.engine.algorithm, "start_iter": self.start_iter, "min_numel": self.min_numel,
                 "nonfinite": self.engine.nonfinite, "world_size": self.world_size}
 
@@ -167,7 +169,7 @@ class CompressionState:
         self.wait()
         return {"version": STATE_VERSION, "iter": self.iter, "rank": self.rank, "world_size": self.world_size,
                 "config": self.config(), "engine": self.engine.state_dict(),
-                "layouts": {k: list(v) for k, v in self._layouts.items()}}
+                "layouts": {k: [list(i) if isinstance(i, tuple) else i for i in v] for k, v in self._layouts.items()}}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output of the same rank and configuration."""
@@ -181,7 +183,8 @@ class CompressionState:
             raise StateError(f"expected a state saved with configuration {self.config()}, found {state.get('config')}")
         self.engine.load_state_dict(state["engine"])
         self.iter = int(state["iter"])
-        self._saved_layouts = {k: tuple(v) for k, v in state.get("layouts", {}).items()}
+        self._saved_layouts = {k: tuple(tuple(i) if isinstance(i, list) else i for i in v)
+                               for k, v in state.get("layouts", {}).items()}
 
     def wait(self):
         """Block until every launched bucket has completed."""
@@ -191,18 +194,57 @@ class CompressionState:
         self._executor.shutdown(wait=True)
 
     # -- the per-bucket work ---------------------------------------------------
-    def _layout(self, bucket):
-        return tuple((tuple(p.shape), str(p.dtype)) for p in bucket.parameters())
+    def attach(self, ddp_model):
+        """Know ``ddp_model``'s parameters, so bucket layouts are recorded as parameter indices.
 
-    def _check_layout(self, key, bucket):
+        :func:`register` calls it.  With it, a state restored into a fresh DDP model
+        maps its bucket-keyed memories onto the fresh model's first (not yet
+        rebuilt) buckets; without it that first compressed step raises StateError.
+        """
+        module = getattr(ddp_model, "module", ddp_model)
+        self._param_index = {id(p): i for i, p in enumerate(module.parameters())}
+        return self
+
+    def _layout(self, bucket):
+        params = bucket.parameters()
+        index = getattr(self, "_param_index", None)
+        if index is not None and all(id(p) in index for p in params):
+            return tuple(index[id(p)] for p in params)
+        return tuple((tuple(p.shape), str(p.dtype)) for p in params)
+
+    def _plan(self, key, bucket):
+        """``[(engine key, slices or None)]``: how this bucket's vector maps onto the memories.
+
+        Normally one entry, the bucket itself.  Right after a restore, a fresh DDP
+        model's first buckets (before DDP rebuilds them) may group the parameters
+        differently from the checkpoint; then each saved bucket's parameters are
+        gathered from this bucket, in the saved order, and reduced under the saved key.
+        """
         layout = self._layout(bucket)
-        self._layouts[key] = layout
-        if self._saved_layouts is not None and key in self._saved_layouts and self._saved_layouts[key] != layout:
-            raise StateError(
-                f"bucket {key} holds parameters {layout} but the checkpoint's bucket {key} held "
-                f"{self._saved_layouts[key]}; build the DDP model exactly as before (same parameter order, "
-                "bucket_cap_mb) so bucket-keyed residuals map onto the same tensors"
-            )
+        saved = self._saved_layouts
+        if not saved or saved.get(key) == layout or (key not in saved and not _overlaps(layout, saved)):
+            self._layouts[key] = layout
+            return [(key, None)]
+        if all(isinstance(i, int) for i in layout) and all(all(isinstance(i, int) for i in v) for v in saved.values()):
+            offsets, start = {}, 0
+            for i, p in zip(layout, bucket.parameters(), strict=True):
+                offsets[i] = (start, start + p.numel())
+                start += p.numel()
+            members = sorted(k for k, v in saved.items() if set(v) <= set(layout))
+            covered = [i for k in members for i in saved[k]]
+            if sorted(covered) == sorted(layout):
+                for k in members:
+                    self._layouts[k] = saved[k]
+                return [(k, [offsets[i] for i in saved[k]]) for k in members]
+        raise StateError(
+            f"bucket {key} holds parameters {layout} but the checkpoint's buckets held {saved}; build the DDP model "
+            "exactly as before and register through gcomp.ddp.register (or call state.attach(ddp_model)) so the "
+            "saved memories can be mapped onto the fresh model's buckets"
+        )
+
+
+def _overlaps(layout, saved):
+    return any(set(layout) & set(v) for v in saved.values())
 
 
 def _dense(state, bucket, tensor):
@@ -211,12 +253,10 @@ def _dense(state, bucket, tensor):
     stats.bytes_sent = stats.bytes_received = moved
     stats.step = state.iter
     state._dense_stats.append(stats)
+    # DDP itself multiplies by 1/P before summing; doing the same keeps `none` bit-identical to no hook.
+    tensor.mul_(1.0 / state.world_size)
     fut = dist.all_reduce(tensor, group=state.process_group, async_op=True).get_future()
-
-    def average(f):
-        return f.value()[0].div_(state.world_size)
-
-    return fut.then(average)
+    return fut.then(lambda f: f.value()[0])
 
 
 def _bucket_launched(state, step, last):
@@ -257,29 +297,43 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
         _finish_iteration(state, bucket)
         return fut.then(lambda f: (_bucket_done(state, step), f.value())[1])
     key = bucket.index()
-    state._check_layout(key, bucket)
+    plan = state._plan(key, bucket)
     host = tensor.detach()
     if host.device.type != "cpu":
         host = host.cpu()
     dtype = str(host.dtype).replace("torch.", "")
     x = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
-    pending = state.engine.prepare(x, key=key, dtype=dtype)
-    pending.stats.step = step
+    pendings = []
+    for engine_key, slices in plan:
+        part = x if slices is None else np.concatenate([x[lo:hi] for lo, hi in slices])
+        pending = state.engine.prepare(part, key=engine_key, dtype=dtype)
+        pending.stats.step = step
+        pendings.append((pending, slices))
     _finish_iteration(state, bucket)
-    fut = torch.futures.Future()
+    # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
+    raw = torch.futures.Future()
+    fut = raw.then(lambda f: f.value())
 
     def communicate():
         try:
             try:
-                out = state.engine.complete(pending)
+                if len(pendings) == 1 and pendings[0][1] is None:
+                    out = state.engine.complete(pendings[0][0])
+                else:
+                    out = np.empty(x.shape[0], np.float32)
+                    for pending, slices in pendings:
+                        part, offset = state.engine.complete(pending), 0
+                        for lo, hi in slices:
+                            out[lo:hi] = part[offset: offset + hi - lo]
+                            offset += hi - lo
                 tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
             finally:
                 _bucket_done(state, step)
-            fut.set_result(tensor)
+            raw.set_result(tensor)
         except GcompError as exc:
-            fut.set_exception(exc)
+            raw.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - a peer died or timed out: say so in gcomp's terms
-            fut.set_exception(CollectiveError(
+            raw.set_exception(CollectiveError(
                 f"compressed allreduce of bucket {key} at step {step} failed on rank {state.rank}: {exc}; "
                 "a peer may have died or the group timed out"))
 
@@ -292,5 +346,6 @@ def register(ddp_model, spec, **options) -> CompressionState:
     if "process_group" not in options and getattr(ddp_model, "process_group", None) is not None:
         options["process_group"] = ddp_model.process_group
     state = CompressionState(spec, **options)
+    state.attach(ddp_model)
     ddp_model.register_comm_hook(state, compression_hook)
     return state

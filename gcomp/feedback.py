@@ -77,12 +77,17 @@ class ErrorFeedback:
                 )
         return entry
 
+    def options(self) -> dict:
+        """Options that must agree across ranks (fingerprinted by the collectives)."""
+        return {}
+
     def step_of(self, key):
         """The step the next compress() of ``key`` uses."""
         return self._steps.get(key, 0)
 
     def reset(self, key=None):
-        """Forget the memory of ``key`` (or of every key)."""
+        """Forget the memory of ``key`` (or of every key), the compressor's own state for it included."""
+        self.compressor.reset(key)
         if key is None:
             self._state.clear()
             self._steps.clear()
@@ -257,9 +262,12 @@ class DGCFeedback(ErrorFeedback):
             u[idx] = 0.0
         return c
 
+    def options(self):
+        return {"momentum": self.momentum, "clip_norm": self.clip_norm, "masking": self.masking}
+
     def state_dict(self):
         state = super().state_dict()
-        state["options"] = {"momentum": self.momentum, "clip_norm": self.clip_norm, "masking": self.masking}
+        state["options"] = self.options()
         return state
 
     def load_state_dict(self, state):

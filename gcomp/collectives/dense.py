@@ -17,9 +17,10 @@ class DenseAllreduce(Algorithm):
 
     def complete(self, pending):
         buf = pending.x
-        self._counted(pending, self.transport.allreduce_, buf)
         if pending.average and self.size > 1:
+            # Scale before summing, as DDP does, so `none` is bit-identical to DDP without a hook.
             t = Timer()
-            buf /= np.float32(self.size)
+            buf *= np.float32(1.0 / self.size)
             pending.stats.decompress_s += t.lap()
+        self._counted(pending, self.transport.allreduce_, buf)
         return buf

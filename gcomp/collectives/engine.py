@@ -106,7 +106,8 @@ class CompressedAllreduce:
     # -- agreement ------------------------------------------------------
     def fingerprint(self, key, numel, dtype, algorithm) -> bytes:
         doc = json.dumps({"compressor": self.compressor.get_config(), "algorithm": algorithm,
-                          "feedback": self.feedback.kind, "numel": int(numel), "dtype": str(dtype),
+                          "feedback": self.feedback.kind,
+                          "feedback_options": self.feedback.options(), "numel": int(numel), "dtype": str(dtype),
                           "nonfinite": self.nonfinite}, sort_keys=True, default=str)
         return hashlib.sha256(doc.encode()).digest()
 

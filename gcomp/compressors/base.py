@@ -204,6 +204,9 @@ class Compressor:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output."""
 
+    def reset(self, key=None) -> None:
+        """Forget compressor-held state of ``key`` (or all); stateless compressors do nothing."""
+
     def compress(self, x, *, step: int = 0, key: int = 0) -> Compressed:
         """Compress the 1-D vector ``x`` (numpy array or CPU torch tensor).
 

@@ -132,8 +132,10 @@ class PowerSGD(Compressor):
         """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start."""
         p_hat = self._p_hat.pop(key)
         q_sum = np.array(q_sum, dtype=np.float32, copy=True)
-        if self.warm_start:
+        if self.warm_start and np.isfinite(q_sum).all():
             self._q[key] = q_sum
+        elif not np.isfinite(q_sum).all():
+            self._q.pop(key, None)  # a non-finite factor must not poison later warm starts
         dense = (p_hat @ q_sum.T).reshape(-1)[:numel]
         if out is None:
             return np.ascontiguousarray(dense)
@@ -166,6 +168,15 @@ class PowerSGD(Compressor):
 
     def combine(self, items):
         raise ConfigError("powersgd is linear in its phases, not as a whole: sum p_phase() outputs, then q_phase() outputs")
+
+    def reset(self, key=None):
+        """Forget the warm-start Q (and any pending P_hat) of ``key``, or of every key."""
+        if key is None:
+            self._q.clear()
+            self._p_hat.clear()
+        else:
+            self._q.pop(key, None)
+            self._p_hat.pop(key, None)
 
     # -- state ---------------------------------------------------------
     def state_dict(self):

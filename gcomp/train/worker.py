@@ -72,7 +72,13 @@ def _setup_hook(cfg, ddp, world):
         return None
     import gcomp.ddp
 
-    return gcomp.ddp.register(ddp, spec, start_iter=cfg["start_iter"], error_feedback=cfg.get("error_feedback", "residual"),
+    feedback = cfg.get("error_feedback", "residual")
+    if feedback == "dgc":
+        # DGC's momentum correction keeps the momentum in the feedback memory (the optimizer runs without it).
+        from gcomp.feedback import DGCFeedback
+
+        feedback = DGCFeedback(spec, momentum=cfg["momentum"])
+    return gcomp.ddp.register(ddp, spec, start_iter=cfg["start_iter"], error_feedback=feedback,
                               timeout=datetime.timedelta(seconds=cfg["timeout"]))
 
 
@@ -105,7 +111,8 @@ def run(cfg, rank):
     # (its P/Q allreduces run from future callbacks), and it keeps every configuration comparable.
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cfg.get("bucket_cap_mb", 64))
     state = _setup_hook(cfg, ddp, world)
-    opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    momentum = 0.0 if state is not None and cfg.get("error_feedback") == "dgc" else cfg["momentum"]
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=momentum)
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
     ifname = cfg.get("ifname")
     counters0 = _interface_counters(ifname) if ifname else None

@@ -63,7 +63,7 @@ def _path(root, label, rank):
 
 def _uninterrupted(rank, label, config, root):
     model, ddp, opt = _setup(init_seed=0)
-    state = _state(config)
+    state = _state(config).attach(ddp)
     ddp.register_comm_hook(state, gcomp.ddp.compression_hook)
     digests, algorithms = [], set()
     for step in range(TOTAL):
@@ -84,14 +84,14 @@ def save_worker(rank, world_size, root):
 
 def _resume(rank, label, config, root, variant):
     model, ddp, opt = _setup(init_seed=123)
-    state = _state(config)
+    state = _state(config).attach(ddp)
     ckpt = torch.load(_path(root, label, rank), weights_only=True)
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     if variant != "fresh_state":
         state.load_state_dict(ckpt["gcomp"])
     if variant in ("primed", "fresh_state"):
-        # Workaround for the bucket-rebuild bug: one throw-away backward without the hook lets DDP
+        # Also valid: one throw-away backward without the hook lets DDP
         # rebuild its buckets before the hook sees any; parameters and optimizer are untouched.
         ddp(batch(rank, 10_000)[0]).sum().backward()
         opt.zero_grad(set_to_none=True)
@@ -163,12 +163,11 @@ def test_uninterrupted_run_compresses_and_ranks_agree(runs, label):
 
 @pytest.mark.parametrize("label", list(CONFIGS))
 def test_restore_continues_bit_identically(runs, label):
-    """The documented flow: load_state_dict into a fresh state, register_comm_hook, train.
+    """The documented flow: a fresh state attached to the fresh DDP model, load_state_dict, register, train.
 
-    Known gcomp bug when it fails with StateError: a fresh DDP model reduces all
-    parameters in ONE bucket on its first iteration (in forward parameter
-    order) and only then rebuilds its buckets, so the restored state sees a
-    bucket 0 unlike the saved bucket 0 and ``_check_layout`` raises.
+    A fresh DDP model reduces all parameters in one bucket on its first
+    iteration and only then rebuilds its buckets; the attached state maps the
+    saved bucket memories onto that first bucket by parameter index.
     """
     saved, resumed = runs
     expected = [r["digests"][SAVE_AT:] for r in _saved(saved, label)]
