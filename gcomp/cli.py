@@ -70,7 +70,7 @@ def _cmd_train(args):
         workers=args.workers, compressors=args.compressor or [DEFAULT_COMPRESSOR], epochs=args.epochs, model=args.model,
         hidden=args.hidden, backend=args.backend, link=args.link, emulate=args.emulate,
         target_accuracy=args.target_accuracy, out=args.out, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        error_feedback=args.error_feedback, timeout=args.timeout, progress=not args.quiet,
+        error_feedback=args.error_feedback, timeout=args.timeout, progress=not args.quiet, start_iter=args.start_iter,
     )
     try:
         results = train(opts)
@@ -124,6 +124,9 @@ def build_parser():
     p_train.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05, momentum 0.9)")
     p_train.add_argument("--error-feedback", default="residual", choices=["residual", "ef21", "dgc", "none"],
                          help="error feedback for gcomp compressors (default residual)")
+    p_train.add_argument("--start-iter", type=int, default=None,
+                         help="dense warm-up iterations before compressing (default: each hook's minimum, "
+                              "1 for gcomp, 2 for torch-powersgd)")
     p_train.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned (default 600)")
     p_train.add_argument("--quiet", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)

@@ -223,6 +223,12 @@ class CompressionState:
         layout = self._layout(bucket)
         saved = self._saved_layouts
         if not saved or saved.get(key) == layout or (key not in saved and not _overlaps(layout, saved)):
+            previous = self._layouts.get(key)
+            if previous is not None and previous != layout and not saved:
+                # DDP regrouped its buckets after compression started (start_iter=0): the memories of
+                # this key belong to other tensors now, so they start over rather than mix.
+                log.warning("gcomp: bucket %s changed its parameters; resetting its error-feedback memory", key)
+                self.engine.reset(key)
             self._layouts[key] = layout
             return [(key, None)]
         if all(isinstance(i, int) for i in layout) and all(all(isinstance(i, int) for i in v) for v in saved.values()):

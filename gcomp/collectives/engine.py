@@ -165,6 +165,15 @@ class CompressedAllreduce:
         self._record(pending.stats)
         return out
 
+    def reset(self, key):
+        """Forget every memory of ``key`` (worker, chunk and server feedback, compressor state)."""
+        keys = {key}
+        for algorithm in self._algorithms.values():
+            keys.update(algorithm.memory_keys(key))
+        for k in keys:
+            self.feedback.reset(k)
+            self.server_feedback.reset(k)
+
     def __call__(self, x, key=0, step=None, *, average=True, dtype="float32"):
         return self.complete(self.prepare(x, key, step, average=average, dtype=dtype))
 

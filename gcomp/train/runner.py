@@ -10,8 +10,10 @@ collects every rank's per-epoch records and computes, per run:
   torch's hooks and no hook; interface counters when emulated), compression
   ratio against dense float32;
 * the split of time into compute, compression and communication;
-* time to the target accuracy: *measured* when emulated, otherwise *modelled*
-  from the bytes actually sent through the link model (gcomp.train.links);
+* time to the target accuracy: *measured* when emulated, otherwise *modelled*:
+  the measured local step time (compute, any hook's compression, loopback
+  transfer) plus the time the bytes actually sent take through the link model
+  (gcomp.train.links);
 * modelled energy: radio joules per bit plus CPU seconds times power.
 """
 
@@ -52,7 +54,7 @@ class TrainOptions:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
-    start_iter: int = 2
+    start_iter: int | None = None  # None: 1 for gcomp's hook, 2 for torch's PowerSGD (its minimum)
     error_feedback: str = "residual"
     timeout: float = 600.0
     cpu_watts: float = DEFAULT_CPU_WATTS
@@ -178,13 +180,25 @@ def _launch(opts, cfg, cfg_path, links, progress):
             network.close()
 
 
+def _start_iter(opts, spec):
+    """Dense warm-up iterations: each hook's minimum unless --start-iter is given.
+
+    torch's PowerSGD hook refuses fewer than 2 with error feedback or warm start;
+    gcomp's hook can compress from iteration 1 (DDP has rebuilt its buckets by
+    then, and memories are keyed by bucket layout).
+    """
+    if opts.start_iter is not None:
+        return opts.start_iter
+    return 2 if spec == "torch-powersgd" else 1
+
+
 def _run_one(opts, spec, index, links, out_dir):
     run_dir = os.path.join(out_dir, "runs", f"{index:02d}-{_safe(spec)}")
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     cfg = {"compressor": spec, "workers": opts.workers, "epochs": opts.epochs, "model": opts.model, "hidden": opts.hidden,
            "batch_size": opts.batch_size, "lr": opts.lr, "momentum": opts.momentum, "seed": opts.seed,
-           "start_iter": opts.start_iter, "error_feedback": opts.error_feedback, "timeout": opts.timeout,
+           "start_iter": _start_iter(opts, spec), "error_feedback": opts.error_feedback, "timeout": opts.timeout,
            "master_addr": "127.0.0.1", "master_port": _free_port(), "run_dir": run_dir, "ifname": None}
     progress = _Progress(opts.progress, spec, opts.epochs)
     try:
@@ -206,16 +220,19 @@ def _kpis(opts, spec, ranks, links):
     prev = [dict(bytes_sent=0.0, bytes_received=0.0, compress_s=0.0, steps=0) for _ in ranks]
     world = len(ranks)
     rounds = 2 * (world - 1)
+    prev_wall = 0.0
     for e, rec in enumerate(r0["epochs"]):
         per_worker = [rank["epochs"][e] for rank in ranks]
         steps = rec["steps"] - prev[0]["steps"]
         sent = [w.get("measured_tx_bytes", w["bytes_sent"]) if opts.emulate else w["bytes_sent"] for w in per_worker]
         sent_epoch = [s - (p.get("sent_cum", 0.0)) for s, p in zip(sent, prev, strict=True)]
-        compress_epoch = max(w["compress_s"] - p["compress_s"] for w, p in zip(per_worker, prev, strict=True))
         per_step = [s / max(1, steps) for s in sent_epoch]
         comm_model = steps * modelled_comm_seconds(per_step, links, rounds=rounds)
-        compute = steps * max(rank["compute_s_per_step"] for rank in ranks)
-        modelled_total += compute + compress_epoch + comm_model
+        # Modelled time: the measured local step time (compute, compression by any hook, loopback transfer)
+        # plus the time the bytes actually sent take through the modelled links.
+        wall = max(w["wall_s"] for w in per_worker)
+        modelled_total += (wall - prev_wall) + comm_model
+        prev_wall = wall
         epochs.append({"epoch": rec["epoch"], "accuracy": rec["accuracy"], "loss": rec["loss"],
                        "measured_wall_s": rec["wall_s"], "modelled_s": modelled_total,
                        "bytes_sent_per_worker": sent, "bytes_received_per_worker": [w["bytes_received"] for w in per_worker]})
