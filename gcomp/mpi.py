@@ -102,6 +102,17 @@ def _as_f32(flat, dtype):
     return flat if flat.dtype == np.float32 else flat.astype(np.float32)
 
 
+def _operands(sendbuf, recvbuf):
+    """``(float32 input, flat receive buffer, dtype name)``; ``MPI.IN_PLACE`` reads the receive buffer."""
+    recv_flat, dtype = _buffer(recvbuf, "recvbuf")
+    if sendbuf is MPI.IN_PLACE:
+        return _as_f32(recv_flat, dtype), recv_flat, dtype
+    send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
+    if send_flat.shape != recv_flat.shape:
+        raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
+    return _as_f32(send_flat, send_dtype), recv_flat, dtype
+
+
 def _write(recv_flat, dtype, result):
     if dtype == "bfloat16":
         import torch
@@ -189,14 +200,7 @@ class CompressedComm:
     # -- the compressed allreduce ------------------------------------------------
     def _run(self, sendbuf, recvbuf, op, key):
         average = _average_of(op)
-        recv_flat, dtype = _buffer(recvbuf, "recvbuf")
-        if sendbuf is MPI.IN_PLACE:
-            x = _as_f32(recv_flat, dtype)
-        else:
-            send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
-            if send_flat.shape != recv_flat.shape:
-                raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
-            x = _as_f32(send_flat, send_dtype)
+        x, recv_flat, dtype = _operands(sendbuf, recvbuf)
         key = f"n{x.shape[0]}" if key is None else key
         if self.hierarchical is None:
             pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
@@ -269,14 +273,7 @@ def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key
     options.setdefault("verify", "always")
     engine = CompressedAllreduce(MPITransport(comm), compressor, **options)
     average = _average_of(op)
-    recv_flat, dtype = _buffer(recvbuf, "recvbuf")
-    if sendbuf is MPI.IN_PLACE:
-        x = _as_f32(recv_flat, dtype)
-    else:
-        send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
-        if send_flat.shape != recv_flat.shape:
-            raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
-        x = _as_f32(send_flat, send_dtype)
+    x, recv_flat, dtype = _operands(sendbuf, recvbuf)
     _write(recv_flat, dtype, engine(x, key=key or f"n{x.shape[0]}", average=average, dtype=dtype))
     return engine.stats[-1]
 

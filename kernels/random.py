@@ -14,7 +14,8 @@ import numpy as np
 
 from .config import kernel
 
-__all__ = ["derive_seed", "splitmix64", "seed_key32", "rand32", "uniform01", "bounded"]
+__all__ = ["derive_seed", "splitmix64", "seed_key32", "rand32", "uniform01", "bounded", "lowbias32_array",
+           "rand32_array", "uniform01_array"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -102,3 +103,25 @@ def bounded(state, bound):
             m = r * bound64
             low = m & np.uint64(0xFFFFFFFF)
     return np.int64(m >> np.uint64(32)), state
+
+
+def lowbias32_array(x):
+    """numpy (vectorized) version of the lowbias32 hash on uint32 arrays."""
+    x = np.asarray(x, dtype=np.uint32).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return x
+
+
+def rand32_array(key, indices):
+    """numpy version of :func:`rand32` for an array of element indices (bit-identical)."""
+    return lowbias32_array(lowbias32_array(np.asarray(indices, dtype=np.uint32)) ^ np.uint32(key))
+
+
+def uniform01_array(key, indices):
+    """numpy version of :func:`uniform01` (bit-identical): float32 in [0, 1) per element index."""
+    return (rand32_array(key, indices) >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, StateError
-from ..kernels.random import derive_seed
+from ..kernels.random import derive_seed, uniform01_array
 from ._params import check_bool, check_int, check_seed
 from .base import Compressed, Compressor, key_to_int
 
@@ -37,23 +37,12 @@ def matrix_shape(n):
     return rows, (n + rows - 1) // rows
 
 
-def _lowbias32(x):
-    x = x.astype(np.uint32)
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
 def seeded_uniform(shape, seed):
     """Deterministic uniform(-1, 1) float32 from a 64-bit seed (no global RNG)."""
     count = int(np.prod(shape))
     key = np.uint32((seed ^ (seed >> 32)) & 0xFFFFFFFF)
-    with np.errstate(over="ignore"):
-        bits = _lowbias32(_lowbias32(np.arange(count, dtype=np.uint32)) ^ key)
-    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 / 16777216.0) - np.float32(1.0)).reshape(shape)
+    u = uniform01_array(key, np.arange(count, dtype=np.uint32))
+    return (u * np.float32(2.0) - np.float32(1.0)).reshape(shape)
 
 
 def orthonormalize(p):
