@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from gcomp.kernels import error_feedback as ef
 from gcomp.kernels.sampled_topk import topk_sampled
 from gcomp.kernels.topk import topk_exact
