@@ -24,12 +24,15 @@ import sys
 import time
 
 __all__ = [
+    "REPO_ROOT",
     "THREAD_ENV",
+    "use_checkout",
     "set_thread_env",
     "early_threads_from_argv",
     "apply_threads",
     "measure_group",
     "cpu_model",
+    "git_state",
     "header",
     "write_json",
     "format_table",
@@ -39,6 +42,37 @@ __all__ = [
 
 #: environment variables that pin the thread count of every runtime we call
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+#: the repository this file lives in (bench/..)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_checkout() -> bool:
+    """Import ``gcomp`` and ``gcomp.kernels`` from this checkout, whatever ``pip install -e`` points at.
+
+    The benchmarks measure the code next to them: an editable install made from
+    another clone would otherwise be picked up silently.  Call before importing
+    gcomp.  Returns False (and changes nothing) outside a source checkout or when
+    gcomp is already imported.  :func:`header` records the paths imported.
+    """
+    import importlib.abc
+    import importlib.util
+
+    mapping = {"gcomp": os.path.join(REPO_ROOT, "gcomp"), "gcomp.kernels": os.path.join(REPO_ROOT, "kernels")}
+    if "gcomp" in sys.modules or not all(os.path.isfile(os.path.join(d, "__init__.py")) for d in mapping.values()):
+        return False
+
+    class _CheckoutFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            directory = mapping.get(fullname)
+            if directory is None:
+                return None
+            return importlib.util.spec_from_file_location(
+                fullname, os.path.join(directory, "__init__.py"), submodule_search_locations=[directory])
+
+    sys.meta_path.insert(0, _CheckoutFinder())
+    return True
 
 
 def set_thread_env(threads: int) -> None:
@@ -99,43 +133,53 @@ def parse_sizes(text: str) -> list:
     return sizes
 
 
-def _time_once(fn) -> float:
+def _time_once(fn, cpu_out=None) -> float:
+    c0 = time.process_time_ns()
     t0 = time.perf_counter_ns()
     fn()
-    return (time.perf_counter_ns() - t0) * 1e-9
+    t1 = time.perf_counter_ns()
+    if cpu_out is not None:
+        cpu_out.append((time.process_time_ns() - c0) * 1e-9)
+    return (t1 - t0) * 1e-9
 
 
-def measure_group(fns: dict, repeat: int, budget_s: float, min_repeat: int = 3) -> dict:
+def measure_group(fns: dict, repeat: int, budget_s: float, min_repeat: int = 3, cpu: dict = None) -> dict:
     """Median-ready samples for a group of functions timed together.
 
     ``fns``: name -> zero-argument callable.  Each is called once untimed
     (warm-up), then timed round-robin.  The number of rounds is ``repeat``,
     reduced so the group's timed work stays near ``budget_s`` seconds, but never
-    below ``min_repeat``.  Returns name -> list of seconds.
+    below ``min_repeat``.  Returns name -> list of wall-clock seconds.  When
+    ``cpu`` is a dict it receives name -> list of process CPU seconds of the
+    same calls (time on a CPU, all threads summed: with one thread it excludes
+    the time the process waited for a core on a busy machine).
     """
     names = list(fns)
     for name in names:  # warm-up: JIT compilation, cache loading, first-touch allocations
         fns[name]()
     samples = {name: [] for name in names}
+    cpu_samples = {name: [] for name in names}
     was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         round_s = 0.0
         for name in names:
-            dt = _time_once(fns[name])
+            dt = _time_once(fns[name], cpu_samples[name])
             samples[name].append(dt)
             round_s += dt
         rounds = max(min_repeat, min(repeat, math.ceil(budget_s / max(round_s, 1e-9))))
         for r in range(1, rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name].append(_time_once(fns[name]))
+                samples[name].append(_time_once(fns[name], cpu_samples[name]))
             if r % 4 == 3:
                 gc.collect()
     finally:
         if was_enabled:
             gc.enable()
+    if cpu is not None:
+        cpu.update(cpu_samples)
     return samples
 
 
@@ -176,8 +220,27 @@ def _cache_sizes() -> dict:
     return out
 
 
+def git_state() -> dict:
+    """The repository commit and the files modified against it (best effort; {} outside a git checkout).
+
+    Benchmarks are snapshots of a moving tree: this says which code was measured.
+    """
+    import subprocess
+
+    root = REPO_ROOT
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "modified": [line[3:] for line in status.splitlines() if line.strip()]}
+
+
 def header(threads: int, sizes, **extra) -> dict:
     """The run header shared by both benchmarks: versions, machine, settings, date."""
+    import gcomp.kernels
     import numba
     import numpy
     import torch
@@ -186,6 +249,8 @@ def header(threads: int, sizes, **extra) -> dict:
 
     return {
         "gcomp": gcomp.__version__,
+        "gcomp_path": os.path.dirname(gcomp.__file__),
+        "kernels_path": os.path.dirname(gcomp.kernels.__file__),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "numba": numba.__version__,
@@ -201,6 +266,7 @@ def header(threads: int, sizes, **extra) -> dict:
         "loadavg_start": LOADAVG_START,
         "loadavg_end": _loadavg(),
         "command": " ".join(["python"] + sys.argv),
+        "git": git_state(),
         **extra,
     }
 
@@ -251,6 +317,7 @@ def format_table(rows: list, columns: list, markdown: bool = False) -> str:
     for row in rows:
         cells.append(["" if row.get(key) is None else str(row.get(key)) for key, _ in columns])
     if markdown:
+        cells = [[c.replace("|", "\\|") for c in r] for r in cells]
         lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         lines += ["| " + " | ".join(c) + " |" for c in cells[1:]]
         return "\n".join(lines)

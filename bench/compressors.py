@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common
 
 _EARLY_THREADS = _common.early_threads_from_argv()
+_common.use_checkout()  # measure this checkout's gcomp, not whatever an editable install points at
 
 import argparse
 import math
