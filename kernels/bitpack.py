@@ -10,13 +10,25 @@ multiply gathers eight 1-bit codes into a byte, shift-and-mask ladders squeeze
 2- and 4-bit codes), so they vectorize.  :func:`_pack_into` /
 :func:`_unpack_from` take any offsets; the quantizer modules (``qsgd``,
 ``uniform``, ``sign``, ``terngrad``, ``natural``) instead make the word views
-once per call (:func:`_word_views`) and call :func:`_pack_chunk` /
-:func:`_unpack_chunk` on an L1-resident scratch of codes, one chunk of a bucket
-at a time.  Both read and write unaligned 8/16/32/64-bit words through array
-views; unaligned word access is fine on every target numba supports
-(x86-64, AArch64, ppc64le).
+once per call (:func:`_word_views`) and, for each chunk of a bucket, call
+:func:`_pack_words` / :func:`_unpack_words` on an L1-resident scratch of codes
+(uint64 words) plus :func:`_pack_tail` / :func:`_unpack_tail` for a partial
+last word.  (Keep those two calls separate in the caller: LLVM inlines
+``_pack_words`` but not a helper that also contains the tail loops, and an
+out-of-line call with a dozen array arguments costs ~100 ns per chunk.)  The helpers read and write 8/16/32/64-bit words through array
+views, possibly unaligned (user-supplied arrays); unaligned word access is fine
+on every target numba supports (x86-64, AArch64, ppc64le).
 
-This module also holds the per-element uniform draws those quantizers share,
+The argument checks shared by the quantizer wrappers (``check_bits``,
+``check_bucket_size``, ``check_packed``, ``check_scales``, ``check_residual``,
+``decode_out``) live here too; they raise ``TypeError`` / ``ValueError`` with
+"expected ..., found ..." messages like :mod:`gcomp.kernels._checks`.
+
+This module also holds two bitcast intrinsics, :func:`_f32_bits` /
+:func:`_bits_f32` (numba has no scalar ``view``): integer min/max reductions
+over bit patterns vectorize where float ones cannot (without ``nnan``, LLVM
+keeps a float min/max reduction scalar), and the per-element uniform draws the
+quantizers share,
 :func:`_uniform01_u32` and :func:`_rand32_u32`: bit-identical to
 :func:`gcomp.kernels.random.uniform01` / :func:`~gcomp.kernels.random.rand32`
 at element index ``i`` (the counter is ``uint32(i)``, exactly as there), but
@@ -26,6 +38,9 @@ integer multiplies halve the throughput of the whole quantization loop.
 """
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ._checks import check_int, out_array
 from .config import kernel
@@ -219,34 +234,13 @@ def _unpack_tail(packed, byte_offset, count, bits, out, start):
 
 
 @kernel
-def _pack_chunk(cw, cb, m, bits, out, out16, out32, out64, byte_offset):
-    """Pack the first ``m`` codes of a scratch (``cw``: uint64 words, ``cb``: its uint8 view) at ``byte_offset``.
-
-    ``byte_offset`` a multiple of ``bits``; writes ``ceil(m * bits / 8)`` bytes,
-    the unused high bits of a partial last byte zero.
-    """
-    nw = m >> 3
-    _pack_words(cw, nw, bits, out, out16, out32, out64, byte_offset)
-    if m & 7:
-        _pack_tail(cb, 8 * nw, m & 7, bits, out, byte_offset + nw * bits)
-
-
-@kernel
-def _unpack_chunk(packed, p16, p32, p64, byte_offset, m, bits, cw, cb):
-    """Unpack ``m`` codes at ``byte_offset`` (a multiple of ``bits``) into a scratch (``cw`` words, ``cb`` bytes)."""
-    nw = m >> 3
-    _unpack_words(packed, p16, p32, p64, byte_offset, nw, bits, cw)
-    if m & 7:
-        _unpack_tail(packed, byte_offset + nw * bits, m & 7, bits, cb, 8 * nw)
-
-
-@kernel
 def _pack_into(codes, start, count, bits, out, byte_offset):
     """Pack ``codes[start:start+count]`` (low ``bits`` bits each) into ``out`` from ``byte_offset``.
 
     Any alignment; writes ``ceil(count*bits/8)`` bytes, a partial last byte
     whole with its unused high bits zero.  Makes its own word views (cheap for
-    one call, but kernels looping over buckets use :func:`_pack_chunk`).
+    one call, but kernels looping over buckets call :func:`_pack_words` and
+    :func:`_pack_tail` on views made once).
     """
     nw = count >> 3
     src = codes[start : start + 8 * nw].view(np.uint64)
@@ -266,6 +260,30 @@ def _unpack_from(packed, byte_offset, count, bits, out, start):
     _unpack_words(src, s16, s32, s64, 0, nw, bits, out[start : start + 8 * nw].view(np.uint64))
     if count & 7:
         _unpack_tail(packed, byte_offset + nw * bits, count & 7, bits, out, start + 8 * nw)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The IEEE bit pattern of a float32 as an int32 (a register bitcast, vectorizable)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, b):
+    """The float32 whose IEEE bit pattern is the int32 ``b`` (inverse of :func:`_f32_bits`)."""
+    if b != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
 
 
 @kernel

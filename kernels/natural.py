@@ -32,7 +32,17 @@ never silently finite).  ``x`` itself is never modified.
 import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
-from .bitpack import _pack_chunk, _rand32_u32, _unpack_chunk, _word_views, check_packed, check_residual, decode_out
+from .bitpack import (
+    _pack_tail,
+    _pack_words,
+    _rand32_u32,
+    _unpack_tail,
+    _unpack_words,
+    _word_views,
+    check_packed,
+    check_residual,
+    decode_out,
+)
 from .config import kernel
 from .random import seed_key32
 
@@ -90,7 +100,10 @@ def _natural_encode(x, residual, seed, exps, signs, sw, vbuf, dbits):
             _add(x[cs:ce], residual[cs:ce], vbuf)
             _round(vbuf[:m].view(np.uint32), c0, key, exps[cs:ce], sgn, dbits)
             _residual_update(vbuf[:m], dec, residual[cs:ce])
-        _pack_chunk(sw, sgn, m, 1, signs, p16, p32, p64, cs >> 3)
+        nw = m >> 3
+        _pack_words(sw, nw, 1, signs, p16, p32, p64, cs >> 3)
+        if m & 7:
+            _pack_tail(sgn, 8 * nw, m & 7, 1, signs, (cs >> 3) + nw)
 
 
 @kernel
@@ -109,7 +122,10 @@ def _natural_decode(exps, signs, n, out, accumulate, sw, dbits):
     for cs in range(0, n, _CHUNK):
         ce = min(cs + _CHUNK, n)
         m = ce - cs
-        _unpack_chunk(signs, p16, p32, p64, cs >> 3, m, 1, sw, sgn)
+        nw = m >> 3
+        _unpack_words(signs, p16, p32, p64, cs >> 3, nw, 1, sw)
+        if m & 7:
+            _unpack_tail(signs, (cs >> 3) + nw, m & 7, 1, sgn, 8 * nw)
         if accumulate:
             _patterns(exps[cs:ce], sgn, dbits)
             oc = out[cs:ce]

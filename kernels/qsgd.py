@@ -36,9 +36,11 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_chunk,
+    _pack_tail,
+    _pack_words,
     _uniform01_u32,
-    _unpack_chunk,
+    _unpack_tail,
+    _unpack_words,
     _word_views,
     check_bucket_size,
     check_packed,
@@ -159,7 +161,11 @@ def _qsgd_encode(x, residual, levels, bucket_size, seed, bits, packed, norms, cw
                 else:
                     _codes(x[cs:ce], residual[cs:ce], c0, key, inv, lv, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], sc, lv)
-            _pack_chunk(cw, codes, m, bits, packed, p16, p32, p64, (cs * bits) >> 3)
+            nw = m >> 3
+            off = (cs * bits) >> 3
+            _pack_words(cw, nw, bits, packed, p16, p32, p64, off)
+            if m & 7:
+                _pack_tail(codes, 8 * nw, m & 7, bits, packed, off + nw * bits)
 
 
 @kernel
@@ -174,7 +180,12 @@ def _qsgd_decode(packed, norms, levels, bucket_size, bits, n, out, accumulate, c
         sc = norms[b] * inv_lv
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, ce - cs, bits, cw, codes)
+            m = ce - cs
+            nw = m >> 3
+            off = (cs * bits) >> 3
+            _unpack_words(packed, p16, p32, p64, off, nw, bits, cw)
+            if m & 7:
+                _unpack_tail(packed, off + nw * bits, m & 7, bits, codes, 8 * nw)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):

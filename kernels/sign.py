@@ -23,8 +23,10 @@ import numpy as np
 
 from ._checks import as_f32, check_int
 from .bitpack import (
-    _pack_chunk,
-    _unpack_chunk,
+    _pack_tail,
+    _pack_words,
+    _unpack_tail,
+    _unpack_words,
     _word_views,
     check_bucket_size,
     check_packed,
@@ -102,7 +104,11 @@ def _sign_encode(x, residual, bucket_size, packed, scales, cw, vbuf):
             else:
                 _bits(x[cs:ce], residual[cs:ce], codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
-            _pack_chunk(cw, codes, m, 1, packed, p16, p32, p64, cs >> 3)
+            nw = m >> 3
+            off = cs >> 3
+            _pack_words(cw, nw, 1, packed, p16, p32, p64, off)
+            if m & 7:
+                _pack_tail(codes, 8 * nw, m & 7, 1, packed, off + nw * 1)
 
 
 @kernel
@@ -116,7 +122,12 @@ def _sign_decode(packed, scales, bucket_size, n, out, accumulate, cw):
         neg = -scale
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_chunk(packed, p16, p32, p64, cs >> 3, ce - cs, 1, cw, codes)
+            m = ce - cs
+            nw = m >> 3
+            off = cs >> 3
+            _unpack_words(packed, p16, p32, p64, off, nw, 1, cw)
+            if m & 7:
+                _unpack_tail(packed, off + nw * 1, m & 7, 1, codes, 8 * nw)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):

@@ -28,9 +28,11 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_chunk,
+    _pack_tail,
+    _pack_words,
     _rand32_u32,
-    _unpack_chunk,
+    _unpack_tail,
+    _unpack_words,
     _word_views,
     check_bucket_size,
     check_packed,
@@ -117,7 +119,11 @@ def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
             else:
                 _codes(x[cs:ce], residual[cs:ce], c0, key, s2, m2, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
-            _pack_chunk(cw, codes, m, 2, packed, p16, p32, p64, (2 * cs) >> 3)
+            nw = m >> 3
+            off = (2 * cs) >> 3
+            _pack_words(cw, nw, 2, packed, p16, p32, p64, off)
+            if m & 7:
+                _pack_tail(codes, 8 * nw, m & 7, 2, packed, off + nw * 2)
 
 
 @kernel
@@ -130,7 +136,12 @@ def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, cw):
         scale = scales[b]
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_chunk(packed, p16, p32, p64, (2 * cs) >> 3, ce - cs, 2, cw, codes)
+            m = ce - cs
+            nw = m >> 3
+            off = (2 * cs) >> 3
+            _unpack_words(packed, p16, p32, p64, off, nw, 2, cw)
+            if m & 7:
+                _unpack_tail(packed, off + nw * 2, m & 7, 2, codes, 8 * nw)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):

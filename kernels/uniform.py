@@ -43,9 +43,13 @@ import numpy as np
 
 from ._checks import as_f32, check_int, check_seed
 from .bitpack import (
-    _pack_chunk,
+    _bits_f32,
+    _f32_bits,
+    _pack_tail,
+    _pack_words,
     _uniform01_u32,
-    _unpack_chunk,
+    _unpack_tail,
+    _unpack_words,
     _word_views,
     check_bits,
     check_bucket_size,
@@ -69,51 +73,63 @@ _F32_INF = np.float32(np.inf)
 _F32_NAN = np.float32(np.nan)
 
 
+_KEY_MAX = np.int32(0x7F7FFFFF)  # order key of FLT_MAX
+_KEY_MIN = np.int32(-0x7F800000)  # order key of -FLT_MAX (bits 0xFF7FFFFF)
+
+
+@kernel
+def _order_key(v):
+    """int32 key ordered like the float32 ``v``: NaNs sort beyond +-Inf on the side of their sign bit."""
+    b = _f32_bits(v)
+    return np.int32(b ^ np.int32(np.int32(b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
 @kernel
 def _minmax(xb, rb):
     """(min, max, finite) of ``v = xb (+ rb)``; ``finite`` is False iff some ``v`` is NaN or +-Inf.
 
-    NaN is caught by ``v != v`` (comparisons survive gcomp's fast-math flags,
-    which exclude ``nnan``); +-Inf shows up in the min or the max.  (Summing
-    ``v * 0`` would not do: reassociation may factor it into ``0 * sum(v)``,
-    which overflows for large finite values.)
+    Reduces integer order keys of the bit patterns: without ``nnan`` (excluded
+    by gcomp's fast-math flags so that NaN checks survive) LLVM will not
+    vectorize a float min/max reduction, but it does vectorize an integer one.
+    A NaN or +-Inf puts a key outside ``[key(-FLT_MAX), key(FLT_MAX)]``.
     """
-    lo = _F32_INF
-    hi = -_F32_INF
-    nan = np.uint32(0)
+    lo = np.int32(0x7FFFFFFF)
+    hi = np.int32(-0x80000000)
     if rb is None:
         for i in range(xb.shape[0]):
-            v = xb[i]
-            lo = v if v < lo else lo
-            hi = v if v > hi else hi
-            nan = np.uint32(nan | np.uint32(v != v))
+            k = _order_key(xb[i])
+            lo = k if k < lo else lo
+            hi = k if k > hi else hi
     else:
         for i in range(xb.shape[0]):
-            v = xb[i] + rb[i]
-            lo = v if v < lo else lo
-            hi = v if v > hi else hi
-            nan = np.uint32(nan | np.uint32(v != v))
-    return lo, hi, nan == 0 and lo > -_F32_INF and hi < _F32_INF
+            k = _order_key(xb[i] + rb[i])
+            lo = k if k < lo else lo
+            hi = k if k > hi else hi
+    finite = lo >= _KEY_MIN and hi <= _KEY_MAX
+    # the key map is an involution: map back to the float bit patterns
+    lo = np.int32(lo ^ np.int32(np.int32(lo >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    hi = np.int32(hi ^ np.int32(np.int32(hi >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+    return _bits_f32(lo), _bits_f32(hi), finite
 
 
 @kernel
 def _absmax(xb, rb):
-    """(max |v|, finite) of ``v = xb (+ rb)``; ``finite`` is False iff some ``v`` is NaN or +-Inf."""
-    hi = np.float32(0.0)
-    nan = np.uint32(0)
+    """(max |v|, finite) of ``v = xb (+ rb)``; ``finite`` is False iff some ``v`` is NaN or +-Inf.
+
+    The max of ``bits & 0x7FFFFFFF`` (integers, so it vectorizes): NaN and Inf
+    patterns exceed FLT_MAX's.
+    """
+    hi = np.int32(0)
+    mask = np.int32(0x7FFFFFFF)
     if rb is None:
         for i in range(xb.shape[0]):
-            v = xb[i]
-            a = abs(v)
-            hi = a if a > hi else hi
-            nan = np.uint32(nan | np.uint32(v != v))
+            k = np.int32(_f32_bits(xb[i]) & mask)
+            hi = k if k > hi else hi
     else:
         for i in range(xb.shape[0]):
-            v = xb[i] + rb[i]
-            a = abs(v)
-            hi = a if a > hi else hi
-            nan = np.uint32(nan | np.uint32(v != v))
-    return hi, nan == 0 and hi < _F32_INF
+            k = np.int32(_f32_bits(xb[i] + rb[i]) & mask)
+            hi = k if k > hi else hi
+    return _bits_f32(hi), hi <= _KEY_MAX
 
 
 @kernel
@@ -150,14 +166,6 @@ def _codes_stochastic(xc, rc, c0, key, off, inv, top, codes, vbuf):
         q = q if q < top else top
         codes[i] = np.uint8(q)
         c = np.uint32(c + np.uint32(1))
-
-
-@kernel
-def _chunk_codes(xc, rc, c0, key, off, inv, top, stochastic, codes, vbuf):
-    if stochastic:
-        _codes_stochastic(xc, rc, c0, key, off, inv, top, codes, vbuf)
-    else:
-        _codes_nearest(xc, rc, off, inv, top, codes, vbuf)
 
 
 @kernel
@@ -220,18 +228,33 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
             ce = min(cs + _CHUNK, e)
             m = ce - cs
             c0 = np.uint32(cs & 0xFFFFFFFF)
+            # (each case calls its loop directly: a dispatching helper would not be inlined)
             if residual is None:
                 if wide:
-                    _chunk_codes(x[cs:ce], None, c0, key, off64, inv64, top64, stochastic, codes, vbuf)
+                    if stochastic:
+                        _codes_stochastic(x[cs:ce], None, c0, key, off64, inv64, top64, codes, vbuf)
+                    else:
+                        _codes_nearest(x[cs:ce], None, off64, inv64, top64, codes, vbuf)
+                elif stochastic:
+                    _codes_stochastic(x[cs:ce], None, c0, key, offset, inv, top, codes, vbuf)
                 else:
-                    _chunk_codes(x[cs:ce], None, c0, key, offset, inv, top, stochastic, codes, vbuf)
+                    _codes_nearest(x[cs:ce], None, offset, inv, top, codes, vbuf)
             else:
                 if wide:
-                    _chunk_codes(x[cs:ce], residual[cs:ce], c0, key, off64, inv64, top64, stochastic, codes, vbuf)
+                    if stochastic:
+                        _codes_stochastic(x[cs:ce], residual[cs:ce], c0, key, off64, inv64, top64, codes, vbuf)
+                    else:
+                        _codes_nearest(x[cs:ce], residual[cs:ce], off64, inv64, top64, codes, vbuf)
+                elif stochastic:
+                    _codes_stochastic(x[cs:ce], residual[cs:ce], c0, key, offset, inv, top, codes, vbuf)
                 else:
-                    _chunk_codes(x[cs:ce], residual[cs:ce], c0, key, offset, inv, top, stochastic, codes, vbuf)
+                    _codes_nearest(x[cs:ce], residual[cs:ce], offset, inv, top, codes, vbuf)
                 _residual_update(vbuf[:m], codes, residual[cs:ce], scale, offset)
-            _pack_chunk(cw, codes, m, bits, packed, p16, p32, p64, (cs * bits) >> 3)
+            nw = m >> 3
+            off = (cs * bits) >> 3
+            _pack_words(cw, nw, bits, packed, p16, p32, p64, off)
+            if m & 7:
+                _pack_tail(codes, 8 * nw, m & 7, bits, packed, off + nw * bits)
 
 
 @kernel
@@ -245,7 +268,12 @@ def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumula
         offset = offsets[b]
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
-            _unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, ce - cs, bits, cw, codes)
+            m = ce - cs
+            nw = m >> 3
+            off = (cs * bits) >> 3
+            _unpack_words(packed, p16, p32, p64, off, nw, bits, cw)
+            if m & 7:
+                _unpack_tail(packed, off + nw * bits, m & 7, bits, codes, 8 * nw)
             oc = out[cs:ce]
             if accumulate:
                 for i in range(oc.shape[0]):

@@ -149,10 +149,18 @@ def _chunks_roundtrip(codes, bits, chunk, packed, cw, out):
         m = min(chunk, n - cs)
         for i in range(m):
             cb[i] = codes[cs + i]
-        bp._pack_chunk(cw, cb, m, bits, packed, p16, p32, p64, (cs * bits) >> 3)
+        nw = m >> 3
+        off = (cs * bits) >> 3
+        bp._pack_words(cw, nw, bits, packed, p16, p32, p64, off)
+        if m & 7:
+            bp._pack_tail(cb, 8 * nw, m & 7, bits, packed, off + nw * bits)
     for cs in range(0, n, chunk):
         m = min(chunk, n - cs)
-        bp._unpack_chunk(packed, p16, p32, p64, (cs * bits) >> 3, m, bits, cw, cb)
+        nw = m >> 3
+        off = (cs * bits) >> 3
+        bp._unpack_words(packed, p16, p32, p64, off, nw, bits, cw)
+        if m & 7:
+            bp._unpack_tail(packed, off + nw * bits, m & 7, bits, cb, 8 * nw)
         for i in range(m):
             out[cs + i] = cb[i]
 

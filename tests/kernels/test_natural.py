@@ -51,6 +51,16 @@ def natural_decode_ref(exponents, sign_bits):
     return bits.view(F32)
 
 
+def bernstein_tol(step, p, trials, delta=1e-10):
+    """A bound on |mean - expectation| for ``trials`` independent draws of ``step * Bernoulli(p)``.
+
+    Bernstein's inequality: it holds with probability at least ``1 - delta`` for every p,
+    including p near 0 or 1 where a normal approximation would be far too optimistic.
+    """
+    log_term = np.log(2 / delta)
+    return step * (np.sqrt(2 * p * (1 - p) * log_term / trials) + 2 * log_term / (3 * trials))
+
+
 def same_bits(a, b):
     return np.array_equal(np.asarray(a, F32).view(U32), np.asarray(b, F32).view(U32))
 
@@ -149,11 +159,11 @@ def test_nonfinite_policy():
     dec = natural_decode(exps, signs, x.size)
     assert np.isnan(dec[[0, 1, 2, 4]]).all()
     assert dec[3] == 1 and dec[6] == 2.0**127 and dec[7] == -1
-    # 3.4e38 rounds up past FLT_MAX (to NaN) with probability 3.4e38 / 2**127 - 1 (about 0.9989)
-    x = np.full(4096, 3.4e38, F32)
+    # 1.5 * 2**127 rounds up past FLT_MAX (to NaN) with probability 1/2, else down to 2**127
+    x = np.full(4096, 1.5 * 2.0**127, F32)
     dec = natural_decode(*natural_encode(x, 0), x.size)
     nan_frac = np.isnan(dec).mean()
-    assert 0.99 < nan_frac < 1 and (dec[~np.isnan(dec)] == 2.0**127).all()
+    assert 0.4 < nan_frac < 0.6 and (dec[~np.isnan(dec)] == 2.0**127).all()
     r = np.zeros(8, F32)
     natural_encode(np.array([np.nan, 1, np.inf, 2, 3, 4, 5, 6], F32), 0, residual=r)
     assert np.isnan(r[[0, 2]]).all() and np.isfinite(r[[1, 3, 4, 5, 6, 7]]).all()
@@ -161,11 +171,11 @@ def test_nonfinite_policy():
 
 @pytest.mark.parametrize("scale", [1.0, 1e-40])
 def test_unbiased(scale):
-    """Mean decode over 4000 seeds is within 6.5 standard errors of x, per element (normal and subnormal x).
+    """The mean decode over 4000 seeds is within a Bernstein bound of x, per element (normal and subnormal x).
 
-    |x| in [2^e, 2^(e+1)) decodes to 2^e or 2^(e+1) with P(up) = p = |x| / 2^e - 1, so the
-    standard deviation is 2^e sqrt(p (1 - p)).  For 40 elements the chance that any honest
-    |z| exceeds 6.5 is below 40 * 8e-11 = 3.2e-9.
+    |x| in [2^e, 2^(e+1)) decodes to 2^e or 2^(e+1) with P(up) = p = |x| / 2^e - 1 (a
+    subnormal to 0 or 2^-126); the bound holds with probability 1 - 1e-10 per element, so a
+    correct kernel fails this test (40 elements) with probability below 4e-9.
     """
     rng = np.random.default_rng(4)
     x = (rng.standard_normal(40) * scale).astype(F32)
@@ -178,8 +188,8 @@ def test_unbiased(scale):
     lo = np.where(a < 2.0**-126, 0.0, np.exp2(np.floor(np.log2(np.maximum(a, 1e-300)))))
     step = np.where(a < 2.0**-126, 2.0**-126, lo)
     p = (a - lo) / step
-    se = step * np.sqrt(p * (1 - p) / seeds)
-    assert (np.abs(mean - x) <= 6.5 * se + 1e-12 * step).all(), np.max(np.abs(mean - x) / np.maximum(se, 1e-300))
+    tol = bernstein_tol(step, p, seeds) + 1e-12 * step
+    assert (np.abs(mean - x) <= tol).all(), np.max(np.abs(mean - x) / tol)
 
 
 def test_deterministic_seeded_and_untouched():
