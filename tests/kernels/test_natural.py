@@ -3,34 +3,17 @@ plus unbiasedness, subnormals, error feedback and the non-finite policy."""
 
 import numpy as np
 import pytest
+from _shared import F32, assert_input_unmodified_and_rng_untouched, bernstein_tol, rand32s
 from gcomp.kernels.bitpack import packed_size, unpack_bits
 from gcomp.kernels.natural import natural_decode, natural_encode
-from gcomp.kernels.random import seed_key32
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-F32 = np.float32
 U32 = np.uint32
 
 
 # --- numpy reference ------------------------------------------------------------
-
-
-def lowbias32(x):
-    x = np.asarray(x, dtype=U32).copy()
-    x ^= x >> U32(16)
-    x *= U32(0x7FEB352D)
-    x ^= x >> U32(15)
-    x *= U32(0x846CA68B)
-    x ^= x >> U32(16)
-    return x
-
-
-def rand32(seed, n):
-    """rand32(seed_key32(seed), i) for i in range(n), vectorized."""
-    key = U32(seed_key32(np.uint64(seed)))
-    return lowbias32(lowbias32(np.arange(n, dtype=np.uint64).astype(U32)) ^ key)
 
 
 def natural_encode_ref(x, seed, residual=None):
@@ -40,7 +23,7 @@ def natural_encode_ref(x, seed, residual=None):
     b = v.view(U32)
     e = (b >> U32(23)) & U32(0xFF)
     m = b & U32(0x7FFFFF)
-    up = (rand32(seed, v.size) >> U32(8)) < (m << U32(1))  # uniform01 < m / 2**23
+    up = (rand32s(seed, v.size) >> U32(8)) < (m << U32(1))  # uniform01 < m / 2**23
     e2 = np.minimum(e + up, 255).astype(np.uint8)
     return e2, (b >> U32(31)).astype(np.uint8), v
 
@@ -49,16 +32,6 @@ def natural_decode_ref(exponents, sign_bits):
     e = exponents.astype(U32)
     bits = (sign_bits.astype(U32) << U32(31)) | (e << U32(23)) | np.where(e == 255, U32(0x400000), U32(0))
     return bits.view(F32)
-
-
-def bernstein_tol(step, p, trials, delta=1e-10):
-    """A bound on |mean - expectation| for ``trials`` independent draws of ``step * Bernoulli(p)``.
-
-    Bernstein's inequality: it holds with probability at least ``1 - delta`` for every p,
-    including p near 0 or 1 where a normal approximation would be far too optimistic.
-    """
-    log_term = np.log(2 / delta)
-    return step * (np.sqrt(2 * p * (1 - p) * log_term / trials) + 2 * log_term / (3 * trials))
 
 
 def same_bits(a, b):
@@ -194,15 +167,12 @@ def test_unbiased(scale):
 
 def test_deterministic_seeded_and_untouched():
     x = VECTORS["normal"]
-    x0 = x.copy()
-    state = np.random.get_state()
+    assert_input_unmodified_and_rng_untouched(
+        x, lambda x: natural_encode(x, 123), lambda x: natural_encode(x, 5, residual=np.zeros_like(x))
+    )
     a = natural_encode(x, 123)
     b = natural_encode(x, 123)
     c = natural_encode(x, 124)
-    natural_encode(x, 5, residual=np.zeros_like(x))
-    after = np.random.get_state()
-    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
-    np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])

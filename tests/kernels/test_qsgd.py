@@ -2,34 +2,23 @@
 
 import numpy as np
 import pytest
+from _shared import (
+    F32,
+    assert_input_unmodified_and_rng_untouched,
+    assert_residual_update,
+    assert_seeded,
+    bernstein_tol,
+    degenerate_vectors,
+    random_residual,
+    uniforms,
+)
 from gcomp.kernels.bitpack import packed_size, unpack_bits
 from gcomp.kernels.qsgd import qsgd_code_bits, qsgd_decode, qsgd_encode
-from gcomp.kernels.random import seed_key32
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-F32 = np.float32
-
-
 # --- numpy reference ------------------------------------------------------------
-
-
-def lowbias32(x):
-    x = np.asarray(x, dtype=np.uint32).copy()
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
-def uniforms(seed, n):
-    """uniform01(seed_key32(seed), i) for i in range(n), vectorized."""
-    key = np.uint32(seed_key32(np.uint64(seed)))
-    r = lowbias32(lowbias32(np.arange(n, dtype=np.uint64).astype(np.uint32)) ^ key)
-    return (r >> np.uint32(8)).astype(F32) * F32(1.0 / 16777216.0)
 
 
 def qsgd_encode_ref(x, levels, bucket_size, seed, residual=None):
@@ -72,16 +61,6 @@ def qsgd_decode_ref(codes, norms, levels, bucket_size):
     return (sc * (codes.astype(F32) - F32(levels))).astype(F32)
 
 
-def bernstein_tol(step, p, trials, delta=1e-10):
-    """A bound on |mean - expectation| for ``trials`` independent draws of ``step * Bernoulli(p)``.
-
-    Bernstein's inequality: it holds with probability at least ``1 - delta`` for every p,
-    including p near 0 or 1 where a normal approximation would be far too optimistic.
-    """
-    log_term = np.log(2 / delta)
-    return step * (np.sqrt(2 * p * (1 - p) * log_term / trials) + 2 * log_term / (3 * trials))
-
-
 # --- helpers ---------------------------------------------------------------------
 
 
@@ -111,30 +90,11 @@ def check_against_reference(x, levels, bucket_size, seed, residual=None):
     assert_codes_match(codes, codes_ref, levels)
     dec = qsgd_decode(packed, norms, levels, bucket_size, n)
     np.testing.assert_array_equal(dec, qsgd_decode_ref(codes, norms, levels, bucket_size))
-    if residual is not None:
-        np.testing.assert_array_equal(residual, (v - dec).astype(F32))
+    assert_residual_update(residual, v, dec)
     return codes, norms, dec
 
 
-def degenerate_vectors():
-    rng = np.random.default_rng(7)
-    return {
-        "n0": np.zeros(0, F32),
-        "n1": np.array([-3.0], F32),
-        "zeros": np.zeros(100, F32),
-        "signed_zeros": np.array([0.0, -0.0] * 8, F32),
-        "constant": np.full(77, -2.5, F32),
-        "ties": rng.integers(-3, 4, 500).astype(F32),
-        "one_hot": np.eye(1, 40, 17, dtype=F32)[0],
-        "fp16_extremes": np.array([65504, -65504, 6e-8, -6e-8, 6.1e-5, 0, 1, -1, 65504, 3], np.float16),
-        "tiny": np.array([1e-38, -3e-39, 1e-44, 0, 2e-39, -1e-45, 5e-39, 1e-40], F32),
-        "normal": rng.standard_normal(3000).astype(F32),
-        "heavy": rng.standard_cauchy(3000).astype(F32),
-        "float64": rng.standard_normal(300),
-    }
-
-
-VECTORS = degenerate_vectors()
+VECTORS = degenerate_vectors(one_hot=np.eye(1, 40, 17, dtype=F32)[0])
 
 
 # --- tests -----------------------------------------------------------------------
@@ -161,8 +121,7 @@ def test_matches_reference(name, levels, bucket_size):
 )
 def test_matches_reference_property(x, levels, bucket_size, seed):
     check_against_reference(x, levels, bucket_size, seed)
-    r = np.random.default_rng(seed % 1000).standard_normal(x.size).astype(F32)
-    check_against_reference(x, levels, bucket_size, seed, residual=r)
+    check_against_reference(x, levels, bucket_size, seed, residual=random_residual(x.size, seed % 1000))
 
 
 def test_zero_bucket_codes_are_levels():
@@ -222,25 +181,14 @@ def test_nonfinite_float16_input():
 
 def test_deterministic_and_seeded():
     x = np.random.default_rng(0).standard_normal(5000).astype(F32)
-    a = qsgd_encode(x, 4, 256, 123)
-    b = qsgd_encode(x, 4, 256, 123)
-    c = qsgd_encode(x, 4, 256, 124)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(a[0], c[0])
-    np.testing.assert_array_equal(a[1], c[1])  # norms do not depend on the seed
+    assert_seeded(lambda seed: qsgd_encode(x, 4, 256, seed))  # norms do not depend on the seed
 
 
 def test_global_rng_untouched_and_input_unmodified():
     x = np.random.default_rng(0).standard_normal(1000).astype(F32)
-    x0 = x.copy()
-    state = np.random.get_state()
-    r = np.zeros_like(x)
-    qsgd_encode(x, 4, 64, 9)
-    qsgd_encode(x, 4, 64, 9, residual=r)
-    after = np.random.get_state()
-    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
-    np.testing.assert_array_equal(x, x0)
+    assert_input_unmodified_and_rng_untouched(
+        x, lambda x: qsgd_encode(x, 4, 64, 9), lambda x: qsgd_encode(x, 4, 64, 9, residual=np.zeros_like(x))
+    )
 
 
 def test_codes_use_global_indices():

@@ -2,14 +2,26 @@
 
 import numpy as np
 import pytest
+from _shared import (
+    F32,
+    assert_accumulate_and_out,
+    assert_input_unmodified_and_rng_untouched,
+    assert_nonfinite_buckets,
+    assert_raise_all,
+    assert_residual_identity,
+    assert_residual_update,
+    degenerate_vectors,
+    encode_input_error_cases,
+    nonfinite_buckets_input,
+    random_residual,
+    read_only,
+    residual_identity_inputs,
+)
 from gcomp.kernels.bitpack import packed_size, unpack_bits
 from gcomp.kernels.sign import sign_decode, sign_encode
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-F32 = np.float32
-EPS = np.finfo(F32).eps
 
 
 def sign_encode_ref(x, bucket_size, residual=None):
@@ -48,30 +60,11 @@ def check_against_reference(x, bucket_size, residual=None):
     np.testing.assert_array_equal(bits, bits_ref)
     dec = sign_decode(packed, scales, bucket_size, n)
     np.testing.assert_array_equal(dec, sign_decode_ref(bits, scales, bucket_size))
-    if residual is not None:
-        np.testing.assert_array_equal(residual, (v - dec).astype(F32))
+    assert_residual_update(residual, v, dec)
     return bits, scales, dec
 
 
-def degenerate_vectors():
-    rng = np.random.default_rng(7)
-    return {
-        "n0": np.zeros(0, F32),
-        "n1": np.array([-3.0], F32),
-        "zeros": np.zeros(100, F32),
-        "signed_zeros": np.array([0.0, -0.0] * 8, F32),
-        "constant": np.full(77, -2.5, F32),
-        "ties": rng.integers(-3, 4, 500).astype(F32),
-        "fp16_extremes": np.array([65504, -65504, 6e-8, -6e-8, 6.1e-5, 0, 1, -1, 65504, 3], np.float16),
-        "tiny": np.array([1e-38, -3e-39, 1e-44, 0, 2e-39, -1e-45, 5e-39, 1e-40], F32),
-        "huge": np.array([3.4e38, 3.4e38, -3.4e38, 3.4e38, 1, 2, 3, 4], F32),
-        "normal": rng.standard_normal(3000).astype(F32),
-        "heavy": rng.standard_cauchy(3000).astype(F32),
-        "float64": rng.standard_normal(300),
-    }
-
-
-VECTORS = degenerate_vectors()
+VECTORS = degenerate_vectors(huge=np.array([3.4e38, 3.4e38, -3.4e38, 3.4e38, 1, 2, 3, 4], F32))
 
 
 @pytest.mark.parametrize("name", sorted(VECTORS))
@@ -79,8 +72,7 @@ VECTORS = degenerate_vectors()
 def test_matches_reference(name, bucket_size):
     check_against_reference(VECTORS[name], bucket_size)
     x = VECTORS[name]
-    r = np.random.default_rng(1).standard_normal(x.size).astype(F32)
-    check_against_reference(x, bucket_size, residual=r)
+    check_against_reference(x, bucket_size, residual=random_residual(x.size, 1))
 
 
 @given(
@@ -89,8 +81,7 @@ def test_matches_reference(name, bucket_size):
 )
 def test_matches_reference_property(x, bucket_size):
     check_against_reference(x, bucket_size)
-    r = np.random.default_rng(x.size).standard_normal(x.size).astype(F32)
-    check_against_reference(x, bucket_size, residual=r)
+    check_against_reference(x, bucket_size, residual=random_residual(x.size, x.size))
 
 
 def test_layout_and_zero_sign():
@@ -111,19 +102,11 @@ def test_preserves_l1_norm_per_bucket():
 
 
 def test_nonfinite_policy():
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(64).astype(F32)
-    x[3] = np.nan
-    x[20] = np.inf
-    x[45] = -np.inf
+    x = nonfinite_buckets_input()
     packed, scales = sign_encode(x, 16)
-    assert np.isnan(scales[:3]).all() and np.isfinite(scales[3])
-    assert (unpack_bits(packed, 1, 64)[:48] == 0).all()
-    dec = sign_decode(packed, scales, 16, 64)
-    assert np.isnan(dec[:48]).all() and np.isfinite(dec[48:]).all()
     r = np.zeros(64, F32)
     sign_encode(x, 16, residual=r)
-    assert np.isnan(r[:48]).all() and np.isfinite(r[48:]).all()
+    assert_nonfinite_buckets(scales, unpack_bits(packed, 1, 64), sign_decode(packed, scales, 16, 64), r)
     # large finite values do not overflow the float64 sum
     _, scales = sign_encode(np.full(64, 3.4e38, F32), 64)
     assert scales[0] == F32(3.4e38)
@@ -131,42 +114,29 @@ def test_nonfinite_policy():
 
 def test_input_unmodified_and_deterministic():
     x = np.random.default_rng(0).standard_normal(1000).astype(F32)
-    x0 = x.copy()
+    assert_input_unmodified_and_rng_untouched(x, lambda x: sign_encode(x, 64), lambda x: sign_encode(x, 64, residual=np.zeros_like(x)))
     a = sign_encode(x, 64)
     b = sign_encode(x, 64, residual=np.zeros_like(x))
-    np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_residual_identity():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal(1003).astype(F32)
-    r = (0.3 * rng.standard_normal(1003)).astype(F32)
-    v = x + r
-    packed, scales = sign_encode(x, 64, residual=r)
-    dec = sign_decode(packed, scales, 64, 1003)
-    err = np.abs(dec.astype(np.float64) + r - v)
-    assert (err <= 2 * EPS * np.maximum(np.abs(v), np.abs(dec))).all()
+    x, r = residual_identity_inputs(3)
+    assert_residual_identity(x, r, lambda x, r: sign_decode(*sign_encode(x, 64, residual=r), 64, x.size))
 
 
 def test_accumulate_and_out():
     rng = np.random.default_rng(2)
     x = rng.standard_normal(300).astype(F32)
     packed, scales = sign_encode(x, 64)
-    dec = sign_decode(packed, scales, 64, 300)
     base = rng.standard_normal(300).astype(F32)
-    acc = base.copy()
-    got = sign_decode(packed, scales, 64, 300, out=acc, accumulate=True)
-    assert got is acc
-    np.testing.assert_array_equal(acc, base + dec)
-    out = np.full(310, 9.0, F32)
-    got = sign_decode(packed, scales, 64, 300, out=out)
-    np.testing.assert_array_equal(got, dec)
-    assert np.shares_memory(got, out) and (out[300:] == 9.0).all()
-    ro = packed.copy()
-    ro.setflags(write=False)
-    np.testing.assert_array_equal(sign_decode(ro, scales, 64, 300), dec)
+    assert_accumulate_and_out(
+        lambda **kw: sign_decode(packed, scales, 64, 300, **kw),
+        lambda: sign_decode(read_only(packed), scales, 64, 300),
+        300,
+        base,
+    )
 
 
 def test_empty():
@@ -180,26 +150,19 @@ def test_invalid_arguments():
     for bs in (12, 0, -8):
         with pytest.raises(ValueError, match="expected bucket_size to be a positive multiple of 8, found"):
             sign_encode(x, bs)
-    with pytest.raises(TypeError, match="bucket_size"):
-        sign_encode(x, "8")
-    with pytest.raises(TypeError, match="expected x of dtype float16, float32 or float64, found uint8"):
-        sign_encode(np.ones(16, np.uint8), 8)
-    with pytest.raises(ValueError, match="1-D"):
-        sign_encode(np.ones((4, 4), F32), 8)
-    with pytest.raises(TypeError, match="residual of dtype float32"):
-        sign_encode(x, 8, residual=np.zeros(16, np.float16))
-    with pytest.raises(ValueError, match="residual of length 16"):
-        sign_encode(x, 8, residual=np.zeros(8, F32))
-    ro = np.zeros(16, F32)
-    ro.setflags(write=False)
-    with pytest.raises(ValueError, match="writeable"):
-        sign_encode(x, 8, residual=ro)
     packed, scales = sign_encode(x, 8)
-    with pytest.raises(ValueError, match="expected scales to be 1-D with 2 entries"):
-        sign_decode(packed, scales[:1], 8, 16)
-    with pytest.raises(ValueError, match="expected packed to hold at least 2 bytes"):
-        sign_decode(packed[:1], scales, 8, 16)
-    with pytest.raises(ValueError, match="expected out when accumulate=True"):
-        sign_decode(packed, scales, 8, 16, accumulate=True)
-    with pytest.raises(TypeError, match="expected accumulate to be a bool"):
-        sign_decode(packed, scales, 8, 16, out=np.zeros(16, F32), accumulate=1)
+    assert_raise_all(
+        encode_input_error_cases(lambda x, residual=None: sign_encode(x, 8, residual=residual), np.uint8, np.float16)
+        + [
+            (TypeError, "bucket_size", lambda: sign_encode(x, "8")),
+            (ValueError, "writeable", lambda: sign_encode(x, 8, residual=read_only(np.zeros(16, F32)))),
+            (ValueError, "expected scales to be 1-D with 2 entries", lambda: sign_decode(packed, scales[:1], 8, 16)),
+            (ValueError, "expected packed to hold at least 2 bytes", lambda: sign_decode(packed[:1], scales, 8, 16)),
+            (ValueError, "expected out when accumulate=True", lambda: sign_decode(packed, scales, 8, 16, accumulate=True)),
+            (
+                TypeError,
+                "expected accumulate to be a bool",
+                lambda: sign_decode(packed, scales, 8, 16, out=np.zeros(16, F32), accumulate=1),
+            ),
+        ]
+    )

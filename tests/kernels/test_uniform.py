@@ -3,35 +3,24 @@ error feedback, degenerate buckets and the non-finite policy."""
 
 import numpy as np
 import pytest
+from _shared import (
+    EPS,
+    F32,
+    assert_input_unmodified_and_rng_untouched,
+    assert_residual_update,
+    assert_seeded,
+    bernstein_tol,
+    degenerate_vectors,
+    random_residual,
+    uniforms,
+)
 from gcomp.kernels.bitpack import packed_size, unpack_bits
-from gcomp.kernels.random import seed_key32
 from gcomp.kernels.uniform import uniform_decode, uniform_encode
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-F32 = np.float32
-EPS = np.finfo(F32).eps
-
-
 # --- numpy reference ------------------------------------------------------------
-
-
-def lowbias32(x):
-    x = np.asarray(x, dtype=np.uint32).copy()
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
-def uniforms(seed, n):
-    """uniform01(seed_key32(seed), i) for i in range(n), vectorized."""
-    key = np.uint32(seed_key32(np.uint64(seed)))
-    r = lowbias32(lowbias32(np.arange(n, dtype=np.uint64).astype(np.uint32)) ^ key)
-    return (r >> np.uint32(8)).astype(F32) * F32(1.0 / 16777216.0)
 
 
 def uniform_encode_ref(x, bits, bucket_size, mode, rounding, seed, residual=None):
@@ -89,16 +78,6 @@ def uniform_decode_ref(codes, scales, offsets, bucket_size):
     return off + prod, prod, off
 
 
-def bernstein_tol(step, p, trials, delta=1e-10):
-    """A bound on |mean - expectation| for ``trials`` independent draws of ``step * Bernoulli(p)``.
-
-    Bernstein's inequality: it holds with probability at least ``1 - delta`` for every p,
-    including p near 0 or 1 where a normal approximation would be far too optimistic.
-    """
-    log_term = np.log(2 / delta)
-    return step * (np.sqrt(2 * p * (1 - p) * log_term / trials) + 2 * log_term / (3 * trials))
-
-
 def assert_decoded_close(got, codes, scales, offsets, bucket_size):
     """Within float32 rounding of offset + scale * code: the kernel may round once (fused multiply-add)
     or twice; where scale * code itself overflows float32 only a fused kernel is finite, so skip those."""
@@ -131,30 +110,14 @@ def check_against_reference(x, bits, bucket_size, mode, rounding, seed, residual
     assert_codes_match(codes, codes_ref)
     dec = uniform_decode(packed, scales, offsets, bits, bucket_size, n)
     assert_decoded_close(dec, codes, scales, offsets, bucket_size)
-    if residual is not None:
-        np.testing.assert_array_equal(residual, (v - dec).astype(F32))
+    assert_residual_update(residual, v, dec)
     return codes, scales, offsets, dec
 
 
-def degenerate_vectors():
-    rng = np.random.default_rng(7)
-    return {
-        "n0": np.zeros(0, F32),
-        "n1": np.array([-3.0], F32),
-        "zeros": np.zeros(100, F32),
-        "signed_zeros": np.array([0.0, -0.0] * 8, F32),
-        "constant": np.full(77, -2.5, F32),
-        "ties": rng.integers(-3, 4, 500).astype(F32),
-        "fp16_extremes": np.array([65504, -65504, 6e-8, -6e-8, 6.1e-5, 0, 1, -1, 65504, 3], np.float16),
-        "tiny": np.array([1e-38, -3e-39, 1e-44, 0, 2e-39, -1e-45, 5e-39, 1e-40, 1e-42, 3e-42], F32),
-        "huge": np.array([3e38, -3e38, 1e38, 0, 2e38, -1e38, 5, 3.4e38], F32),
-        "normal": rng.standard_normal(3000).astype(F32),
-        "heavy": rng.standard_cauchy(3000).astype(F32),
-        "float64": rng.standard_normal(300),
-    }
-
-
-VECTORS = degenerate_vectors()
+VECTORS = degenerate_vectors(
+    tiny=np.array([1e-38, -3e-39, 1e-44, 0, 2e-39, -1e-45, 5e-39, 1e-40, 1e-42, 3e-42], F32),
+    huge=np.array([3e38, -3e38, 1e38, 0, 2e38, -1e38, 5, 3.4e38], F32),
+)
 CONFIGS = [(b, m) for b in (1, 2, 4, 8) for m in ("maxmin", "absmax") if not (m == "absmax" and b == 1)]
 
 
@@ -181,8 +144,7 @@ def test_matches_reference(name, bits, mode, rounding, bucket_size):
 def test_matches_reference_property(x, config, rounding, bucket_size, seed):
     bits, mode = config
     check_against_reference(x, bits, bucket_size, mode, rounding, seed)
-    r = np.random.default_rng(seed % 1000).standard_normal(x.size).astype(F32)
-    check_against_reference(x, bits, bucket_size, mode, rounding, seed, residual=r)
+    check_against_reference(x, bits, bucket_size, mode, rounding, seed, residual=random_residual(x.size, seed % 1000))
 
 
 def test_error_bounds_nearest():
@@ -265,13 +227,7 @@ def test_nonfinite_policy():
 
 def test_deterministic_and_seeded():
     x = np.random.default_rng(0).standard_normal(5000).astype(F32)
-    a = uniform_encode(x, 4, 256, "maxmin", "stochastic", 123)
-    b = uniform_encode(x, 4, 256, "maxmin", "stochastic", 123)
-    c = uniform_encode(x, 4, 256, "maxmin", "stochastic", 124)
-    for p, q in zip(a, b, strict=True):
-        np.testing.assert_array_equal(p, q)
-    assert not np.array_equal(a[0], c[0])
-    np.testing.assert_array_equal(a[1], c[1])
+    assert_seeded(lambda seed: uniform_encode(x, 4, 256, "maxmin", "stochastic", seed))
     # nearest rounding ignores the seed
     d = uniform_encode(x, 4, 256, "maxmin", "nearest", 1)
     e = uniform_encode(x, 4, 256, "maxmin", "nearest", 2)
@@ -280,13 +236,11 @@ def test_deterministic_and_seeded():
 
 def test_global_rng_untouched_and_input_unmodified():
     x = np.random.default_rng(0).standard_normal(1000).astype(F32)
-    x0 = x.copy()
-    state = np.random.get_state()
-    uniform_encode(x, 4, 64, "absmax", "stochastic", 9)
-    uniform_encode(x, 4, 64, "absmax", "stochastic", 9, residual=np.zeros_like(x))
-    after = np.random.get_state()
-    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
-    np.testing.assert_array_equal(x, x0)
+    assert_input_unmodified_and_rng_untouched(
+        x,
+        lambda x: uniform_encode(x, 4, 64, "absmax", "stochastic", 9),
+        lambda x: uniform_encode(x, 4, 64, "absmax", "stochastic", 9, residual=np.zeros_like(x)),
+    )
 
 
 @pytest.mark.parametrize("bits,mode", [(1, "maxmin"), (2, "absmax"), (4, "maxmin"), (8, "absmax")])
