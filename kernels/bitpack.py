@@ -289,7 +289,7 @@ def _bits_f32(typingctx, b):
 @kernel
 def _rand32_u32(key, c):
     """``random.rand32(key, c)`` for a uint32 counter ``c``, every step in 32-bit lanes."""
-    return np.uint32(_lowbias32(np.uint32(np.uint32(_lowbias32(np.uint32(c))) ^ np.uint32(key))))
+    return np.uint32(_lowbias32(np.uint32(np.uint32(np.uint32(c) ^ np.uint32(key)) + np.uint32(0x9E3779B9))))
 
 
 @kernel

@@ -6,8 +6,10 @@ takes a 64-bit ``seed``; the caller derives it with :func:`derive_seed` from
 machine, so every rank draws the same random-k indices.
 
 Per-element draws are a pure function of (seed, element index): element ``i``
-gets ``rand32(key, i)``, two rounds of the bijective ``lowbias32`` hash
-(C. Wellons).  That is deterministic, order-free and vectorizes.
+gets ``rand32(key, i) = lowbias32((i ^ key) + 0x9E3779B9)``, one round of the
+bijective ``lowbias32`` hash (C. Wellons) on the counter mixed with the 32-bit
+key.  That is deterministic, order-free and vectorizes; one round keeps the
+stochastic quantizers above 2 GB/s.
 """
 
 import numpy as np
@@ -75,7 +77,7 @@ def _lowbias32(x):
 @kernel
 def rand32(key, i):
     """Uniform uint32 for element ``i`` under 32-bit ``key``."""
-    return _lowbias32(_lowbias32(np.uint32(i)) ^ np.uint32(key))
+    return _lowbias32(np.uint32(np.uint32(np.uint32(i) ^ np.uint32(key)) + np.uint32(0x9E3779B9)))
 
 
 @kernel
@@ -119,7 +121,9 @@ def lowbias32_array(x):
 
 def rand32_array(key, indices):
     """numpy version of :func:`rand32` for an array of element indices (bit-identical)."""
-    return lowbias32_array(lowbias32_array(np.asarray(indices, dtype=np.uint32)) ^ np.uint32(key))
+    with np.errstate(over="ignore"):
+        mixed = (np.asarray(indices, dtype=np.uint32) ^ np.uint32(key)) + np.uint32(0x9E3779B9)
+    return lowbias32_array(mixed)
 
 
 def uniform01_array(key, indices):
