@@ -15,6 +15,13 @@ flags below hold everywhere:
   ``NUMBA_CACHE_DIR`` picks the directory.
 * ``nogil=True``: a kernel releases the GIL, so a communication thread keeps
   running while a bucket is being compressed.
+
+For kernel authors: Numba's cache tracks a kernel's own source file only.  A
+kernel that calls a helper from another module keeps its old compiled code
+when only that module changes; after editing a shared helper, remove
+``kernels/__pycache__`` (or run with ``GCOMP_NUMBA_CACHE=0``).  Also, without
+``nnan`` LLVM does not vectorize float min/max reductions: reduce integer keys
+of the bit patterns instead (see ``uniform``).
 """
 
 import os
