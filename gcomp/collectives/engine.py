@@ -88,8 +88,8 @@ class CompressedAllreduce:
     # -- choice ---------------------------------------------------------
     def choose(self, numel) -> str:
         """The algorithm used for a vector of ``numel`` entries."""
-        if numel < self.min_numel or self.transport.size == 1 and self.algorithm == "auto":
-            return "dense" if numel < self.min_numel else self._auto(numel)
+        if numel < self.min_numel:
+            return "dense"
         if self.algorithm != "auto":
             return self.algorithm
         return self._auto(numel)

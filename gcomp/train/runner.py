@@ -100,7 +100,7 @@ def _safe(name):
 
 class _Progress:
     def __init__(self, enabled, label, total):
-        self.enabled, self.label, self.total = enabled and sys.stderr.isatty() or enabled, label, total
+        self.enabled, self.label, self.total = enabled, label, total
         self.start = time.time()
 
     def update(self, done, acc):
@@ -217,28 +217,23 @@ def _kpis(opts, spec, ranks, links):
     r0 = ranks[0]
     epochs = []
     modelled_total = 0.0
-    prev = [dict(bytes_sent=0.0, bytes_received=0.0, compress_s=0.0, steps=0) for _ in ranks]
     world = len(ranks)
     rounds = 2 * (world - 1)
-    prev_wall = 0.0
+    prev_steps, prev_sent, prev_wall = 0, [0.0] * world, 0.0
     for e, rec in enumerate(r0["epochs"]):
         per_worker = [rank["epochs"][e] for rank in ranks]
-        steps = rec["steps"] - prev[0]["steps"]
+        steps = rec["steps"] - prev_steps
         sent = [w.get("measured_tx_bytes", w["bytes_sent"]) if opts.emulate else w["bytes_sent"] for w in per_worker]
-        sent_epoch = [s - (p.get("sent_cum", 0.0)) for s, p in zip(sent, prev, strict=True)]
-        per_step = [s / max(1, steps) for s in sent_epoch]
+        per_step = [(s - p) / max(1, steps) for s, p in zip(sent, prev_sent, strict=True)]
         comm_model = steps * modelled_comm_seconds(per_step, links, rounds=rounds)
         # Modelled time: the measured local step time (compute, compression by any hook, loopback transfer)
         # plus the time the bytes actually sent take through the modelled links.
         wall = max(w["wall_s"] for w in per_worker)
         modelled_total += (wall - prev_wall) + comm_model
-        prev_wall = wall
         epochs.append({"epoch": rec["epoch"], "accuracy": rec["accuracy"], "loss": rec["loss"],
                        "measured_wall_s": rec["wall_s"], "modelled_s": modelled_total,
                        "bytes_sent_per_worker": sent, "bytes_received_per_worker": [w["bytes_received"] for w in per_worker]})
-        for p, w, s in zip(prev, per_worker, sent, strict=True):
-            p.update(bytes_sent=w["bytes_sent"], bytes_received=w["bytes_received"], compress_s=w["compress_s"],
-                     steps=w["steps"], sent_cum=s)
+        prev_steps, prev_sent, prev_wall = rec["steps"], sent, wall
     clock = "measured_wall_s" if opts.emulate else "modelled_s"
     time_to_target = next((ep[clock] for ep in epochs if ep["accuracy"] >= opts.target_accuracy), None)
     last = epochs[-1]
