@@ -113,6 +113,29 @@ def apply_threads(threads: int) -> None:
     torch.set_num_threads(int(threads))
 
 
+def base_parser(description: str, repeat: int, budget: float, unit: str, only_help: str):
+    """The options bench/kernels.py and bench/compressors.py share (their defaults differ)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--json", required=True, help="where to write the JSON results")
+    ap.add_argument("--sizes", default="1000000,25000000", help="comma-separated vector lengths (default 1000000,25000000)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for numba, torch, BLAS (default 1)")
+    ap.add_argument("--repeat", type=int, default=repeat, help=f"max timed runs per measurement (default {repeat})")
+    ap.add_argument("--budget", type=float, default=budget,
+                    help=f"seconds of timed work per {unit} before runs are cut (never below 3 runs; default {budget:g})")
+    ap.add_argument("--only", default="", help=only_help)
+    return ap
+
+
+def parse_with_threads(ap, argv, early_threads: int):
+    """Parse ``argv``; ``--threads`` must match what was read before numba was imported."""
+    args = ap.parse_args(argv)
+    if args.threads != early_threads:
+        ap.error("--threads must be given on the command line (it is read before numba is imported)")
+    return args
+
+
 def parse_sizes(text: str) -> list:
     """``"1000000,25000000"`` (``1e6`` and ``25M`` also accepted) -> ``[1000000, 25000000]``."""
     sizes = []

@@ -44,7 +44,6 @@ import _common
 _EARLY_THREADS = _common.early_threads_from_argv()
 _common.use_checkout()  # measure this checkout's gcomp, not whatever an editable install points at
 
-import argparse
 import math
 
 import numba
@@ -661,19 +660,11 @@ def target_rows(targets):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", required=True, help="where to write the JSON results")
-    ap.add_argument("--sizes", default="1000000,25000000", help="comma-separated vector lengths (default 1000000,25000000)")
-    ap.add_argument("--threads", type=int, default=1, help="threads for numba, torch, BLAS (default 1)")
-    ap.add_argument("--repeat", type=int, default=15, help="max timed runs per measurement (default 15)")
-    ap.add_argument("--budget", type=float, default=3.0,
-                    help="seconds of timed work per group before runs are cut (never below 3 runs; default 3)")
-    ap.add_argument("--only", default="", help="comma-separated families to run: selection,encode,decode,misc")
+    ap = _common.base_parser(__doc__.split("\n\n")[0], repeat=15, budget=3.0, unit="group",
+                             only_help="comma-separated families to run: selection,encode,decode,misc")
     ap.add_argument("--no-verify", action="store_true", help="skip the kernel-vs-baseline agreement checks")
     ap.add_argument("--markdown", default="", help="also write the tables as Markdown to this path")
-    args = ap.parse_args(argv)
-    if args.threads != _EARLY_THREADS:
-        ap.error("--threads must be given on the command line (it is read before numba is imported)")
+    args = _common.parse_with_threads(ap, argv, _EARLY_THREADS)
     sizes = _common.parse_sizes(args.sizes)
     _common.apply_threads(args.threads)
     if not args.no_verify:
