@@ -285,11 +285,9 @@ def _bucket_done(state, step):
 
 
 def _finish_iteration(state, bucket):
+    """DDP's iteration ends with its last bucket."""
     if bucket.is_last():
-        step = state.iter
         state.iter += 1
-        return step
-    return None
 
 
 def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
