@@ -46,8 +46,7 @@ import torch
 import torch.distributed as dist
 
 from .collectives import CallStats, CompressedAllreduce
-from .compressors import Compressor
-from .compressors import compressor as build_compressor
+from .compressors import with_seed
 from .errors import CollectiveError, ConfigError, GcompError, MismatchError, StateError
 from .transports.torch_dist import TorchTransport
 
@@ -77,30 +76,41 @@ class CompressionState:
     keep the spec's; it must be identical on every rank); ``nonfinite`` ("propagate", "zero", "raise": see
     :mod:`gcomp.collectives.engine`); ``timeout`` for the communication group
     (a ``datetime.timedelta``; a dead peer makes the others raise after it);
-    ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger.
+    ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger;
+    ``hierarchical`` (None, "node", an int color for this rank, or a callable
+    rank -> color): dense inside each group, compressed between the group
+    leaders (:mod:`gcomp.collectives.hierarchical`); ``transport`` a
+    :class:`gcomp.transports.Transport` over the same ranks in the same order
+    to carry the compressed traffic instead of a dedicated gloo group.
     """
 
     def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
-                 min_numel=1024, seed=None, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000):
+                 min_numel=1024, seed=None, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000,
+                 hierarchical=None, transport=None):
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("expected torch.distributed to be initialised (dist.init_process_group) before CompressionState")
-        comp = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
-        if seed is not None and "seed" in comp.params:
-            comp = build_compressor({**comp.get_config(), "seed": seed})
+        comp = with_seed(compressor, seed)
         for name, value in (("start_iter", start_iter), ("min_numel", min_numel), ("log_every", log_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"expected {name} a non-negative integer, found {value!r}")
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
-        ranks = list(range(dist.get_world_size())) if process_group is None else dist.get_process_group_ranks(process_group)
-        kwargs = {"backend": "gloo"}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        self.comm_group = dist.new_group(ranks=ranks, **kwargs)
-        self.transport = TorchTransport(self.comm_group)
+        self.comm_group = None
+        if transport is None:
+            ranks = list(range(dist.get_world_size())) if process_group is None else dist.get_process_group_ranks(process_group)
+            kwargs = {"backend": "gloo"}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            self.comm_group = dist.new_group(ranks=ranks, **kwargs)
+            transport = TorchTransport(self.comm_group, timeout=timeout)
+        elif transport.size != self.world_size or transport.rank != self.rank:
+            raise ConfigError(f"expected a transport over the process group's ranks (rank {self.rank} of {self.world_size}), "
+                              f"found rank {transport.rank} of {transport.size}")
+        self.transport = transport
+        self.hierarchical = hierarchical
         self.engine = CompressedAllreduce(self.transport, comp, algorithm=algorithm, error_feedback=error_feedback,
-                                          nonfinite=nonfinite)
+                                          nonfinite=nonfinite, groups=hierarchical)
         self.compressor = self.engine.compressor
         self.start_iter = start_iter
         self.min_numel = min_numel
@@ -122,7 +132,9 @@ class CompressionState:
         return {"compressor": self.compressor.get_config(), "error_feedback": self.engine.feedback.kind,
                 "feedback_options": self.engine.feedback.options(),
                 "algorithm": self.engine.algorithm, "start_iter": self.start_iter, "min_numel": self.min_numel,
-                "nonfinite": self.engine.nonfinite, "world_size": self.world_size}
+                "nonfinite": self.engine.nonfinite, "world_size": self.world_size,
+                # a color differs per rank by design: only the kind of grouping must agree
+                "hierarchical": self.hierarchical if self.hierarchical in (None, "node") else "groups"}
 
     def _check_config(self):
         mine = hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).digest()
@@ -192,6 +204,7 @@ class CompressionState:
 
     def close(self):
         self._executor.shutdown(wait=True)
+        self.engine.free()
 
     # -- the per-bucket work ---------------------------------------------------
     def attach(self, ddp_model):
@@ -248,101 +261,99 @@ class CompressionState:
             "saved memories can be mapped onto the fresh model's buckets"
         )
 
+    # -- the hook's work, bucket by bucket ---------------------------------------
+    def run_bucket(self, bucket):
+        """Launch one bucket (the body of :func:`compression_hook`); returns the Future of its averaged values."""
+        tensor = bucket.buffer()
+        step = self.iter
+        self._bucket_launched(step, bucket.is_last())
+        if step < self.start_iter or tensor.numel() < self.min_numel or tensor.numel() == 0:
+            fut = self._dense(bucket, tensor)
+            self._finish_iteration(bucket)
+            return fut.then(lambda f: (self._bucket_done(step), f.value())[1])
+        key = bucket.index()
+        plan = self._plan(key, bucket)
+        host = tensor.detach()
+        if host.device.type != "cpu":
+            host = host.cpu()
+        dtype = str(host.dtype).replace("torch.", "")
+        x = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
+        pendings = []
+        for engine_key, slices in plan:
+            part = x if slices is None else np.concatenate([x[lo:hi] for lo, hi in slices])
+            pending = self.engine.prepare(part, key=engine_key, dtype=dtype)
+            pending.stats.step = step
+            pendings.append((pending, slices))
+        self._finish_iteration(bucket)
+        # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
+        raw = torch.futures.Future()
+        fut = raw.then(lambda f: f.value())
+        self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step)
+        return fut
 
-def _overlaps(layout, saved):
-    return any(set(layout) & set(v) for v in saved.values())
-
-
-def _dense(state, bucket, tensor):
-    stats = CallStats(bucket.index(), state.iter, "dense", tensor.numel(), packet_bytes=tensor.numel() * tensor.element_size())
-    moved = 2 * (state.world_size - 1) * stats.packet_bytes // max(state.world_size, 1)
-    stats.bytes_sent = stats.bytes_received = moved
-    stats.step = state.iter
-    state._dense_stats.append(stats)
-    # DDP itself multiplies by 1/P before summing; doing the same keeps `none` bit-identical to no hook.
-    tensor.mul_(1.0 / state.world_size)
-    fut = dist.all_reduce(tensor, group=state.process_group, async_op=True).get_future()
-    return fut.then(lambda f: f.value()[0])
-
-
-def _bucket_launched(state, step, last):
-    with state._lock:
-        entry = state._open.setdefault(step, [0, 0, False])
-        entry[0] += 1
-        entry[2] = entry[2] or last
-
-
-def _bucket_done(state, step):
-    """Close the step's totals once its last bucket was launched and every bucket is done."""
-    with state._lock:
-        entry = state._open[step]
-        entry[1] += 1
-        ready = entry[2] and entry[1] == entry[0]
-        if ready:
-            del state._open[step]
-    if ready:
-        state._close_step(step)
-
-
-def _finish_iteration(state, bucket):
-    """DDP's iteration ends with its last bucket."""
-    if bucket.is_last():
-        state.iter += 1
-
-
-def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """gcomp's DDP communication hook: returns a Future of the averaged bucket (module docstring)."""
-    tensor = bucket.buffer()
-    last = bucket.is_last()
-    step = state.iter
-    _bucket_launched(state, step, last)
-    if step < state.start_iter or tensor.numel() < state.min_numel or tensor.numel() == 0:
-        fut = _dense(state, bucket, tensor)
-        _finish_iteration(state, bucket)
-        return fut.then(lambda f: (_bucket_done(state, step), f.value())[1])
-    key = bucket.index()
-    plan = state._plan(key, bucket)
-    host = tensor.detach()
-    if host.device.type != "cpu":
-        host = host.cpu()
-    dtype = str(host.dtype).replace("torch.", "")
-    x = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
-    pendings = []
-    for engine_key, slices in plan:
-        part = x if slices is None else np.concatenate([x[lo:hi] for lo, hi in slices])
-        pending = state.engine.prepare(part, key=engine_key, dtype=dtype)
-        pending.stats.step = step
-        pendings.append((pending, slices))
-    _finish_iteration(state, bucket)
-    # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
-    raw = torch.futures.Future()
-    fut = raw.then(lambda f: f.value())
-
-    def communicate():
+    def _communicate(self, raw, tensor, numel, pendings, key, step):
         try:
             try:
                 if len(pendings) == 1 and pendings[0][1] is None:
-                    out = state.engine.complete(pendings[0][0])
+                    out = self.engine.complete(pendings[0][0])
                 else:
-                    out = np.empty(x.shape[0], np.float32)
+                    out = np.empty(numel, np.float32)
                     for pending, slices in pendings:
-                        part, offset = state.engine.complete(pending), 0
+                        part, offset = self.engine.complete(pending), 0
                         for lo, hi in slices:
                             out[lo:hi] = part[offset: offset + hi - lo]
                             offset += hi - lo
                 tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
             finally:
-                _bucket_done(state, step)
+                self._bucket_done(step)
             raw.set_result(tensor)
         except GcompError as exc:
             raw.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - a peer died or timed out: say so in gcomp's terms
             raw.set_exception(CollectiveError(
-                f"compressed allreduce of bucket {key} at step {step} failed on rank {state.rank}: {exc}; "
+                f"compressed allreduce of bucket {key} at step {step} failed on rank {self.rank}: {exc}; "
                 "a peer may have died or the group timed out"))
 
-    state._executor.submit(communicate)
-    return fut
+    def _dense(self, bucket, tensor):
+        stats = CallStats(bucket.index(), self.iter, "dense", tensor.numel(), packet_bytes=tensor.numel() * tensor.element_size())
+        moved = 2 * (self.world_size - 1) * stats.packet_bytes // max(self.world_size, 1)
+        stats.bytes_sent = stats.bytes_received = moved
+        self._dense_stats.append(stats)
+        # DDP itself multiplies by 1/P before summing; doing the same keeps `none` bit-identical to no hook.
+        tensor.mul_(1.0 / self.world_size)
+        fut = dist.all_reduce(tensor, group=self.process_group, async_op=True).get_future()
+        return fut.then(lambda f: f.value()[0])
+
+    def _bucket_launched(self, step, last):
+        with self._lock:
+            entry = self._open.setdefault(step, [0, 0, False])
+            entry[0] += 1
+            entry[2] = entry[2] or last
+
+    def _bucket_done(self, step):
+        """Close the step's totals once its last bucket was launched and every bucket is done."""
+        with self._lock:
+            entry = self._open[step]
+            entry[1] += 1
+            ready = entry[2] and entry[1] == entry[0]
+            if ready:
+                del self._open[step]
+        if ready:
+            self._close_step(step)
+
+    def _finish_iteration(self, bucket):
+        """DDP's iteration ends with its last bucket."""
+        if bucket.is_last():
+            self.iter += 1
+
+
+def _overlaps(layout, saved):
+    return any(set(layout) & set(v) for v in saved.values())
+
+
+def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """gcomp's DDP communication hook: returns a Future of the averaged bucket (module docstring)."""
+    return state.run_bucket(bucket)
 
 
 def register(ddp_model, spec, **options) -> CompressionState:

@@ -15,6 +15,14 @@ or tensor name, given by the caller):
   masking (sent entries of u and v are zeroed) and local gradient clipping.
   Use it with plain SGD: the momentum lives here.
 
+The whole life of a memory is here, in the methods the collectives call:
+created on a key's first use, applied (:meth:`ErrorFeedback.compress` before
+sending; :meth:`ErrorFeedback.before_phases` / :meth:`ErrorFeedback.after_phases`
+around a phased compressor's allreduce; :meth:`ErrorFeedback.after_reduce`
+on the reduced result), given a server-side twin for two-phase algorithms
+(:meth:`ErrorFeedback.server_memory`), reset (:meth:`ErrorFeedback.reset`,
+e.g. after a non-finite step or when a DDP bucket regroups) and checkpointed.
+
 Every memory has ``state_dict()`` / ``load_state_dict()`` holding residuals,
 momenta, steps and the compressor's own state (PowerSGD's warm start), with a
 ``version`` key.  Arrays are stored as CPU torch tensors so that
@@ -118,6 +126,22 @@ class ErrorFeedback:
     def _compress(self, x, key, step):
         raise NotImplementedError
 
+    # -- around the collective ---------------------------------------------
+    def before_phases(self, x, key):
+        """The vector a phased compressor (PowerSGD) runs on for ``key``: ``x`` itself unless the memory adds to it."""
+        return x
+
+    def after_phases(self, key, v, result, size):
+        """After a phased allreduce: ``v`` was this rank's input, ``result`` the sum over ``size`` ranks."""
+
+    def after_reduce(self, key, result):
+        """The reduced vector the caller gets, from the mean of the ranks' decoded messages (EF21 keeps an aggregate)."""
+        return result
+
+    def server_memory(self) -> "ErrorFeedback":
+        """The memory a two-phase algorithm's server side uses (residual error feedback on what it re-compresses)."""
+        return ResidualFeedback(self.compressor)
+
     # -- checkpointing -------------------------------------------------
     def state_dict(self):
         """Per-key buffers and steps plus the compressor's config and state, with a version key."""
@@ -188,6 +212,9 @@ class NoFeedback(ErrorFeedback):
     def _compress(self, x, key, step):
         return self.compressor.compress(x, step=step, key=key)
 
+    def server_memory(self):
+        return NoFeedback(self.compressor)
+
 
 class ResidualFeedback(ErrorFeedback):
     """EF-SGD: compress ``x + e``, keep what was dropped in ``e`` (fused in one pass where kernels allow)."""
@@ -198,6 +225,13 @@ class ResidualFeedback(ErrorFeedback):
     def _compress(self, x, key, step):
         residual = self._entry(key, x.shape[0])["residual"]
         return self.compressor.compress_with_residual(x, residual, step=step, key=key)
+
+    def before_phases(self, x, key):
+        return x + self._entry(key, x.shape[0])["residual"]
+
+    def after_phases(self, key, v, result, size):
+        # result approximates the sum over ranks of v; this rank keeps v - result / P (torch's M - mean, scaled).
+        np.subtract(v, result / np.float32(size), out=self._entry(key, v.shape[0])["residual"])
 
 
 class EF21Feedback(ErrorFeedback):
@@ -219,6 +253,9 @@ class EF21Feedback(ErrorFeedback):
         entry = self._entry(key, mean_decoded.shape[0])
         entry["aggregate"] += mean_decoded
         return entry["aggregate"].copy()
+
+    def after_reduce(self, key, result):
+        return self.aggregate(key, result)
 
 
 class DGCFeedback(ErrorFeedback):

@@ -18,7 +18,8 @@ raise :class:`gcomp.errors.ConfigError`.
 
 The same collective algorithms as the DDP hook run over
 :class:`gcomp.transports.MPITransport` (Allreduce, Allgatherv, Alltoallv,
-Bcast: buffer methods only, never pickle).  Every call first checks that all
+Bcast: buffer methods only, never pickle), or over any
+:class:`gcomp.transports.Transport` passed as ``transport=``.  Every call first checks that all
 ranks agree on compressor, options, size and dtype (``verify="always"``, one
 32-byte Allgather), raising :class:`gcomp.errors.MismatchError` on every rank
 otherwise; pass ``verify="first"`` to check once per key.
@@ -29,7 +30,8 @@ so one buffer per size needs no key).  ``state_dict()`` holds this rank's.
 Hierarchical mode (``hierarchical="node"`` or an integer color per site, or a
 callable ``rank -> color``): a dense Allreduce inside each group of fast links,
 the compressed allreduce between the group leaders, and a broadcast back
-inside each group: the cloud-edge-device hybrid.
+inside each group: the cloud-edge-device hybrid
+(:mod:`gcomp.collectives.hierarchical`, shared with the DDP hook).
 
 An exception on one rank would leave the others waiting in a collective: run
 scripts as ``mpiexec -n 4 python -m mpi4py script.py`` so an uncaught
@@ -42,7 +44,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .collectives import CompressedAllreduce
-from .compressors import Compressor
+from .compressors import Compressor, with_seed
 from .compressors import compressor as build_compressor
 from .errors import ConfigError, StateError
 from .transports.mpi import MPITransport
@@ -148,45 +150,30 @@ class CompressedComm:
     Options: ``error_feedback`` ("residual", "ef21", "dgc", "none"), ``algorithm``
     ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense"),
     ``nonfinite`` ("propagate", "zero", "raise"), ``verify`` ("always", "first",
-    False), ``min_numel`` (smaller buffers go dense), ``seed``, and
-    ``hierarchical`` (None, "node", an int color, or a callable rank -> color).
+    False), ``min_numel`` (smaller buffers go dense), ``seed`` (None keeps the
+    spec's; an integer replaces it, identically on every rank), ``hierarchical``
+    (None, "node", an int color, or a callable rank -> color), and
+    ``transport`` (a :class:`gcomp.transports.Transport` to carry the
+    compressed traffic instead of an :class:`MPITransport` over a duplicate of
+    ``comm``; it must span the same ranks in the same order).
     """
 
     def __init__(self, comm, spec, *, error_feedback="residual", algorithm="auto", nonfinite="propagate",
-                 verify="always", min_numel=0, seed=0, hierarchical=None):
-        comp = spec if isinstance(spec, Compressor) else build_compressor(spec)
-        if seed is not None and "seed" in comp.params:
-            comp = build_compressor({**comp.get_config(), "seed": seed})
+                 verify="always", min_numel=0, seed=None, hierarchical=None, transport=None):
+        comp = with_seed(spec, seed)
         self.comm = comm
         self._own = comm.Dup()  # compressed traffic never mixes with the caller's collectives
         self.hierarchical = hierarchical
-        self._intra = self._leaders = None
-        transport = MPITransport(self._own)
-        if hierarchical is not None:
-            self._intra, self._leaders = self._split(hierarchical)
-            transport = MPITransport(self._leaders) if self._leaders is not None else None
+        self.transport = MPITransport(self._own) if transport is None else transport
+        if self.transport.size != self._own.Get_size() or self.transport.rank != self._own.Get_rank():
+            raise ConfigError(f"expected a transport over the communicator's ranks (rank {self._own.Get_rank()} of "
+                              f"{self._own.Get_size()}), found rank {self.transport.rank} of {self.transport.size}")
         options = dict(algorithm=algorithm, error_feedback=error_feedback, nonfinite=nonfinite, min_numel=min_numel,
                        verify=verify)
-        self.engine = CompressedAllreduce(transport, comp, **options) if transport is not None else None
-        self._checker = CompressedAllreduce(MPITransport(self._own), comp, **options) if hierarchical is not None else None
-        self._checked = set()
+        self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, **options)
         self.compressor = comp
         self.options = options
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")
-
-    # -- hierarchical groups ------------------------------------------------
-    def _split(self, how):
-        rank = self._own.Get_rank()
-        if how == "node":
-            intra = self._own.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
-        else:
-            color = how(rank) if callable(how) else how
-            if isinstance(color, bool) or not isinstance(color, (int, np.integer)) or color < 0:
-                raise ConfigError(f"expected a non-negative integer group color, found {color!r}")
-            intra = self._own.Split(int(color), rank)
-        is_leader = intra.Get_rank() == 0
-        leaders = self._own.Split(0 if is_leader else MPI.UNDEFINED, rank)
-        return intra, (leaders if is_leader else None)
 
     # -- pass-through ---------------------------------------------------------
     def __getattr__(self, name):
@@ -195,32 +182,15 @@ class CompressedComm:
     @property
     def stats(self):
         """Per-call :class:`gcomp.collectives.CallStats` of this rank's compressed traffic."""
-        return list(self.engine.stats) if self.engine is not None else []
+        return list(self.engine.stats)
 
     # -- the compressed allreduce ------------------------------------------------
     def _run(self, sendbuf, recvbuf, op, key):
         average = _average_of(op)
         x, recv_flat, dtype = _operands(sendbuf, recvbuf)
         key = f"n{x.shape[0]}" if key is None else key
-        if self.hierarchical is None:
-            pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
-            return lambda: _write(recv_flat, dtype, self.engine.complete(pending))
-        return lambda: _write(recv_flat, dtype, self._hierarchical(x, key, average, dtype))
-
-    def _hierarchical(self, x, key, average, dtype):
-        # Every rank (not only the leaders) must agree before the dense intra-group Allreduce.
-        verify = self.options["verify"]
-        if verify == "always" or (verify and key not in self._checked):
-            self._checker.verify_agreement(key, x.shape[0], dtype, "hierarchical")
-            self._checked.add(key)
-        total = np.array(x, dtype=np.float32, copy=True)
-        self._intra.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-        if self._leaders is not None and self._leaders.Get_size() > 1:
-            total = self.engine(total, key=key, average=False, dtype=dtype)
-        self._intra.Bcast(total, root=0)
-        if average:
-            total /= np.float32(self._own.Get_size())
-        return total
+        pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
+        return lambda: _write(recv_flat, dtype, self.engine.complete(pending))
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None):
         """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``; op is MPI.SUM or gcomp.mpi.MEAN."""
@@ -237,7 +207,7 @@ class CompressedComm:
         """This rank's error-feedback memories and steps (never the communicator)."""
         self._executor.submit(lambda: None).result()
         return {"version": STATE_VERSION, "rank": self._own.Get_rank(), "size": self._own.Get_size(),
-                "engine": self.engine.state_dict() if self.engine is not None else None}
+                "engine": self.engine.state_dict()}
 
     def load_state_dict(self, state):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
@@ -245,15 +215,15 @@ class CompressedComm:
         if (state.get("rank"), state.get("size")) != (self._own.Get_rank(), self._own.Get_size()):
             raise StateError(f"expected the state of rank {self._own.Get_rank()} of {self._own.Get_size()}, found rank "
                              f"{state.get('rank')} of {state.get('size')}: save and load one file per rank")
-        if self.engine is not None and state.get("engine") is not None:
+        if state.get("engine") is not None:
             self.engine.load_state_dict(state["engine"])
 
     def Free(self):
         """Release the duplicated communicators (the wrapped one stays yours)."""
         self._executor.shutdown(wait=True)
-        for c in (self._leaders, self._intra, self._own):
-            if c is not None and c != MPI.COMM_NULL:
-                c.Free()
+        self.engine.free()
+        if self._own != MPI.COMM_NULL:
+            self._own.Free()
 
 
 def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key=None, **options):

@@ -16,7 +16,8 @@ Check any compressor, ours or yours, in a few lines::
   projection onto fixed directions across independent seeds;
 * a variance bound where ``variance_bound()`` is declared (QSGD's
   ``min(d/s^2, sqrt(d)/s)``, natural compression's 1/8): a one-sided test;
-* linearity where ``linear`` is declared (``combine``, or PowerSGD's phases);
+* linearity where ``linear`` is declared (``combine``, or every phase of a
+  ``phased`` compressor such as PowerSGD);
 * the error-feedback identity: sum of what was sent plus the final residual
   equals the sum of the inputs;
 * equal (seed, step, key) give equal outputs, and numpy's and torch's global
@@ -29,7 +30,8 @@ The statistical checks have a stated false-failure rate (``alpha``, default
 
 Strategies: :func:`gradients` (gradient-like vectors from size 0, heavy tails,
 zeros, ties, float16 extremes, NaN/Inf on request) and
-:func:`compressor_configs` (valid configurations of registered compressors).
+:func:`compressor_configs` (valid configurations of registered compressors,
+from each compressor's own ``strategy()``).
 """
 
 import copy
@@ -39,7 +41,7 @@ import math
 import numpy as np
 
 from . import wire
-from .compressors import REGISTRY, Compressor
+from .compressors import REGISTRY, Compressor, load_plugins
 from .compressors import compressor as build_compressor
 from .errors import ConfigError, WireFormatError
 
@@ -157,7 +159,7 @@ def check_compressor(
     name = repr(compressor)
     report = Report(name)
     rng = np.random.default_rng(seed)
-    has_wire = wire_check and compressor.name in wire.CODECS
+    has_wire = wire_check and compressor.codec is not None
 
     _check_shapes_dtypes(compressor, sizes, rng, report)
     if has_wire:
@@ -303,15 +305,9 @@ def _check_linear(comp, rng, report):
         return
     n = 1000
     x, y = gradient_like(n, rng), gradient_like(n, rng)
-    if hasattr(comp, "p_phase"):
-        fresh = _fresh(comp)
-        px, py, pxy = fresh.p_phase(x), fresh.p_phase(y), fresh.p_phase(x + y)
-        if not np.allclose(px + py, pxy, rtol=1e-4, atol=1e-4 * float(np.abs(pxy).max() + 1)):
-            _fail("linearity", "P phase: p(x) + p(y) != p(x + y)")
-        qx, qy, qxy = fresh.q_phase(x, pxy), fresh.q_phase(y, pxy), fresh.q_phase(x + y, pxy)
-        if not np.allclose(qx + qy, qxy, rtol=1e-4, atol=1e-4 * float(np.abs(qxy).max() + 1)):
-            _fail("linearity", "Q phase: q(x) + q(y) != q(x + y)")
-        report.passed.append("linearity of the P and Q phases")
+    if comp.phased:
+        _check_phases_linear(comp, x, y)
+        report.passed.append("linearity of every phase")
         return
     cx, cy = _fresh(comp).compress(x, step=5, key=2), _fresh(comp).compress(y, step=5, key=2)
     total = _decompress32(_fresh(comp), comp.combine([cx, cy]))
@@ -321,6 +317,22 @@ def _check_linear(comp, rng, report):
         worst = float(np.abs(total - parts).max())
         _fail("linearity", f"decompress(combine([C(x), C(y)])) differs from D(C(x)) + D(C(y)) by up to {worst:.6g}")
     report.passed.append("linearity: decompress(combine) = sum of decompressions")
+
+
+def _check_phases_linear(comp, x, y):
+    """Drive phases(x), phases(y) and phases(x + y) in lockstep, as three ranks would, sending each the sum of (x + y)."""
+    gens = [_fresh(comp).phases(v, key=0) for v in (x, y, x + y)]
+    parts = [next(g) for g in gens]
+    phase = 0
+    while True:
+        px, py, pxy = parts
+        if not np.allclose(px + py, pxy, rtol=1e-4, atol=1e-4 * float(np.abs(pxy).max() + 1)):
+            _fail("linearity", f"phase {phase}: part(x) + part(y) != part(x + y)")
+        phase += 1
+        try:
+            parts = [g.send(np.array(pxy, copy=True)) for g in gens]
+        except StopIteration:
+            return
 
 
 def _check_error_feedback(comp, rng, report):
@@ -428,31 +440,20 @@ def gradients(min_size=0, max_size=2048, *, dtype=np.float32, allow_nonfinite=Fa
 
 
 def compressor_configs(names=None):
-    """Valid configuration dicts of registered compressors (all of them unless ``names`` is given)."""
+    """Valid configuration dicts of registered compressors (all of them unless ``names`` is given).
+
+    Each compressor's parameters come from its own ``strategy()`` classmethod,
+    so a compressor registered from another package is covered too.
+    """
     from hypothesis import strategies as st
 
-    seed = st.integers(0, 2**32)
-    bucket = st.sampled_from([8, 64, 128, 512])
-    per_name = {
-        "none": st.fixed_dictionaries({}),
-        "fp16": st.fixed_dictionaries({}),
-        "bf16": st.fixed_dictionaries({}),
-        "topk": st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0)}),
-        "dgc": st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0), "seed": seed, "warmup_steps": st.integers(0, 5)}),
-        "randomk": st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0), "seed": seed, "rescale": st.booleans()}),
-        "threshold": st.fixed_dictionaries({"tau": st.floats(0.0, 3.0)}),
-        "qsgd": st.fixed_dictionaries({"levels": st.integers(1, 127), "bucket_size": bucket, "seed": seed}),
-        "uniform": st.fixed_dictionaries({"bits": st.sampled_from([2, 4, 8]), "bucket_size": bucket,
-                                          "mode": st.sampled_from(["maxmin", "absmax"]),
-                                          "rounding": st.sampled_from(["nearest", "stochastic"]), "seed": seed}),
-        "sign": st.fixed_dictionaries({"bucket_size": bucket}),
-        "terngrad": st.fixed_dictionaries({"bucket_size": bucket, "seed": seed}),
-        "natural": st.fixed_dictionaries({"seed": seed}),
-        "powersgd": st.fixed_dictionaries({"rank": st.integers(1, 8), "seed": seed, "warm_start": st.booleans()}),
-    }
+    load_plugins()
     names = sorted(REGISTRY) if names is None else list(names)
     options = []
     for name in names:
-        params = per_name.get(name, st.fixed_dictionaries({}))
+        cls = REGISTRY.get(name)
+        if cls is None:
+            raise ConfigError(f"unknown compressor {name!r}; known compressors: {', '.join(sorted(REGISTRY))}")
+        params = cls.strategy()
         options.append(params.map(lambda p, name=name: {"name": name, **p}))
     return st.one_of(options)

@@ -8,8 +8,8 @@ offset  type   field
 ======  =====  ===========================================================
 0       4s     magic ``b"GCMP"``
 4       u8     major version (1)
-5       u8     minor version (0)
-6       u8     codec id (see ``CODECS``)
+5       u8     minor version (the codec's ``since``: the lowest that can express the packet)
+6       u8     codec id (each compressor's ``codec``; see ``CODECS``)
 7       u8     flags: bit 0 zstd stage, bit 1 bitmap index coding
 8       u8     dtype id of the original vector (0 f32, 1 f16, 2 bf16, 3 f64)
 9       3x     reserved, zero
@@ -36,10 +36,14 @@ index range and order.  Each failure raises a subclass of
 import dataclasses
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
+from . import compressors
+from .compressors import codec as codec_module
 from .compressors.base import DTYPES, Compressed
+from .compressors.codec import Codec
 from .errors import (
     ChecksumError,
     CodecError,
@@ -52,11 +56,11 @@ from .errors import (
 )
 from .kernels import index_coding
 
-__all__ = ["encode", "decode", "peek", "Header", "CODECS", "register_codec", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
+__all__ = ["encode", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
 
 MAGIC = b"GCMP"
 MAJOR = 1
-MINOR = 0
+MINOR = codec_module.MINOR
 HEADER = struct.Struct("<4sBBBBB3xQQQQ4IQQQI")
 HEADER_SIZE = HEADER.size
 CRC_OFFSET = HEADER_SIZE - 4
@@ -69,139 +73,37 @@ _KNOWN_FLAGS = FLAG_ZSTD | FLAG_BITMAP
 assert HEADER_SIZE == 88
 
 
-def _nb(numel, bucket):
-    return (numel + bucket - 1) // bucket
+class _CodecTable(Mapping):
+    """Read-only ``{compressor name: Codec}`` of every registered compressor that has one.
 
-
-def _packed(numel, bits):
-    return (numel * bits + 7) // 8
-
-
-@dataclasses.dataclass(frozen=True)
-class Codec:
-    """How one compressor's Compressed form maps onto the wire.
-
-    ``param_names``: up to four Compressed.params entries stored as u32 p0..p3.
-    ``arrays(numel, count, params)``: the (name, dtype, length) of each array in
-    payload order (lengths computed from header fields only).  ``sparse``:
-    an ``indices`` section precedes them; ``regenerate_indices``: the indices
-    are not sent but rebuilt from (numel, count, seed).
-    ``check_params(numel, count, params)``: raise SizeError/CodecError when invalid.
+    The codecs live with their compressors (``Compressor.codec``); this view
+    follows the registry, so a compressor registered later appears here.
     """
 
-    codec_id: int
-    name: str
-    param_names: tuple
-    arrays: object
-    check: object
-    sparse: bool = False
-    regenerate_indices: object = None
+    def __getitem__(self, name):
+        compressors.load_plugins()
+        cls = compressors.REGISTRY.get(name)
+        if cls is None or cls.codec is None:
+            raise KeyError(name)
+        return cls.codec
+
+    def __iter__(self):
+        compressors.load_plugins()
+        return (name for name, cls in compressors.REGISTRY.items() if cls.codec is not None)
+
+    def __len__(self):
+        return sum(1 for _ in self)
 
 
-def _check_none(numel, count, p):
-    if count:
-        raise SizeError(f"expected count 0 for a dense codec, found {count}")
+CODECS = _CodecTable()
 
 
-def _check_sparse(numel, count, p):
-    if count > numel:
-        raise SizeError(f"expected count <= numel ({numel}), found {count}")
-
-
-def _check_bucket(p):
-    b = p["bucket_size"]
-    if b < 8 or b % 8:
-        raise SizeError(f"expected bucket_size a positive multiple of 8, found {b}")
-
-
-def _check_qsgd(numel, count, p):
-    _check_none(numel, count, p)
-    _check_bucket(p)
-    if not 1 <= p["levels"] <= 127:
-        raise SizeError(f"expected qsgd levels in [1, 127], found {p['levels']}")
-    want = 2 if p["levels"] == 1 else 4 if p["levels"] <= 7 else 8
-    if p["bits"] != want:
-        raise SizeError(f"expected {want} code bits for {p['levels']} levels, found {p['bits']}")
-
-
-def _check_uniform(numel, count, p):
-    _check_none(numel, count, p)
-    _check_bucket(p)
-    if p["bits"] not in (1, 2, 4, 8):
-        raise SizeError(f"expected uniform bits in (1, 2, 4, 8), found {p['bits']}")
-    if p["mode"] not in (0, 1) or p["stochastic"] not in (0, 1) or (p["mode"] == 1 and p["bits"] == 1):
-        raise SizeError(f"expected uniform mode 0/1 (abs-max needs bits >= 2) and stochastic 0/1, found {p['mode']}, {p['stochastic']}")
-
-
-def _check_bucketed(numel, count, p):
-    _check_none(numel, count, p)
-    _check_bucket(p)
-
-
-def _check_powersgd(numel, count, p):
-    _check_none(numel, count, p)
-    rows, cols, rank = p["rows"], p["cols"], p["rank"]
-    from .compressors.powersgd import matrix_shape
-
-    if (rows, cols) != matrix_shape(numel):
-        raise SizeError(f"expected the matrix view {matrix_shape(numel)} of {numel} entries, found ({rows}, {cols})")
-    if numel and not 1 <= rank <= min(rows, cols, 1024):
-        raise SizeError(f"expected rank in [1, {min(rows, cols, 1024)}], found {rank}")
-    if not numel and rank:
-        raise SizeError(f"expected rank 0 for an empty vector, found {rank}")
-
-
-def _randomk_indices(numel, count, seed):
-    from .kernels.randomk import randomk_indices
-
-    return randomk_indices(numel, count, seed)
-
-
-_F32, _F16, _U8, _U16 = np.dtype("<f4"), np.dtype("<f2"), np.dtype("u1"), np.dtype("<u2")
-
-CODECS = {}
-_BY_ID = {}
-
-
-def register_codec(codec: Codec):
-    """Add a codec (user compressors take ids 128-254); ids and names must be unique."""
-    if not 1 <= codec.codec_id <= 254:
-        raise ValueError(f"expected a codec id in [1, 254], found {codec.codec_id}")
-    if len(codec.param_names) > 4:
-        raise ValueError(f"expected at most 4 codec parameters, found {len(codec.param_names)}")
-    if codec.codec_id in _BY_ID or codec.name in CODECS:
-        raise ValueError(f"codec id {codec.codec_id} or name {codec.name!r} is already registered")
-    CODECS[codec.name] = codec
-    _BY_ID[codec.codec_id] = codec
-    return codec
-
-
-def _sparse_values(n, c, p):
-    return [("values", _F32, c)]
-
-
-for _codec in (
-    Codec(1, "none", (), lambda n, c, p: [("values", _F32, n)], _check_none),
-    Codec(2, "fp16", (), lambda n, c, p: [("values", _F16, n)], _check_none),
-    Codec(3, "bf16", (), lambda n, c, p: [("values", _U16, n)], _check_none),
-    Codec(4, "topk", (), _sparse_values, _check_sparse, sparse=True),
-    Codec(5, "dgc", (), _sparse_values, _check_sparse, sparse=True),
-    Codec(6, "randomk", (), _sparse_values, _check_sparse, regenerate_indices=_randomk_indices),
-    Codec(7, "threshold", (), _sparse_values, _check_sparse, sparse=True),
-    Codec(8, "qsgd", ("levels", "bucket_size", "bits"),
-          lambda n, c, p: [("codes", _U8, _packed(n, p["bits"])), ("norms", _F32, _nb(n, p["bucket_size"]))], _check_qsgd),
-    Codec(9, "uniform", ("bits", "bucket_size", "mode", "stochastic"),
-          lambda n, c, p: [("codes", _U8, _packed(n, p["bits"])), ("scales", _F32, _nb(n, p["bucket_size"])),
-                           ("offsets", _F32, _nb(n, p["bucket_size"]))], _check_uniform),
-    Codec(10, "sign", ("bucket_size",),
-          lambda n, c, p: [("codes", _U8, _packed(n, 1)), ("scales", _F32, _nb(n, p["bucket_size"]))], _check_bucketed),
-    Codec(11, "terngrad", ("bucket_size",),
-          lambda n, c, p: [("codes", _U8, _packed(n, 2)), ("scales", _F32, _nb(n, p["bucket_size"]))], _check_bucketed),
-    Codec(12, "natural", (), lambda n, c, p: [("exponents", _U8, n), ("signs", _U8, _packed(n, 1))], _check_none),
-    Codec(13, "powersgd", ("rows", "cols", "rank"),
-          lambda n, c, p: [("p", _F32, p["rows"] * p["rank"]), ("q", _F32, p["cols"] * p["rank"])], _check_powersgd),
-):
-    register_codec(_codec)
+def _codec_for(name):
+    cls = compressors.REGISTRY.get(name)
+    if cls is None or cls.codec is None:
+        raise CodecError(f"no wire codec for compressor {name!r}; known: {sorted(CODECS)} "
+                         "(a compressor gets one by declaring `codec = gcomp.compressors.Codec(...)` and registering)")
+    return cls.codec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,23 +124,15 @@ class Header:
     checksum: int
 
 
-def _shape_of(codec, name, length, params):
-    if codec.name == "powersgd":
-        return (length // params["rank"], params["rank"]) if params["rank"] else (0, 0)
-    return (length,)
-
-
 def encode(c: Compressed, *, zstd: bool = False, zstd_level: int = 1) -> bytes:
     """The bytes of ``c``; with ``zstd=True`` a zstd stage is applied where it shrinks the payload."""
     if not isinstance(c, Compressed):
         raise TypeError(f"expected a Compressed, found {type(c).__name__}")
-    codec = CODECS.get(c.codec)
-    if codec is None:
-        raise CodecError(f"no wire codec for compressor {c.codec!r}; known: {sorted(CODECS)} (see gcomp.wire.register_codec)")
+    codec = _codec_for(c.codec)
     if c.dtype not in DTYPES:
         raise CodecError(f"expected dtype in {DTYPES}, found {c.dtype!r}")
-    params = {name: int(c.params[name]) for name in codec.param_names}
-    codec.check(c.numel, c.count, params)
+    params = {name: int(c.params[name]) for name in codec.params}
+    codec.validate(c.numel, c.count, params)
     flags = 0
     sections = []
     index_len = 0
@@ -265,8 +159,8 @@ def encode(c: Compressed, *, zstd: bool = False, zstd_level: int = 1) -> bytes:
         if len(packed) < len(raw):
             payload = packed
             flags |= FLAG_ZSTD
-    p = [params.get(name, 0) for name in codec.param_names] + [0] * (4 - len(codec.param_names))
-    header = HEADER.pack(MAGIC, MAJOR, MINOR, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel, c.count,
+    p = [params.get(name, 0) for name in codec.params] + [0] * (4 - len(codec.params))
+    header = HEADER.pack(MAGIC, MAJOR, codec.since, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel, c.count,
                          int(c.step), int(c.seed), *p, index_len, len(raw), len(payload), 0)
     crc = zlib.crc32(payload, zlib.crc32(header))
     return header[:CRC_OFFSET] + struct.pack("<I", crc) + payload
@@ -285,20 +179,37 @@ def _as_buffer(buf):
 
 
 def peek(buf, expected_numel=None) -> Header:
-    """Validate and return the header of ``buf`` (everything up to and including the checksum)."""
+    """Validate and return the header of ``buf`` (everything up to and including the checksum).
+
+    The magic and the major version come first; the rest of the header is read
+    by the reader of that major version (``_READERS``), so a later major
+    version can be added while version 1 packets keep decoding.
+    """
     mv = _as_buffer(buf)
     total = len(mv)
+    if total < 5:
+        raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
+    if bytes(mv[:4]) != MAGIC:
+        raise MagicError(f"expected magic {MAGIC!r}, found {bytes(mv[:4])!r}: not a gcomp packet")
+    reader = _READERS.get(mv[4])
+    if reader is None:
+        raise VersionError(f"expected wire major version in {sorted(_READERS)}, found {mv[4]}; upgrade gcomp to read it")
+    return reader(mv, total, expected_numel)
+
+
+def _peek_v1(mv, total, expected_numel):
     if total < HEADER_SIZE:
         raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
     (magic, major, minor, codec_id, flags, dtype_id, numel, count, step, seed, p0, p1, p2, p3,
      index_len, raw_len, payload_len, crc) = HEADER.unpack_from(mv, 0)
-    if magic != MAGIC:
-        raise MagicError(f"expected magic {MAGIC!r}, found {bytes(magic)!r}: not a gcomp packet")
-    if major != MAJOR or minor > MINOR:
+    if minor > MINOR:
         raise VersionError(f"expected wire version {MAJOR}.{MINOR} or older minor, found {major}.{minor}; upgrade gcomp to read it")
-    codec = _BY_ID.get(codec_id)
-    if codec is None:
-        raise CodecError(f"expected a known codec id {sorted(_BY_ID)}, found {codec_id}")
+    cls = compressors.codec_by_id(codec_id)
+    if cls is None:
+        raise CodecError(f"expected a known codec id {compressors.codec_ids()}, found {codec_id}")
+    codec = cls.codec
+    if minor < codec.since:
+        raise VersionError(f"expected wire version {MAJOR}.{codec.since} or later for codec {codec.name!r}, found {major}.{minor}")
     if dtype_id >= len(DTYPES):
         raise CodecError(f"expected a dtype id below {len(DTYPES)}, found {dtype_id}")
     if bytes(mv[9:12]) != b"\0\0\0":
@@ -313,10 +224,10 @@ def peek(buf, expected_numel=None) -> Header:
     if expected_numel is not None and numel != expected_numel:
         raise SizeError(f"expected numel {expected_numel} (the receiver's buffer), found {numel}")
     raw_p = (p0, p1, p2, p3)
-    params = {name: raw_p[i] for i, name in enumerate(codec.param_names)}
-    if any(raw_p[len(codec.param_names):]):
+    params = {name: raw_p[i] for i, name in enumerate(codec.params)}
+    if any(raw_p[len(codec.params):]):
         raise CodecError(f"expected unused codec parameters to be zero, found {raw_p}")
-    codec.check(numel, count, params)
+    codec.validate(numel, count, params)
     if codec.sparse:
         if flags & FLAG_BITMAP:
             want_index = (numel + 7) // 8
@@ -344,6 +255,10 @@ def peek(buf, expected_numel=None) -> Header:
     if check != crc:
         raise ChecksumError(f"expected CRC-32 {crc:#010x} from the header, computed {check:#010x}: the packet is corrupt")
     return Header(codec, flags, DTYPES[dtype_id], numel, count, step, seed, params, index_len, raw_len, payload_len, crc)
+
+
+#: major version -> header reader
+_READERS = {MAJOR: _peek_v1}
 
 
 def _unzstd(payload: bytes, raw_len: int) -> bytes:
@@ -393,7 +308,7 @@ def decode(buf, expected_numel=None) -> Compressed:
     for name, dtype, length in codec.arrays(h.numel, h.count, h.params):
         nbytes = length * dtype.itemsize
         a = np.frombuffer(raw[offset: offset + nbytes], dtype=dtype)
-        arrays[name] = a.reshape(_shape_of(codec, name, length, h.params))
+        arrays[name] = a.reshape(codec.array_shape(name, length, h.params))
         offset += nbytes
     if offset != len(raw):  # cannot happen after peek(); kept as a guard
         raise WireFormatError(f"expected {offset} payload bytes, found {len(raw)}")

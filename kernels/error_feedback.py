@@ -12,20 +12,18 @@ memory; here each step takes as few as the compressor allows:
   selects with the sampled threshold, then k writes.
 * Quantizers (``qsgd``, ``uniform``, ``sign``, ``terngrad``, ``natural``): their
   encoders take ``residual=`` and do everything in one pass, bucket by bucket
-  (the bucket stays in L1 between quantizing and updating).  The wrappers
-  below give them the same ``ef_*`` names.
+  (the bucket stays in L1 between quantizing and updating): call them with
+  ``residual=`` directly.
 """
 
 import numpy as np
 
-from . import natural, qsgd, sign, terngrad, uniform
 from ._checks import as_f32, check_f32_inplace, check_int
 from .config import kernel
 from .sampled_topk import topk_sampled
 from .topk import _topk_from_hist
 
-__all__ = ["ef_topk", "ef_sampled_topk", "ef_qsgd", "ef_uniform", "ef_sign", "ef_terngrad", "ef_natural",
-           "accumulate"]
+__all__ = ["ef_topk", "ef_sampled_topk"]
 
 
 @kernel
@@ -79,13 +77,6 @@ def _check_pair(x, residual):
     return x, residual
 
 
-def accumulate(x, residual):
-    """``residual += x`` (one vectorized pass)."""
-    x, residual = _check_pair(x, residual)
-    _accumulate(x, residual)
-    return residual
-
-
 def ef_topk(x, residual, k):
     """Fused EF top-k: ``residual += x``; send its top k; zero them in the residual.
 
@@ -110,30 +101,3 @@ def ef_sampled_topk(x, residual, k, seed, sample_fraction=0.01, min_fraction=0.5
     idx, val = topk_sampled(residual, k, seed, sample_fraction=sample_fraction, min_fraction=min_fraction)
     residual[idx] = 0.0
     return idx, val
-
-
-def ef_qsgd(x, residual, levels, bucket_size, seed):
-    """QSGD of ``x + residual``, residual updated in the same pass."""
-    return qsgd.qsgd_encode(x, levels, bucket_size, seed, residual=residual)
-
-
-def ef_uniform(x, residual, bits, bucket_size, mode="maxmin", rounding="nearest", seed=0):
-    """Uniform quantization of ``x + residual``, residual updated in the same pass."""
-    return uniform.uniform_encode(x, bits, bucket_size, mode=mode, rounding=rounding, seed=seed, residual=residual)
-
-
-def ef_sign(x, residual, bucket_size):
-    """Scaled sign of ``x + residual`` (EF-signSGD), residual updated in the same pass."""
-    return sign.sign_encode(x, bucket_size, residual=residual)
-
-
-def ef_terngrad(x, residual, bucket_size, seed):
-    """TernGrad of ``x + residual``, residual updated in the same pass."""
-    return terngrad.terngrad_encode(x, bucket_size, seed, residual=residual)
-
-
-def ef_natural(x, residual, seed):
-    """Natural compression of ``x + residual``, residual updated in the same pass."""
-    return natural.natural_encode(x, seed, residual=residual)
-
-

@@ -5,7 +5,9 @@ from .allreduce import LinearAllreduce
 from .base import Algorithm, CallStats, Pending
 from .dense import DenseAllreduce
 from .engine import ALGORITHMS, NONFINITE_POLICIES, CompressedAllreduce
+from .hierarchical import HierarchicalAllreduce, split_groups
 from .scatter_reduce_allgather import ScatterReduceAllgather, chunk_bounds
 
 __all__ = ["Algorithm", "CallStats", "Pending", "DenseAllreduce", "LinearAllreduce", "AllgatherAlgorithm",
-           "ScatterReduceAllgather", "chunk_bounds", "CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]
+           "ScatterReduceAllgather", "chunk_bounds", "HierarchicalAllreduce",
+           "split_groups", "CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]

@@ -1,12 +1,16 @@
 """``allreduce``: linear compressors, whose compressed forms are summed on the wire.
 
-* Compressors with ``summable`` arrays (``none``, ``fp16``, ``bf16`` via float32,
+* Compressors with ``summable`` arrays (``none``, ``fp16``, ``bf16``,
   ``randomk`` with the shared seed): each rank compresses ``x / P`` (dividing
-  first keeps fp16 from overflowing), the summable arrays are allreduced in
-  their own dtype, and the summed form is decompressed: that is the mean.
-* PowerSGD: ``P = M Q`` allreduced, orthonormalized, ``Q' = M^T P_hat``
-  allreduced, result ``P_hat Q'^T`` (Vogels et al.); the error feedback keeps
-  ``M - mean`` per rank (in units scaled by 1/P), as PyTorch's PowerSGD hook does.
+  first keeps fp16 from overflowing), the arrays :meth:`Compressor.summands`
+  gives are allreduced in the type the compressor sums them in, and
+  :meth:`Compressor.with_sums` puts them back: the summed form decompresses to
+  the mean.  Only those arrays travel (random-k's indices are regenerated),
+  and only they count as the packet.
+* ``phased`` compressors (PowerSGD): each array :meth:`Compressor.phases`
+  yields is allreduced and its sum sent back, until the generator returns
+  the dense result; the error feedback wraps the phases
+  (:meth:`gcomp.feedback.ErrorFeedback.before_phases` / ``after_phases``).
 """
 
 import numpy as np
@@ -18,62 +22,48 @@ class LinearAllreduce(Algorithm):
     name = "allreduce"
 
     def estimated_bytes(self, numel):
-        return 2 * (self.size - 1) * self.compressor.max_payload_bytes(numel) // max(self.size, 1)
+        return 2 * (self.size - 1) * self.compressor.summed_bytes(numel) // max(self.size, 1)
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()
         scale = np.float32(1.0 / self.size) if average else np.float32(1.0)
-        if hasattr(self.compressor, "p_phase"):
-            v = x * scale
-            residual = self.feedback.memory_array(key, x.shape[0]) if self.feedback.kind == "residual" else None
-            if residual is not None:
-                v += residual
-            p = self.compressor.p_phase(v, key)
+        if self.compressor.phased:
+            v = self.feedback.before_phases(x * scale, key)
+            phases = self.compressor.phases(v, key)
+            part = next(phases)
             stats.compress_s += t.lap()
-            stats.packet_bytes = p.nbytes
-            return Pending(v, key, step, stats, payload=("powersgd", p, residual), average=average)
+            stats.packet_bytes = part.nbytes
+            return Pending(v, key, step, stats, payload=(phases, part), average=average)
         c = self.feedback.compress(x * scale, key=key, step=step)
+        sums = self.compressor.summands(c)
         stats.compress_s += t.lap()
-        stats.packet_bytes = c.nbytes
-        return Pending(x, key, step, stats, payload=("summable", c), average=average)
+        stats.packet_bytes = sum(a.nbytes for a in sums.values())
+        return Pending(x, key, step, stats, payload=(c, sums), average=average)
 
     def complete(self, pending):
-        kind = pending.payload[0]
-        if kind == "powersgd":
-            return self._powersgd(pending)
-        c = pending.payload[1]
-        for name in self.compressor.summable or ("values",):
-            arr = c.arrays[name]
-            if arr.dtype == np.uint16:  # bf16 bit patterns: sum as float32 (bf16 has no portable wire sum)
-                from ..compressors.bf16 import from_bf16_bits, to_bf16_bits
-
-                total = np.array(from_bf16_bits(arr), copy=True)
-                self._counted(pending, self.transport.allreduce_, total)
-                c.arrays[name] = to_bf16_bits(total)
-                continue
-            arr = np.array(arr, copy=True)
+        if self.compressor.phased:
+            return self._phases(pending)
+        c, sums = pending.payload
+        for arr in sums.values():
             self._counted(pending, self.transport.allreduce_, arr)
-            c.arrays[name] = arr
         t = Timer()
-        out = self.compressor.decompress(c)
-        out = np.asarray(out, dtype=np.float32)
+        out = np.asarray(self.compressor.decompress(self.compressor.with_sums(c, sums)), dtype=np.float32)
         pending.stats.decompress_s += t.lap()
         return out
 
-    def _powersgd(self, pending):
-        _, p, residual = pending.payload
-        comp, key, v = self.compressor, pending.key, pending.x
-        self._counted(pending, self.transport.allreduce_, p)
-        t = Timer()
-        q = comp.q_phase(v, p, key)
-        pending.stats.compress_s += t.lap()
-        pending.stats.packet_bytes += q.nbytes
-        self._counted(pending, self.transport.allreduce_, q)
-        t = Timer()
-        out = comp.finish(q, v.shape[0], key)
-        if residual is not None:
-            # out approximates the sum over ranks of v; this rank keeps v - out / P (torch's M - mean, scaled).
-            np.subtract(v, out / np.float32(self.size), out=residual)
+    def _phases(self, pending):
+        phases, part = pending.payload
+        while True:
+            self._counted(pending, self.transport.allreduce_, part)
+            t = Timer()
+            try:
+                part = phases.send(part)
+            except StopIteration as done:
+                out = done.value
+                break
+            pending.stats.compress_s += t.lap()
+            pending.stats.packet_bytes += part.nbytes
+        self.feedback.after_phases(pending.key, pending.x, out, self.size)
         pending.stats.decompress_s += t.lap()
         return out

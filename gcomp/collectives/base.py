@@ -34,6 +34,9 @@ class CallStats:
     decompress_s: float = 0.0
     comm_s: float = 0.0
     nonfinite: bool = False
+    #: the part of bytes_sent / bytes_received that stayed inside a group of fast links (hierarchical)
+    intra_bytes_sent: int = 0
+    intra_bytes_received: int = 0
 
     @property
     def dense_bytes(self):
@@ -74,9 +77,14 @@ class Pending:
 
 
 class Algorithm:
-    """Base class of the collective algorithms."""
+    """Base class of the collective algorithms.
+
+    ``uses_feedback``: the result comes from compressed messages, so the error
+    feedback's :meth:`gcomp.feedback.ErrorFeedback.after_reduce` applies to it.
+    """
 
     name = ""
+    uses_feedback = True
 
     def __init__(self, transport, compressor, feedback, server_feedback=None):
         self.transport = transport
@@ -102,12 +110,14 @@ class Algorithm:
         """Every feedback key this algorithm uses for ``key`` (to reset them together)."""
         return [key]
 
-    def _counted(self, pending, fn, *args):
-        before = self.transport.counter.snapshot()
+    def _counted(self, pending, fn, *args, transport=None):
+        """Run ``fn(*args)`` (an operation of ``transport``, default this algorithm's), adding its time and bytes."""
+        counter = (transport or self.transport).counter
+        before = counter.snapshot()
         t = Timer()
         out = fn(*args)
         pending.stats.comm_s += t.lap()
-        after = self.transport.counter.snapshot()
+        after = counter.snapshot()
         pending.stats.bytes_sent += after[0] - before[0]
         pending.stats.bytes_received += after[1] - before[1]
         return out

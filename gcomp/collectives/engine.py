@@ -17,9 +17,17 @@
 4. records :class:`CallStats`.
 
 ``algorithm="auto"`` picks, per vector size, the algorithm that sends the
-fewest bytes by the compressor's ``max_payload_bytes``: ``allreduce`` for
-linear compressors; otherwise ``allgather`` or ``scatter-reduce-allgather``
-(ties go to allgather, which compresses once).
+fewest bytes by the compressor's ``max_payload_bytes`` (``summed_bytes`` for
+what an allreduce sums): ``dense`` for a compressor that declares
+``identity``; else, among ``allreduce`` (linear compressors only),
+``allgather`` and ``scatter-reduce-allgather``, the cheapest, ties going in
+that order (allreduce sums on the wire; allgather compresses once).  bf16,
+which an allreduce must sum in float32, thus goes through allgather or
+scatter-reduce-allgather.
+
+``groups`` (``"node"``, an int color for this rank, or a callable
+``rank -> color``) makes every call :mod:`hierarchical <gcomp.collectives.hierarchical>`:
+dense inside each group, the algorithm above among the group leaders.
 """
 
 import hashlib
@@ -30,12 +38,13 @@ import numpy as np
 from ..compressors import Compressor
 from ..compressors import compressor as build_compressor
 from ..errors import ConfigError, MismatchError, NonFiniteError, StateError
-from ..feedback import ErrorFeedback, ResidualFeedback, feedback
+from ..feedback import ErrorFeedback, feedback
 from ..kernels.scatter import count_nonfinite
 from .allgather import AllgatherAlgorithm
 from .allreduce import LinearAllreduce
 from .base import CallStats
 from .dense import DenseAllreduce
+from .hierarchical import HierarchicalAllreduce, split_groups
 from .scatter_reduce_allgather import ScatterReduceAllgather
 
 __all__ = ["CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]
@@ -54,7 +63,7 @@ class CompressedAllreduce:
     """Compressed allreduce over a transport with error feedback (see the module docstring)."""
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
-                 min_numel=0, verify=True, keep_stats=1000):
+                 min_numel=0, verify=True, keep_stats=1000, groups=None):
         if verify not in (True, False, "first", "always"):
             raise ConfigError(f"expected verify True/'first', 'always' or False, found {verify!r}")
         self.transport = transport
@@ -69,11 +78,14 @@ class CompressedAllreduce:
         if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
             raise ConfigError(f"expected min_numel a non-negative integer, found {min_numel!r}")
         if isinstance(error_feedback, ErrorFeedback):
+            if error_feedback.compressor != self.compressor:
+                raise ConfigError(f"expected an error feedback built on the engine's compressor {self.compressor!r}, found one on "
+                                  f"{error_feedback.compressor!r}; pass the same compressor to both")
             self.feedback = error_feedback
-            self.compressor = error_feedback.compressor
+            self.compressor = error_feedback.compressor  # the same configuration; its instance holds the state
         else:
             self.feedback = feedback(error_feedback or "none", self.compressor)
-        self.server_feedback = ResidualFeedback(self.compressor) if self.feedback.kind != "none" else feedback("none", self.compressor)
+        self.server_feedback = self.feedback.server_memory()
         self.algorithm = algorithm
         self.nonfinite = nonfinite
         self.min_numel = min_numel
@@ -82,26 +94,35 @@ class CompressedAllreduce:
         self.stats = []
         self._verified = set()
         self._steps = {}
-        self._algorithms = {name: cls(transport, self.compressor, self.feedback, self.server_feedback)
-                            for name, cls in ALGORITHMS.items()}
+        self.groups = groups
+        if groups is None:
+            self._algorithms = self._flat(transport)
+        else:
+            intra, leaders = split_groups(transport, groups)
+            inner = self._flat(leaders) if leaders is not None else {}
+            self._algorithms = {"hierarchical": HierarchicalAllreduce(
+                transport, self.compressor, self.feedback, self.server_feedback, intra=intra, leaders=leaders, inner=inner,
+                choose=self._choose_flat)}
+
+    def _flat(self, transport):
+        return {name: cls(transport, self.compressor, self.feedback, self.server_feedback) for name, cls in ALGORITHMS.items()}
 
     # -- choice ---------------------------------------------------------
     def choose(self, numel) -> str:
         """The algorithm used for a vector of ``numel`` entries."""
+        if self.groups is not None:
+            return "hierarchical"
+        return self._choose_flat(numel, self._algorithms)
+
+    def _choose_flat(self, numel, algorithms):
         if numel < self.min_numel:
             return "dense"
         if self.algorithm != "auto":
             return self.algorithm
-        return self._auto(numel)
-
-    def _auto(self, numel):
-        if self.compressor.name == "none":
+        if self.compressor.identity:
             return "dense"
-        if self.compressor.linear:
-            return "allreduce"
-        gather = self._algorithms["allgather"].estimated_bytes(numel)
-        sra = self._algorithms["scatter-reduce-allgather"].estimated_bytes(numel)
-        return "allgather" if gather <= sra else "scatter-reduce-allgather"
+        candidates = (["allreduce"] if self.compressor.linear else []) + ["allgather", "scatter-reduce-allgather"]
+        return min(candidates, key=lambda name: algorithms[name].estimated_bytes(numel))  # min keeps the first of ties
 
     # -- agreement ------------------------------------------------------
     def fingerprint(self, key, numel, dtype, algorithm) -> bytes:
@@ -146,14 +167,11 @@ class CompressedAllreduce:
             self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
             self._verified.add((pending.key, pending.algorithm))
         out = algorithm.complete(pending)
-        if self.feedback.kind == "ef21" and pending.algorithm != "dense":
-            # EF21 sends increments of the estimate; the result is the receivers' aggregate G.
-            out = self.feedback.aggregate(pending.key, out)
+        if algorithm.uses_feedback:
+            out = self.feedback.after_reduce(pending.key, out)
         if count_nonfinite(out):
             pending.stats.nonfinite = True
-            for k in {*algorithm.memory_keys(pending.key), pending.key}:
-                self.feedback.reset(k)
-                self.server_feedback.reset(k)
+            self._reset_keys({*algorithm.memory_keys(pending.key), pending.key})
             if self.nonfinite == "raise":
                 self._record(pending.stats)
                 raise NonFiniteError(
@@ -170,9 +188,20 @@ class CompressedAllreduce:
         keys = {key}
         for algorithm in self._algorithms.values():
             keys.update(algorithm.memory_keys(key))
+        self._reset_keys(keys)
+
+    def _reset_keys(self, keys):
         for k in keys:
             self.feedback.reset(k)
             self.server_feedback.reset(k)
+
+    def free(self):
+        """Release the group transports this engine split off (hierarchical); the given transport stays the caller's."""
+        algorithm = self._algorithms.get("hierarchical")
+        if algorithm is not None:
+            for t in (algorithm.leaders, algorithm.intra):
+                if t is not None:
+                    t.free()
 
     def __call__(self, x, key=0, step=None, *, average=True, dtype="float32"):
         return self.complete(self.prepare(x, key, step, average=average, dtype=dtype))

@@ -2,16 +2,24 @@
 
 ``gcomp.compressor("topk:ratio=0.01")``, ``gcomp.compressor("topk", ratio=0.01)``
 and ``gcomp.compressor({"name": "topk", "ratio": 0.01})`` build the same
-compressor; ``get_config()`` round-trips.  Adding a compressor is one file in
-this package plus one line in ``_BUILTIN`` below; it is then usable from the
-DDP hook, MPI, the CLI and the property battery.
+compressor; ``get_config()`` round-trips.
+
+Adding a compressor is one class (with its wire ``codec`` and hypothesis
+``strategy``) and one registration: a line in ``_BUILTIN`` below inside
+gcomp, or, from another package, ``gcomp.register(MyCompressor)`` or an entry
+point in the ``gcomp.compressors`` group (as numcodecs does), loaded on first
+use.  It is then usable from the wire format, the DDP hook, MPI, the CLI and
+the property battery with no other edit.  Codec ids 1-127 belong to gcomp's
+own compressors; compressors registered from outside take 128-254.
 """
 
 import ast
+import dataclasses
 
 from ..errors import ConfigError
 from .base import Compressed, Compressor
 from .bf16 import BF16
+from .codec import MINOR, Codec
 from .dgc import DGC
 from .fp16 import FP16
 from .natural import Natural
@@ -25,16 +33,44 @@ from .threshold import Threshold
 from .topk import TopK
 from .uniform import Uniform
 
-__all__ = ["Compressed", "Compressor", "compressor", "list_compressors", "register", "REGISTRY"]
+__all__ = ["Compressed", "Compressor", "Codec", "compressor", "list_compressors", "register", "REGISTRY", "codec_by_id",
+           "with_seed", "load_plugins", "ENTRY_POINT_GROUP"]
 
 _BUILTIN = [NoCompression, FP16, BF16, TopK, DGC, RandomK, Threshold, QSGD, Uniform, Sign, TernGrad, Natural, PowerSGD]
 
 #: name -> Compressor subclass
 REGISTRY: dict = {}
+#: wire codec id -> Compressor subclass
+_BY_CODEC_ID: dict = {}
+ENTRY_POINT_GROUP = "gcomp.compressors"
+_plugins_loaded = False
 
 
-def register(cls):
-    """Register a Compressor subclass under ``cls.name`` (usable as a decorator)."""
+def _check_codec(cls, builtin):
+    codec = cls.codec
+    if not isinstance(codec, Codec):
+        raise ConfigError(f"expected {cls.__name__}.codec to be a gcomp.compressors.Codec or None, found {codec!r}")
+    lo, hi = (1, 127) if builtin else (128, 254)
+    if isinstance(codec.codec_id, bool) or not isinstance(codec.codec_id, int) or not lo <= codec.codec_id <= hi:
+        where = "gcomp's own compressors" if builtin else "compressors registered from outside gcomp"
+        raise ConfigError(f"expected a codec id in [{lo}, {hi}] for {cls.__name__} ({where}), found {codec.codec_id!r}")
+    if len(codec.params) > 4:
+        raise ConfigError(f"expected at most 4 codec parameters for {cls.__name__}, found {len(codec.params)}")
+    if not 0 <= codec.since <= MINOR:
+        raise ConfigError(f"expected codec since-version in [0, {MINOR}] for {cls.__name__}, found {codec.since}")
+    owner = _BY_CODEC_ID.get(codec.codec_id)
+    if owner is not None and owner is not cls:
+        raise ConfigError(f"codec id {codec.codec_id} of {cls.__name__} is already used by compressor {owner.name!r}; "
+                          "give the class its own `codec = Codec(<unused id>, ...)`")
+
+
+def register(cls, *, _builtin=False):
+    """Register a Compressor subclass under ``cls.name`` (usable as a decorator); its codec joins the wire format.
+
+    Registering the same class again is a no-op; another class under a taken
+    name or codec id raises ConfigError (so import a plugin module under one
+    name only: a reloaded module defines a new class).
+    """
     if not (isinstance(cls, type) and issubclass(cls, Compressor)):
         raise ConfigError(f"expected a Compressor subclass, found {cls!r}")
     if not cls.name or not isinstance(cls.name, str):
@@ -42,12 +78,54 @@ def register(cls):
     existing = REGISTRY.get(cls.name)
     if existing is not None and existing is not cls:
         raise ConfigError(f"a compressor named {cls.name!r} is already registered ({existing.__name__})")
+    if cls.codec is not None:
+        _check_codec(cls, _builtin)
+        if cls.codec.name != cls.name:
+            cls.codec = dataclasses.replace(cls.codec, name=cls.name)
+        _BY_CODEC_ID[cls.codec.codec_id] = cls
     REGISTRY[cls.name] = cls
     return cls
 
 
+def load_plugins():
+    """Import the compressors other packages declare in the ``gcomp.compressors`` entry point group (once).
+
+    An entry point names a Compressor subclass (registered here) or a module
+    that registers its compressors when imported.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import warnings
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Compressor) and REGISTRY.get(obj.name) is not obj:
+                register(obj)
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others or escape wire.decode
+            warnings.warn(f"gcomp: could not load compressor entry point {ep.name!r} ({ep.value}): "
+                          f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+
+
+def codec_by_id(codec_id):
+    """The Compressor class whose wire codec has ``codec_id``, or None."""
+    cls = _BY_CODEC_ID.get(codec_id)
+    if cls is None and not _plugins_loaded:
+        load_plugins()
+        cls = _BY_CODEC_ID.get(codec_id)
+    return cls
+
+
+def codec_ids():
+    """Every registered codec id, sorted."""
+    return sorted(_BY_CODEC_ID)
+
+
 for _cls in _BUILTIN:
-    register(_cls)
+    register(_cls, _builtin=True)
 
 
 def _parse_value(text):
@@ -95,10 +173,25 @@ def compressor(spec, **params) -> Compressor:
         raise ConfigError(f"expected a compressor name, spec string, config dict or Compressor, found {type(spec).__name__}")
     cls = REGISTRY.get(name)
     if cls is None:
+        load_plugins()
+        cls = REGISTRY.get(name)
+    if cls is None:
         raise ConfigError(f"unknown compressor {name!r}; known compressors: {', '.join(sorted(REGISTRY))}")
     return cls(**params)
 
 
 def list_compressors() -> dict:
     """``{name: one-line description}`` for every registered compressor."""
+    load_plugins()
     return {name: REGISTRY[name].description for name in sorted(REGISTRY)}
+
+
+def with_seed(spec, seed=None) -> Compressor:
+    """Build a compressor from ``spec``; a ``seed`` that is not None replaces the spec's (if it has one).
+
+    The one rule both adapters follow: ``seed=None`` keeps the spec's seed.
+    """
+    comp = compressor(spec)
+    if seed is not None and "seed" in comp.params:
+        comp = compressor({**comp.get_config(), "seed": seed})
+    return comp

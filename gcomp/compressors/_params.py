@@ -1,50 +1,55 @@
-"""Parameter checks shared by the compressors (each raises ConfigError naming what is valid)."""
+"""Parameter rules shared by the compressors and their wire codecs.
+
+Each check raises ``error`` (ConfigError when a compressor is configured,
+SizeError when a packet's header is validated) naming what is valid, so one
+rule serves both places.
+"""
 
 import math
 
 from ..errors import ConfigError
 
 
-def check_ratio(name, value, what="ratio"):
+def check_ratio(name, value, what="ratio", error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
-        raise ConfigError(f"{name}: expected {what} in (0, 1], found {value!r}")
+        raise error(f"{name}: expected {what} in (0, 1], found {value!r}")
     return float(value)
 
 
-def check_int(name, key, value, lo, hi=None):
+def check_int(name, key, value, lo, hi=None, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name}: expected integer {key} {bound}, found {value!r}")
+        raise error(f"{name}: expected integer {key} {bound}, found {value!r}")
     return value
 
 
-def check_choice(name, key, value, choices):
+def check_choice(name, key, value, choices, error=ConfigError):
     if value not in choices:
-        raise ConfigError(f"{name}: expected {key} in {list(choices)}, found {value!r}")
+        raise error(f"{name}: expected {key} in {list(choices)}, found {value!r}")
     return value
 
 
-def check_bucket(name, value):
+def check_bucket(name, value, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
-        raise ConfigError(f"{name}: expected bucket_size a positive multiple of 8, found {value!r}")
+        raise error(f"{name}: expected bucket_size a positive multiple of 8, found {value!r}")
     return value
 
 
-def check_seed(name, value):
+def check_seed(name, value, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise ConfigError(f"{name}: expected integer seed in [0, 2**64), found {value!r}")
+        raise error(f"{name}: expected integer seed in [0, 2**64), found {value!r}")
     return value
 
 
-def check_bool(name, key, value):
+def check_bool(name, key, value, error=ConfigError):
     if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected {key} true or false, found {value!r}")
+        raise error(f"{name}: expected {key} true or false, found {value!r}")
     return value
 
 
-def check_nonneg_float(name, key, value):
+def check_nonneg_float(name, key, value, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)) or value < 0:
-        raise ConfigError(f"{name}: expected {key} >= 0, found {value!r}")
+        raise error(f"{name}: expected {key} >= 0, found {value!r}")
     return float(value)
 
 

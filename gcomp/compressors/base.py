@@ -11,7 +11,23 @@ declares:
   (see :meth:`Compressor.combine`), so an allreduce can sum them on the wire;
 * :meth:`Compressor.contraction`: ``delta`` with
   ``||x - C(x)||^2 <= (1 - delta) ||x||^2`` for every x, or ``None``;
-* :meth:`Compressor.max_payload_bytes`: an upper bound on the wire payload.
+* :meth:`Compressor.max_payload_bytes`: an upper bound on the wire payload;
+* ``codec``: its wire :class:`gcomp.compressors.codec.Codec` (None: not on the wire);
+* :meth:`Compressor.strategy`: a hypothesis strategy of valid parameters, for
+  :func:`gcomp.testing.compressor_configs` and the property battery.
+
+What the collective algorithms need to know is declared here too, never
+sniffed from names or types (docs/architecture.md):
+
+* ``identity``: the compressed form is the input itself (``none``): a plain
+  dense allreduce does the same work with no encoding;
+* ``linear`` with ``summable`` arrays: :meth:`Compressor.summands` gives the
+  arrays an allreduce sums (in the type they are summed in; their size is
+  bounded by :meth:`Compressor.summed_bytes`) and :meth:`Compressor.with_sums`
+  puts the sums back;
+* ``phased``: linear in phases rather than as a whole (PowerSGD):
+  :meth:`Compressor.phases` yields the arrays to sum, one per phase, receives
+  each sum, and returns the dense result.
 
 Randomness comes from the configured ``seed`` and the ``step`` and ``key``
 passed to :meth:`Compressor.compress` (see :func:`gcomp.kernels.random.derive_seed`),
@@ -147,6 +163,12 @@ class Compressor:
     fused_residual: ClassVar[bool] = False
     #: names of the arrays that :meth:`combine` sums for linear compressors
     summable: ClassVar[tuple] = ()
+    #: the compressed form is the float32 input itself: collectives send it densely
+    identity: ClassVar[bool] = False
+    #: linear in phases (see :meth:`phases`), not as a whole
+    phased: ClassVar[bool] = False
+    #: the wire codec (gcomp.compressors.codec.Codec); None: this compressor has no wire format
+    codec: ClassVar = None
 
     def __init__(self, **params):
         unknown = sorted(set(params) - set(self.params))
@@ -195,6 +217,31 @@ class Compressor:
     def max_payload_bytes(self, numel: int) -> int:
         """Upper bound on the encoded payload for a vector of ``numel`` elements."""
         raise NotImplementedError
+
+    @classmethod
+    def strategy(cls):
+        """A hypothesis strategy of valid parameter dicts (default: the defaults only)."""
+        from hypothesis import strategies as st
+
+        return st.just({})
+
+    # -- what the collectives use ---------------------------------------
+    def summands(self, c: "Compressed") -> dict:
+        """``{name: array}`` an allreduce sums for a linear compressor: fresh, writable, in the type summed on the wire."""
+        return {name: np.array(c.arrays[name], copy=True) for name in self.summable}
+
+    def summed_bytes(self, numel: int) -> int:
+        """Upper bound on the bytes of :meth:`summands` (what one rank's allreduce sums) for ``numel`` entries."""
+        return self.max_payload_bytes(numel)
+
+    def with_sums(self, c: "Compressed", sums: dict) -> "Compressed":
+        """``c`` with its summable arrays replaced by the summed :meth:`summands`."""
+        return dataclasses.replace(c, arrays={**c.arrays, **sums})
+
+    def phases(self, x: np.ndarray, key=0):
+        """Generator for ``phased`` compressors: yields float32 arrays to sum over ranks, is sent each sum,
+        and returns the dense result (the sum over ranks of what the inputs compress to)."""
+        raise NotImplementedError(f"compressor {self.name!r} is not phased")
 
     # -- work ----------------------------------------------------------
     def state_dict(self) -> dict:
@@ -266,6 +313,17 @@ class Compressor:
 
     def combine(self, items) -> Compressed:
         """Sum compressed forms as they are (linear compressors only)."""
+        items, first = self._combinable(items)
+        arrays = dict(first.arrays)
+        for name in self.summable:
+            total = first.arrays[name].astype(np.float32, copy=True)
+            for c in items[1:]:
+                total += c.arrays[name]
+            arrays[name] = total.astype(first.arrays[name].dtype, copy=False)
+        return dataclasses.replace(first, arrays=arrays)
+
+    def _combinable(self, items):
+        """``(items as a list, the first)`` after checking that they can be summed."""
         items = list(items)
         if not self.linear:
             raise ConfigError(f"compressor {self.name!r} is not linear: its compressed forms cannot be summed")
@@ -275,13 +333,7 @@ class Compressor:
         for c in items[1:]:
             if (c.codec, c.numel, c.count, c.params, c.seed) != (first.codec, first.numel, first.count, first.params, first.seed):
                 raise ConfigError("expected compressed forms of the same codec, size, parameters and seed to combine")
-        arrays = dict(first.arrays)
-        for name in self.summable:
-            total = first.arrays[name].astype(np.float32, copy=True)
-            for c in items[1:]:
-                total += c.arrays[name]
-            arrays[name] = total.astype(first.arrays[name].dtype, copy=False)
-        return dataclasses.replace(first, arrays=arrays)
+        return items, first
 
     def _compress(self, x: np.ndarray, *, step: int, seed: int) -> Compressed:
         if self.fused_residual:

@@ -1,8 +1,11 @@
 """``bf16``: cast to bfloat16 (round to nearest even), kept as uint16 bit patterns."""
 
+import dataclasses
+
 import numpy as np
 
 from .base import Compressed, Compressor
+from .codec import U16, Codec
 
 
 def to_bf16_bits(x):
@@ -24,7 +27,8 @@ class BF16(Compressor):
     name = "bf16"
     description = "cast to bfloat16: 2x smaller, float32's range, linear"
     linear = True
-    summable = ()  # summed in float32 by combine() below, then rounded once
+    codec = Codec(3, lambda n, count, p: [("values", U16, n)])
+    summable = ("values",)  # summed in float32 (bf16 has no portable wire sum), then rounded once
 
     def max_payload_bytes(self, numel):
         return 2 * numel
@@ -35,11 +39,17 @@ class BF16(Compressor):
     def _decompress(self, c):
         return from_bf16_bits(c.arrays["values"])
 
-    def combine(self, items):
-        import dataclasses
+    def summed_bytes(self, numel):
+        return 4 * numel
 
-        items = list(items)
-        first = super().combine(items)  # validates that the forms match
+    def summands(self, c):
+        return {"values": np.array(from_bf16_bits(c.arrays["values"]), copy=True)}
+
+    def with_sums(self, c, sums):
+        return super().with_sums(c, {"values": to_bf16_bits(sums["values"])})
+
+    def combine(self, items):
+        items, first = self._combinable(items)
         total = np.zeros(first.numel, np.float32)
         for c in items:
             total += from_bf16_bits(c.arrays["values"])

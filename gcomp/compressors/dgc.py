@@ -16,6 +16,7 @@ from ..kernels.error_feedback import ef_sampled_topk
 from ..kernels.sampled_topk import topk_sampled
 from ._params import check_int, check_ratio, check_seed, sparse_payload_bound
 from .base import as_flat_f32, count_from_ratio
+from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
 
@@ -23,6 +24,7 @@ class DGC(SparseCompressor):
     name = "dgc"
     description = "DGC sampled-threshold top-k with optional exponential density warm-up"
     randomized = True
+    codec = Codec(5, sparse_values, sparse=True)
     params = {
         "ratio": 0.001,
         "sample_fraction": 0.01,
@@ -39,6 +41,12 @@ class DGC(SparseCompressor):
         check_int(self.name, "warmup_steps", self.warmup_steps, 0)
         check_ratio(self.name, self.warmup_start, "warmup_start")
         check_seed(self.name, self.seed)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0), "seed": st.integers(0, 2**32), "warmup_steps": st.integers(0, 5)})
 
     def ratio_at(self, step):
         """The density used at ``step`` (exponential warm-up, then ``ratio``)."""

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .base import Compressed, Compressor
+from .codec import F16, Codec
 
 
 class FP16(Compressor):
@@ -11,6 +12,7 @@ class FP16(Compressor):
     linear = True
     summable = ("values",)
     wire_dtype = np.float16
+    codec = Codec(2, lambda n, count, p: [("values", F16, n)])
 
     def max_payload_bytes(self, numel):
         return 2 * numel

@@ -8,6 +8,7 @@ variance at most ``||x||^2 / 8``.  Non-finite entries decode to NaN.
 from ..kernels import natural as kn
 from ._params import check_seed, packed_bytes
 from .base import Compressed, Compressor
+from .codec import U8, Codec
 
 
 class Natural(Compressor):
@@ -16,10 +17,17 @@ class Natural(Compressor):
     unbiased = True
     randomized = True
     fused_residual = True
+    codec = Codec(12, lambda n, count, p: [("exponents", U8, n), ("signs", U8, packed_bytes(n, 1))])
     params = {"seed": 0}
 
     def _validate(self):
         check_seed(self.name, self.seed)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"seed": st.integers(0, 2**32)})
 
     def variance_bound(self, numel):
         return 1.0 / 8.0

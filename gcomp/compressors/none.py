@@ -3,6 +3,7 @@
 import numpy as np
 
 from .base import Compressed, Compressor
+from .codec import F32, Codec
 
 
 class NoCompression(Compressor):
@@ -11,6 +12,8 @@ class NoCompression(Compressor):
     linear = True
     unbiased = True
     summable = ("values",)
+    identity = True
+    codec = Codec(1, lambda n, count, p: [("values", F32, n)])
 
     def contraction(self, numel):
         return 1.0

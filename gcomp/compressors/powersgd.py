@@ -10,9 +10,9 @@ rank):
 3. ``Q' = M^T P_hat``  (linear in M: the collective sums Q');
 4. result ``P_hat Q'^T``; with ``warm_start`` Q' is kept per key for the next step.
 
-:meth:`PowerSGD.compress` runs the steps on one vector; collectives use
-:meth:`p_phase`, :meth:`q_phase` and :meth:`finish` so that both sums travel
-on an allreduce.  The compressor is *linear in its phases* (P and Q' are
+:meth:`PowerSGD.compress` runs the steps on one vector; collectives drive
+:meth:`PowerSGD.phases` (``p_phase``, ``q_phase``, ``finish``) so that both
+sums travel on an allreduce.  The compressor is *linear in its phases* (P and Q' are
 linear in M for a fixed Q and P_hat); its compressed form as a whole is not
 summable.  The Q memory is per key and saved by :meth:`state_dict`.
 """
@@ -21,10 +21,11 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError, StateError
+from ..errors import ConfigError, SizeError, StateError
 from ..kernels.random import derive_seed, uniform01_array
 from ._params import check_bool, check_int, check_seed
 from .base import Compressed, Compressor, key_to_int
+from .codec import F32, Codec
 
 _EPS = 1e-8
 
@@ -61,12 +62,32 @@ def orthonormalize(p):
     return p
 
 
+def _check_packet(numel, count, p):
+    rows, cols, rank = p["rows"], p["cols"], p["rank"]
+    if (rows, cols) != matrix_shape(numel):
+        raise SizeError(f"expected the matrix view {matrix_shape(numel)} of {numel} entries, found ({rows}, {cols})")
+    if numel and not 1 <= rank <= min(rows, cols, 1024):
+        raise SizeError(f"expected rank in [1, {min(rows, cols, 1024)}], found {rank}")
+    if not numel and rank:
+        raise SizeError(f"expected rank 0 for an empty vector, found {rank}")
+
+
+def _arrays(n, count, p):
+    return [("p", F32, p["rows"] * p["rank"]), ("q", F32, p["cols"] * p["rank"])]
+
+
+def _shape(name, length, p):
+    return (length // p["rank"], p["rank"]) if p["rank"] else (0, 0)
+
+
 class PowerSGD(Compressor):
     name = "powersgd"
     description = "rank-r PowerSGD with warm start; linear in its P and Q phases"
     randomized = True
     linear = True
+    phased = True
     params = {"rank": 4, "warm_start": True, "seed": 0}
+    codec = Codec(13, _arrays, ("rows", "cols", "rank"), _check_packet, shape=_shape)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -130,6 +151,18 @@ class PowerSGD(Compressor):
             return np.ascontiguousarray(dense)
         out[:] = dense
         return out
+
+    def phases(self, x, key=0):
+        """Yield ``P`` (receive its sum), yield ``Q'`` (receive its sum), return the dense ``P_hat Q_sum^T``."""
+        p_sum = yield self.p_phase(x, key)
+        q_sum = yield self.q_phase(x, p_sum, key)
+        return self.finish(q_sum, x.shape[0], key)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"rank": st.integers(1, 8), "seed": st.integers(0, 2**32), "warm_start": st.booleans()})
 
     # -- one vector ----------------------------------------------------
     def _compress(self, x, *, step, seed):

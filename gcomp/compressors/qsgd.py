@@ -7,9 +7,27 @@ with variance ``E||Q(x) - x||^2 <= min(d / s^2, sqrt(d) / s) ||x||^2`` for
 ``d = bucket_size`` and ``s = levels``.
 """
 
+from ..errors import ConfigError, SizeError
 from ..kernels import qsgd as kq
 from ._params import check_bucket, check_int, check_seed, nbuckets, packed_bytes
 from .base import Compressed, Compressor
+from .codec import F32, U8, Codec
+
+
+def _rules(levels, bucket_size, error):
+    check_bucket("qsgd", bucket_size, error)
+    check_int("qsgd", "levels", levels, 1, 127, error)
+
+
+def _check_packet(numel, count, p):
+    _rules(p["levels"], p["bucket_size"], SizeError)
+    want = kq.qsgd_code_bits(p["levels"])
+    if p["bits"] != want:
+        raise SizeError(f"expected {want} code bits for {p['levels']} levels, found {p['bits']}")
+
+
+def _arrays(n, count, p):
+    return [("codes", U8, packed_bytes(n, p["bits"])), ("norms", F32, nbuckets(n, p["bucket_size"]))]
 
 
 class QSGD(Compressor):
@@ -19,11 +37,18 @@ class QSGD(Compressor):
     randomized = True
     fused_residual = True
     params = {"levels": 4, "bucket_size": 512, "seed": 0}
+    codec = Codec(8, _arrays, ("levels", "bucket_size", "bits"), _check_packet)
 
     def _validate(self):
-        check_int(self.name, "levels", self.levels, 1, 127)
-        check_bucket(self.name, self.bucket_size)
+        _rules(self.levels, self.bucket_size, ConfigError)
         check_seed(self.name, self.seed)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"levels": st.integers(1, 127),
+                                      "bucket_size": st.sampled_from([8, 64, 128, 512]), "seed": st.integers(0, 2**32)})
 
     @property
     def bits(self):

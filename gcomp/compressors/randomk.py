@@ -13,6 +13,7 @@ from ..kernels import scatter
 from ..kernels.randomk import randomk_indices
 from ._params import check_bool, check_ratio, check_seed
 from .base import Compressed, count_from_ratio
+from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
 
@@ -22,12 +23,20 @@ class RandomK(SparseCompressor):
     randomized = True
     linear = True
     summable = ("values",)
+    #: the indices are not sent: every receiver regenerates them from (numel, count, seed)
+    codec = Codec(6, sparse_values, regenerate_indices=randomk_indices)
     params = {"ratio": 0.01, "rescale": True, "seed": 0}
 
     def _validate(self):
         check_ratio(self.name, self.ratio)
         check_bool(self.name, "rescale", self.rescale)
         check_seed(self.name, self.seed)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0), "seed": st.integers(0, 2**32), "rescale": st.booleans()})
 
     @property
     def unbiased(self):

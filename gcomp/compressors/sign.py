@@ -5,19 +5,36 @@ Biased; with error feedback it converges like SGD.  A contraction with
 ``delta = ||x||_1^2 / (d ||x||_2^2) >= 1 / d`` per bucket of d entries.
 """
 
+from ..errors import SizeError
 from ..kernels import sign as ks
 from ._params import check_bucket, nbuckets, packed_bytes
 from .base import Compressed, Compressor
+from .codec import F32, U8, Codec
+
+
+def _check_packet(numel, count, p):
+    check_bucket("sign", p["bucket_size"], SizeError)
+
+
+def _arrays(n, count, p):
+    return [("codes", U8, packed_bytes(n, 1)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
 
 
 class Sign(Compressor):
     name = "sign"
     description = "scaled sign: 1 bit per entry plus the mean |x| per bucket (EF-signSGD)"
     fused_residual = True
+    codec = Codec(10, _arrays, ("bucket_size",), _check_packet)
     params = {"bucket_size": 512}
 
     def _validate(self):
         check_bucket(self.name, self.bucket_size)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"bucket_size": st.sampled_from([8, 64, 128, 512])})
 
     def contraction(self, numel):
         return 1.0 / max(1, min(self.bucket_size, numel))

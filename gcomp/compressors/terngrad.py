@@ -4,9 +4,19 @@ Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
 ``s = max |x|`` over its bucket, else as 0.  Codes take 2 bits.
 """
 
+from ..errors import SizeError
 from ..kernels import terngrad as kt
 from ._params import check_bucket, check_seed, nbuckets, packed_bytes
 from .base import Compressed, Compressor
+from .codec import F32, U8, Codec
+
+
+def _check_packet(numel, count, p):
+    check_bucket("terngrad", p["bucket_size"], SizeError)
+
+
+def _arrays(n, count, p):
+    return [("codes", U8, packed_bytes(n, 2)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
 
 
 class TernGrad(Compressor):
@@ -15,11 +25,18 @@ class TernGrad(Compressor):
     unbiased = True
     randomized = True
     fused_residual = True
+    codec = Codec(11, _arrays, ("bucket_size",), _check_packet)
     params = {"bucket_size": 512, "seed": 0}
 
     def _validate(self):
         check_bucket(self.name, self.bucket_size)
         check_seed(self.name, self.seed)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"bucket_size": st.sampled_from([8, 64, 128, 512]), "seed": st.integers(0, 2**32)})
 
     def max_payload_bytes(self, numel):
         return packed_bytes(numel, 2) + 4 * nbuckets(numel, self.bucket_size)

@@ -6,6 +6,7 @@ whatever passes).  Decoding does not need ``tau``.
 
 from ..kernels.threshold import threshold_select
 from ._params import check_nonneg_float, sparse_payload_bound
+from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
 
@@ -13,9 +14,16 @@ class Threshold(SparseCompressor):
     name = "threshold"
     description = "every entry with |x| >= tau (variable count)"
     params = {"tau": 1e-3}
+    codec = Codec(7, sparse_values, sparse=True)
 
     def _validate(self):
         check_nonneg_float(self.name, "tau", self.tau)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"tau": st.floats(0.0, 3.0)})
 
     def contraction(self, numel):
         return None  # nothing may pass the threshold

@@ -7,6 +7,7 @@ from ..kernels.error_feedback import ef_topk
 from ..kernels.topk import topk_exact
 from ._params import check_ratio, sparse_payload_bound
 from .base import Compressed, Compressor, count_from_ratio
+from .codec import Codec, sparse_values
 
 
 def sparse_decompress(c):
@@ -45,11 +46,18 @@ class SparseCompressor(Compressor):
 class TopK(SparseCompressor):
     name = "topk"
     description = "exact top-k by magnitude (O(n) radix select), k = ceil(ratio * n)"
+    codec = Codec(4, sparse_values, sparse=True)
     fused_residual = True
     params = {"ratio": 0.01}
 
     def _validate(self):
         check_ratio(self.name, self.ratio)
+
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0)})
 
     def k(self, numel):
         return count_from_ratio(numel, self.ratio)

@@ -6,9 +6,34 @@ bucket; ``mode="absmax"`` is symmetric around zero.  ``rounding="nearest"``
 is deterministic; ``rounding="stochastic"`` is unbiased.
 """
 
+from ..errors import ConfigError, SizeError
 from ..kernels import uniform as ku
 from ._params import check_bucket, check_choice, check_seed, nbuckets, packed_bytes
 from .base import Compressed, Compressor
+from .codec import F32, U8, Codec
+
+MODES = ("maxmin", "absmax")
+ROUNDINGS = ("nearest", "stochastic")
+
+
+def _rules(bits, bucket_size, mode, rounding, error):
+    check_choice("uniform", "bits", bits, (1, 2, 4, 8), error)
+    check_bucket("uniform", bucket_size, error)
+    check_choice("uniform", "mode", mode, MODES, error)
+    check_choice("uniform", "rounding", rounding, ROUNDINGS, error)
+    if mode == "absmax" and bits == 1:
+        raise error("uniform: mode='absmax' (abs-max) needs bits in [2, 4, 8] (one bit has no zero level); use mode='maxmin' or sign")
+
+
+def _check_packet(numel, count, p):
+    if p["mode"] not in (0, 1) or p["stochastic"] not in (0, 1):
+        raise SizeError(f"expected uniform mode 0/1 and stochastic 0/1, found {p['mode']}, {p['stochastic']}")
+    _rules(p["bits"], p["bucket_size"], MODES[p["mode"]], ROUNDINGS[p["stochastic"]], SizeError)
+
+
+def _arrays(n, count, p):
+    buckets = nbuckets(n, p["bucket_size"])
+    return [("codes", U8, packed_bytes(n, p["bits"])), ("scales", F32, buckets), ("offsets", F32, buckets)]
 
 
 class Uniform(Compressor):
@@ -16,17 +41,19 @@ class Uniform(Compressor):
     description = "bucketed max-min or abs-max quantization to 8/4/2/1 bits, nearest or stochastic rounding"
     fused_residual = True
     params = {"bits": 8, "bucket_size": 512, "mode": "maxmin", "rounding": "nearest", "seed": 0}
+    codec = Codec(9, _arrays, ("bits", "bucket_size", "mode", "stochastic"), _check_packet)
 
     def _validate(self):
-        check_choice(self.name, "bits", self.bits, (1, 2, 4, 8))
-        check_bucket(self.name, self.bucket_size)
-        check_choice(self.name, "mode", self.mode, ("maxmin", "absmax"))
-        check_choice(self.name, "rounding", self.rounding, ("nearest", "stochastic"))
+        _rules(self.bits, self.bucket_size, self.mode, self.rounding, ConfigError)
         check_seed(self.name, self.seed)
-        if self.mode == "absmax" and self.bits == 1:
-            from ..errors import ConfigError
 
-            raise ConfigError("uniform: mode='absmax' needs bits in [2, 4, 8] (one bit has no zero level); use mode='maxmin' or sign")
+    @classmethod
+    def strategy(cls):
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"bits": st.sampled_from([2, 4, 8]), "bucket_size": st.sampled_from([8, 64, 128, 512]),
+                                      "mode": st.sampled_from(MODES), "rounding": st.sampled_from(ROUNDINGS),
+                                      "seed": st.integers(0, 2**32)})
 
     @property
     def unbiased(self):
@@ -40,7 +67,7 @@ class Uniform(Compressor):
         return packed_bytes(numel, self.bits) + 8 * nbuckets(numel, self.bucket_size)
 
     def _params_dict(self):
-        return {"bits": self.bits, "bucket_size": self.bucket_size, "mode": ("maxmin", "absmax").index(self.mode),
+        return {"bits": self.bits, "bucket_size": self.bucket_size, "mode": MODES.index(self.mode),
                 "stochastic": int(self.rounding == "stochastic")}
 
     def _encode(self, x, seed, residual=None):

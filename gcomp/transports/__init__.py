@@ -1,4 +1,9 @@
-"""Transports: how collective algorithms move bytes (torch.distributed, mpi4py, in-process)."""
+"""Transports: how collective algorithms move bytes (torch.distributed, mpi4py, in-process).
+
+Collectives (allreduce_, allgatherv, alltoallv, broadcast_, barrier), a
+counted point-to-point ``exchange``, and group management (``split``,
+``split_by_node``, ``free``); see :mod:`gcomp.transports.base`.
+"""
 
 from .base import ByteCounter, Transport
 from .local import LocalGroup, LocalTransport, run_local

@@ -1,7 +1,8 @@
 """The small Transport interface every collective algorithm is written against.
 
 A transport moves numpy buffers between the ranks of one group.  It offers
-four operations (all blocking, all called by every rank in the same order):
+four collective operations (all blocking, all called by every rank in the
+same order):
 
 * :meth:`Transport.allreduce_` - in-place elementwise sum (float16/32/64, int64);
 * :meth:`Transport.allgatherv` - every rank gets every rank's byte buffer
@@ -10,17 +11,48 @@ four operations (all blocking, all called by every rank in the same order):
   receives one buffer from each rank (sizes may differ);
 * :meth:`Transport.broadcast_` - copy root's buffer to every rank.
 
+one point-to-point operation, called only by the ranks involved:
+
+* :meth:`Transport.exchange` - send ``sends[peer]`` to each listed peer and
+  receive one buffer from each rank in ``recv_from`` (sizes may differ per
+  pair: they are exchanged first).  The caller's contract: every send a -> b
+  is matched by b listing a in its ``recv_from`` (and vice versa), and every
+  pair of ranks calls its exchanges in the same order;
+
+and the group management the algorithms need (collective over the transport,
+not counted: they are setup, not traffic):
+
+* :meth:`Transport.split` - a transport over the ranks with the same color,
+  ordered by (key, rank); ``color=None`` opts out and gets ``None``;
+* :meth:`Transport.split_by_node` - a transport over the ranks on this host;
+* :meth:`Transport.free` - release what a transport owns.  A transport
+  returned by ``split``/``split_by_node`` owns its communicator (MPI frees it;
+  torch process groups live until ``destroy_process_group``; local groups are
+  plain objects); a transport built by the caller around the caller's
+  communicator or group never frees it.
+
 Byte counters (``bytes_sent`` / ``bytes_received``) follow one documented
 model so that algorithms can be compared: a ring allreduce of S bytes sends
 and receives ``2 (P - 1) / P * S``; allgatherv sends its own buffer to the
 ``P - 1`` others and receives theirs; alltoallv sends ``chunks[j]`` for every
-``j != rank``; the size exchanges count 8 bytes per peer.  Nothing about
-compression lives here.
+``j != rank``; broadcast counts ``(P - 1) S`` sent at the root and ``S``
+received elsewhere; exchange counts the buffers it sends and receives; the
+size exchanges count 8 bytes per peer (allgatherv and alltoallv: ``8 (P - 1)``
+each way; exchange: ``8 * len(sends)`` sent and ``8 * len(recv_from)``
+received).  Nothing about compression lives here.
 """
+
+import socket
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["Transport", "ByteCounter"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_BAD_COLOR, _BAD_KEY = 1, 2
 
 
 class ByteCounter:
@@ -98,12 +130,80 @@ class Transport:
             self._broadcast(array, root)
         return array
 
+    def exchange(self, sends: Mapping, recv_from: Iterable) -> dict:
+        """Point-to-point: send ``sends[peer]`` to each peer, receive one buffer from each rank in ``recv_from``.
+
+        ``sends`` maps a peer rank to a 1-D numpy array (any dtype, sent as its
+        bytes) or a bytes-like object; sizes may differ per pair (each pair's
+        size travels first, 8 bytes).  Returns ``{peer: uint8 array}`` for
+        every peer in ``recv_from``, in that order; the arrays are writable
+        copies owned by the caller.
+
+        Not collective: only the ranks involved call it.  The caller's
+        contract is that every send a -> b is matched by b listing a in its
+        ``recv_from`` (and every receive by a send), and that two ranks call
+        their exchanges with each other in the same order; a receive that is
+        never matched blocks until the transport's timeout.
+
+        Peers are checked before anything moves: each must be an int in
+        ``[0, size)`` other than this rank (ValueError naming it), and
+        ``recv_from`` must not repeat a rank.  Counted as documented in the
+        module docstring: ``bytes_sent`` grows by the bytes sent plus
+        ``8 * len(sends)``, ``bytes_received`` by the bytes received plus
+        ``8 * len(recv_from)``.
+        """
+        if not isinstance(sends, Mapping):
+            raise TypeError(f"expected sends to be a mapping peer -> buffer, found {type(sends).__name__}")
+        if isinstance(recv_from, (str, bytes)) or not isinstance(recv_from, Iterable):
+            raise TypeError(f"expected recv_from to be an iterable of ranks, found {type(recv_from).__name__}")
+        buffers = {}
+        for peer, buf in sends.items():
+            buffers[self._check_peer(peer, "send to")] = _as_bytes(buf)
+        sources = []
+        for peer in recv_from:
+            peer = self._check_peer(peer, "receive from")
+            if peer in sources:
+                raise ValueError(f"exchange: rank {peer} appears more than once in recv_from (expected distinct ranks)")
+            sources.append(peer)
+        if not buffers and not sources:
+            return {}
+        out = self._exchange(buffers, sources)
+        out = {peer: out[peer] for peer in sources}
+        self.counter.add(sum(b.nbytes for b in buffers.values()) + 8 * len(buffers),
+                         sum(b.nbytes for b in out.values()) + 8 * len(sources))
+        return out
+
     def barrier(self):
         self._barrier()
 
-    def split(self, color: int, key: int | None = None) -> "Transport":
-        """A transport over the ranks with the same ``color`` (collective over this transport)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot split")
+    # -- groups (collective over this transport, not counted) ----------------
+    def split(self, color: int | None, key: int | None = None) -> "Transport | None":
+        """A transport over the ranks that pass the same ``color``, ordered by ``(key, rank)``.
+
+        Collective over this transport: every rank calls it.  ``color`` is a
+        non-negative int, or ``None`` for "not a member" (that rank gets
+        ``None`` back); ``key`` is an int (default: this rank).  Every rank
+        raises :class:`~gcomp.errors.ConfigError` if any rank passes an
+        invalid color or key (the values are gathered first, so no rank is
+        left waiting).  The new transport owns its group: see :meth:`free`.
+        """
+        if type(self)._split is Transport._split:
+            raise NotImplementedError(f"{type(self).__name__} cannot split")
+        entries = self._split_entries(color, key)
+        return self._split(entries)
+
+    def split_by_node(self) -> "Transport":
+        """A transport over the ranks on this host (collective; ordered by rank).
+
+        Generic version: every rank's ``socket.gethostname()`` is gathered and
+        each rank takes the lowest rank with the same hostname as its color.
+        """
+        host = np.frombuffer(socket.gethostname().encode(), np.uint8)
+        hosts = [bytes(b) for b in (self._allgatherv(host.copy()) if self.size > 1 else [host])]
+        return self.split(hosts.index(hosts[self.rank]), key=self.rank)
+
+    def free(self):
+        """Release what this transport owns (see the module docstring); a no-op unless a subclass owns something."""
 
     # -- primitives ---------------------------------------------------------
     def _allreduce(self, array):
@@ -120,6 +220,65 @@ class Transport:
 
     def _barrier(self):
         raise NotImplementedError
+
+    def _exchange(self, sends: dict, recv_from: list) -> dict:
+        """``sends``: {peer: uint8 array}, ``recv_from``: distinct peers; returns {peer: owned uint8 array}."""
+        raise NotImplementedError(f"{type(self).__name__} has no point-to-point exchange")
+
+    def _split(self, entries: list):
+        """``entries[r]`` is rank r's ``(color or None, key)``, validated; returns a transport or None."""
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------
+    def _check_peer(self, peer, what):
+        if isinstance(peer, (bool, np.bool_)) or not isinstance(peer, (int, np.integer)):
+            raise ValueError(f"exchange: cannot {what} peer {peer!r}: expected an int rank in [0, {self.size})")
+        peer = int(peer)
+        if not 0 <= peer < self.size:
+            raise ValueError(f"exchange: cannot {what} peer {peer}: expected a rank in [0, {self.size})")
+        if peer == self.rank:
+            raise ValueError(f"exchange: cannot {what} peer {peer}: that is this rank (expected another rank)")
+        return peer
+
+    def _split_entries(self, color, key):
+        """Every rank's validated ``(color, key)`` (gathered with the uncounted ``_allgatherv``)."""
+        flags = 0
+        if color is None:
+            code = -1
+        elif _is_int(color) and 0 <= int(color) <= _INT64_MAX:
+            code = int(color)
+        else:
+            code, flags = -1, flags | _BAD_COLOR
+        if key is None:
+            key_code = self.rank
+        elif _is_int(key) and _INT64_MIN <= int(key) <= _INT64_MAX:
+            key_code = int(key)
+        else:
+            key_code, flags = 0, flags | _BAD_KEY
+        mine = np.array([code, key_code, flags], np.int64)
+        if self.size > 1:
+            rows = [np.frombuffer(b.tobytes(), np.int64) for b in self._allgatherv(mine.view(np.uint8))]
+        else:
+            rows = [mine]
+        bad = [r for r, row in enumerate(rows) if row[2]]
+        if bad:
+            own = ""
+            if flags & _BAD_COLOR:
+                own += f" (this rank's color: {color!r})"
+            if flags & _BAD_KEY:
+                own += f" (this rank's key: {key!r})"
+            raise ConfigError(f"split: expected every rank's color to be a non-negative int or None and its key an "
+                              f"int or None; rank(s) {bad} passed something else{own}")
+        return [(None if row[0] < 0 else int(row[0]), int(row[1])) for row in rows]
+
+
+def split_members(entries, color):
+    """The ranks whose color is ``color``, ordered by (key, rank)."""
+    return [r for _, r in sorted((k, r) for r, (c, k) in enumerate(entries) if c == color)]
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _as_bytes(data):

@@ -1,14 +1,20 @@
 """An in-process transport: P threads of one process form a group (fast unit tests).
 
 ``LocalGroup(P).transports()`` gives one :class:`LocalTransport` per rank; run
-each rank's code in its own thread (see :func:`run_local`).  Every operation
+each rank's code in its own thread (see :func:`run_local`).  Every collective
 copies through a shared slot table between two barriers, so the semantics
-(and the byte counters) match the real transports.
+(and the byte counters) match the real transports.  :meth:`Transport.exchange`
+is truly point-to-point: one FIFO queue per (source, destination) pair, a
+receive waits at most the group's ``timeout`` and then raises
+:class:`~gcomp.errors.CollectiveError`.
 """
 
+import queue
 import threading
+import time
 
-from .base import Transport
+from ..errors import CollectiveError
+from .base import Transport, split_members
 
 __all__ = ["LocalGroup", "LocalTransport", "run_local"]
 
@@ -21,6 +27,8 @@ class LocalGroup:
         self.timeout = timeout
         self._barrier = threading.Barrier(size, timeout=timeout)
         self._slots = [None] * size
+        self._queues = {}
+        self._queues_lock = threading.Lock()
 
     def transports(self):
         return [LocalTransport(self, r) for r in range(self.size)]
@@ -32,6 +40,14 @@ class LocalGroup:
         values = list(self._slots)
         self._barrier.wait()
         return values
+
+    def queue(self, src, dst):
+        """The FIFO of buffers sent by rank ``src`` to rank ``dst`` (point-to-point)."""
+        with self._queues_lock:
+            q = self._queues.get((src, dst))
+            if q is None:
+                q = self._queues[(src, dst)] = queue.SimpleQueue()
+            return q
 
 
 class LocalTransport(Transport):
@@ -65,21 +81,33 @@ class LocalTransport(Transport):
     def _barrier(self):
         self.group.exchange(self.rank, None)
 
-    def split(self, color, key=None):
-        key = self.rank if key is None else key
-        entries = self.group.exchange(self.rank, (color, key, self.rank))
+    def _exchange(self, sends, recv_from):
+        for peer, buf in sends.items():
+            self.group.queue(self.rank, peer).put(buf.copy())
+        deadline = time.monotonic() + self.group.timeout
+        out = {}
+        for peer in recv_from:
+            try:
+                out[peer] = self.group.queue(peer, self.rank).get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise CollectiveError(
+                    f"exchange: rank {self.rank} waited {self.group.timeout} s for a buffer from rank {peer} and none "
+                    f"came; expected rank {peer} to list rank {self.rank} in its sends (a peer failed or the exchange "
+                    f"patterns do not match)") from None
+        return out
+
+    def _split(self, entries):
+        color = entries[self.rank][0]
+        # rank 0 builds one LocalGroup per color and hands them out through the slot table
+        groups = None
         if self.rank == 0:
             groups = {}
-            for c, _, _ in entries:
-                if c not in groups:
-                    groups[c] = LocalGroup(sum(1 for e in entries if e[0] == c), self.group.timeout)
-            self.group._split_groups = groups
-        self._barrier()
-        members = sorted((k, r) for c, k, r in entries if c == color)
-        new_rank = [r for _, r in members].index(self.rank)
-        group = self.group._split_groups[color]
-        self._barrier()
-        return LocalTransport(group, new_rank)
+            for c in sorted({c for c, _ in entries if c is not None}):
+                groups[c] = LocalGroup(len(split_members(entries, c)), self.group.timeout)
+        groups = self.group.exchange(self.rank, groups)[0]
+        if color is None:
+            return None
+        return LocalTransport(groups[color], split_members(entries, color).index(self.rank))
 
 
 def run_local(size, fn, *args, timeout=60.0):
@@ -109,5 +137,3 @@ def run_local(size, fn, *args, timeout=60.0):
     if any(e is not None for e in errors):
         raise next(e for e in errors if e is not None)
     return results
-
-

@@ -1,17 +1,28 @@
 """Transport over an mpi4py communicator, using only the buffer (uppercase) methods.
 
 Allreduce, Allgather/Allgatherv, Alltoall/Alltoallv and Bcast on numpy
-buffers: nothing is ever pickled (mpi4py's lowercase methods pickle; they are
-never called).  float16 sums use MPICH's ``MPIX_C_FLOAT16`` where the MPI
-library offers it, else they are summed in float32.
+buffers, and Isend/Irecv + Waitall for :meth:`Transport.exchange` (an int64
+size, then the bytes as ``MPI.BYTE``, both on tag :data:`EXCHANGE_TAG`):
+nothing is ever pickled (mpi4py's lowercase methods pickle; they are never
+called).  float16 sums use MPICH's ``MPIX_C_FLOAT16`` where the MPI library
+offers it, else they are summed in float32.
+
+Ownership: ``MPITransport(comm)`` never frees the caller's ``comm``; the
+transports returned by :meth:`~MPITransport.split` and
+:meth:`~MPITransport.split_by_node` own their new communicator and
+:meth:`~MPITransport.free` frees it (collective over that communicator, as
+``MPI_Comm_free`` is).
 """
 
 import numpy as np
 from mpi4py import MPI
 
-from .base import Transport
+from .base import Transport, split_members
 
-__all__ = ["MPITransport"]
+__all__ = ["MPITransport", "EXCHANGE_TAG"]
+
+#: the tag of exchange's point-to-point messages (sizes and payloads; MPI keeps each pair's messages in order)
+EXCHANGE_TAG = 26467
 
 
 def _float16_sum_supported(comm):
@@ -29,9 +40,10 @@ def _float16_sum_supported(comm):
 class MPITransport(Transport):
     name = "mpi"
 
-    def __init__(self, comm):
+    def __init__(self, comm, *, owns_comm=False):
         super().__init__()
         self.comm = comm
+        self.owns_comm = owns_comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._f16 = None
@@ -79,6 +91,37 @@ class MPITransport(Transport):
     def _barrier(self):
         self.comm.Barrier()
 
-    def split(self, color, key=None):
-        sub = self.comm.Split(color, self.rank if key is None else key)
-        return MPITransport(sub)
+    def _exchange(self, sends, recv_from):
+        comm, tag = self.comm, EXCHANGE_TAG
+        in_sizes = {peer: np.zeros(1, np.int64) for peer in recv_from}
+        out_sizes = {peer: np.array([buf.nbytes], np.int64) for peer, buf in sends.items()}
+        requests = [comm.Irecv([in_sizes[peer], MPI.INT64_T], source=peer, tag=tag) for peer in recv_from]
+        requests += [comm.Isend([out_sizes[peer], MPI.INT64_T], dest=peer, tag=tag) for peer in sends]
+        MPI.Request.Waitall(requests)
+        out = {peer: np.empty(int(in_sizes[peer][0]), np.uint8) for peer in recv_from}
+        # empty payloads are not sent: both sides know the size is 0
+        requests = [comm.Irecv([out[peer], MPI.BYTE], source=peer, tag=tag) for peer in recv_from if out[peer].nbytes]
+        requests += [comm.Isend([buf, MPI.BYTE], dest=peer, tag=tag) for peer, buf in sends.items() if buf.nbytes]
+        MPI.Request.Waitall(requests)
+        return out
+
+    def _split(self, entries):
+        # Colors and keys were gathered and checked by the base class; MPI gets dense colors (C ints) and each
+        # rank's position in its (key, rank) order as the key, so int64 keys and colors work too.
+        color = entries[self.rank][0]
+        colors = sorted({c for c, _ in entries if c is not None})
+        if color is None:
+            self.comm.Split(MPI.UNDEFINED, 0)  # returns MPI.COMM_NULL: nothing to free
+            return None
+        sub = self.comm.Split(colors.index(color), split_members(entries, color).index(self.rank))
+        return MPITransport(sub, owns_comm=True)
+
+    def split_by_node(self):
+        """The ranks that share memory with this one (``Split_type(COMM_TYPE_SHARED)``), ordered by rank."""
+        return MPITransport(self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank), owns_comm=True)
+
+    def free(self):
+        """Free the communicator if this transport owns it (one from split/split_by_node); idempotent."""
+        if self.owns_comm and self.comm != MPI.COMM_NULL:
+            self.comm.Free()
+        self.owns_comm = False

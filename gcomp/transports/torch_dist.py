@@ -3,30 +3,67 @@
 Buffers are numpy arrays shared with CPU tensors through ``torch.from_numpy``
 (no copies).  Uneven allgather and alltoall exchange sizes first and pad to
 the largest (gloo has no uneven allgather).
+
+:meth:`~gcomp.transports.Transport.exchange` uses ``dist.batch_isend_irecv``
+on the transport's group: one batch of int64 sizes (tag :data:`SIZE_TAG`),
+waited for, then one batch of the non-empty payloads (tag :data:`DATA_TAG`).
+Peers are addressed by their global rank (``dist.get_global_rank``).  A
+receive waits at most the group's timeout; gloo's error (a timeout, a peer
+that closed its connection) is raised as :class:`~gcomp.errors.CollectiveError`,
+after which the group should be considered broken.
+
+:meth:`~TorchTransport.split` gathers every rank's (color, key) through the
+transport and creates one gloo group per color with ``dist.new_group``, its
+ranks in (key, rank) order (``sort_ranks=False``), passing the transport's
+``timeout``.  torch requires every rank of the default group to call
+``new_group`` for every group, so when the transport spans the whole world
+every rank creates every color's group in ascending color order.  When it
+spans only part of the world (the ranks outside never call ``split``) the
+members create only their own group with ``use_local_synchronization=True``.
+torch then names the group from its ranks and the number of groups each
+process knows, so the members must know equally many groups (true when
+they all took part in the same splits); if they do not, every member raises
+:class:`~gcomp.errors.ConfigError` instead of hanging.  Process groups are
+never destroyed here (``free`` is a no-op: destroying one would change that
+count on some ranks only); they live until ``destroy_process_group()``.
 """
+
+import datetime
+import inspect
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .base import Transport
+from ..errors import CollectiveError, ConfigError
+from .base import Transport, split_members
 
-__all__ = ["TorchTransport"]
+__all__ = ["TorchTransport", "SIZE_TAG", "DATA_TAG"]
 
 # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns).
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+#: tags of exchange's point-to-point messages: the int64 sizes, then the payloads
+SIZE_TAG, DATA_TAG = 26467, 26468
+
+_SORT_RANKS = "sort_ranks" in inspect.signature(dist.new_group).parameters
 
 
 class TorchTransport(Transport):
     name = "torch"
 
-    def __init__(self, group=None):
+    def __init__(self, group=None, timeout=None):
+        """``group``: the process group (None: the default one); ``timeout`` (seconds or a timedelta) for the
+        groups :meth:`split` creates (None: torch's default)."""
         super().__init__()
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("expected torch.distributed to be initialised (dist.init_process_group) before use")
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
+        if timeout is not None and not isinstance(timeout, datetime.timedelta):
+            timeout = datetime.timedelta(seconds=float(timeout))
+        self.timeout = timeout
 
     def _allreduce(self, array):
         t = torch.from_numpy(array)
@@ -70,3 +107,74 @@ class TorchTransport(Transport):
 
     def _barrier(self):
         dist.barrier(group=self.group)
+
+    # -- point-to-point ---------------------------------------------------------
+    def _global(self, rank):
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def _p2p(self, sends, recvs, tag):
+        sends, recvs = list(sends), list(recvs)
+        ops = [dist.P2POp(dist.irecv, t, self._global(peer), group=self.group, tag=tag) for peer, t in recvs]
+        ops += [dist.P2POp(dist.isend, t, self._global(peer), group=self.group, tag=tag) for peer, t in sends]
+        if not ops:
+            return
+        try:
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
+        except RuntimeError as exc:  # gloo: a recv that timed out, or a peer that died
+            raise CollectiveError(f"exchange: rank {self.rank} failed sending to {[p for p, _ in sends]} / receiving "
+                                  f"from {[p for p, _ in recvs]}: {exc}; expected every send a -> b to be matched by "
+                                  f"b listing a in recv_from (a peer failed, or the patterns do not match)") from exc
+
+    def _exchange(self, sends, recv_from):
+        in_sizes = {peer: torch.zeros(1, dtype=torch.int64) for peer in recv_from}
+        out_sizes = {peer: torch.tensor([buf.nbytes], dtype=torch.int64) for peer, buf in sends.items()}
+        self._p2p(out_sizes.items(), in_sizes.items(), SIZE_TAG)
+        out = {peer: torch.empty(int(in_sizes[peer][0]), dtype=torch.uint8) for peer in recv_from}
+        # empty payloads are not sent: both sides know the size is 0
+        payloads = [(peer, torch.from_numpy(buf if buf.flags.writeable else buf.copy()))
+                    for peer, buf in sends.items() if buf.nbytes]
+        self._p2p(payloads, [(peer, t) for peer, t in out.items() if t.numel()], DATA_TAG)
+        return {peer: t.numpy() for peer, t in out.items()}
+
+    # -- groups -------------------------------------------------------------------
+    def _split(self, entries):
+        color = entries[self.rank][0]
+        colors = sorted({c for c, _ in entries if c is not None})
+        ranks = {c: [self._global(r) for r in split_members(entries, c)] for c in colors}
+        if not _SORT_RANKS:
+            unordered = [c for c in colors if ranks[c] != sorted(ranks[c])]
+            if unordered:
+                raise ConfigError(f"split: color(s) {unordered} order their ranks by key differently from rank order, "
+                                  f"and this torch ({torch.__version__}) has no new_group(sort_ranks=False); "
+                                  "expected keys in rank order or a torch with sort_ranks")
+        kwargs = {"backend": "gloo"}
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        if _SORT_RANKS:
+            kwargs["sort_ranks"] = False
+        if self.size == dist.get_world_size():
+            # every rank of the default group is here: all of them create every group, in the same order
+            mine = None
+            for c in colors:
+                pg = dist.new_group(ranks=ranks[c], **kwargs)
+                if c == color:
+                    mine = pg
+        else:
+            self._check_group_names()
+            if color is None:
+                return None
+            mine = dist.new_group(ranks=ranks[color], use_local_synchronization=True, **kwargs)
+        return None if color is None else TorchTransport(mine, timeout=self.timeout)
+
+    def _check_group_names(self):
+        # torch names a locally synchronised group after its ranks and len(_world.pg_names) on each member
+        world = getattr(getattr(dist, "distributed_c10d", None), "_world", None)
+        known = len(world.pg_names) if world is not None and hasattr(world, "pg_names") else -1
+        mine = np.array([known], np.int64)
+        counts = [int(np.frombuffer(b.tobytes(), np.int64)[0]) for b in self._allgatherv(mine.view(np.uint8))]
+        if -1 not in counts and len(set(counts)) > 1:
+            raise ConfigError(f"split: this transport spans part of the world, so torch must name the new groups "
+                              f"locally, from the number of process groups each member knows; its ranks know "
+                              f"{counts} groups, which would give different names and hang.  Expected the members "
+                              f"to have taken part in the same splits; split a transport over the whole world instead")

@@ -87,22 +87,16 @@ def test_error_feedback_per_key(n, check, mpi_tmp):
 
 @pytest.mark.parametrize("n", SIZES)
 def test_ef21_result_is_the_aggregate(n, mpi_tmp):
-    """EF21's collective result must be the receivers' aggregate G (mean of the ranks' estimates g).
-
-    Fails at the time of writing: the collectives never call EF21Feedback.aggregate, so the result is
-    only this step's increment mean_i D(C(x_i - g_i)) (see the report of tests/mpi).
-    """
+    """EF21's collective result must be the receivers' aggregate G (mean of the ranks' estimates g),
+    not only this step's increment mean_i D(C(x_i - g_i)) (``ErrorFeedback.after_reduce``)."""
     assert_check(correctness(n, mpi_tmp), "ef/ef21-allgather-topk", n)
 
 
 @pytest.mark.parametrize("n", SIZES)
 def test_powersgd_residual_feedback_keeps_the_mean(n, mpi_tmp):
-    """Full-rank PowerSGD with residual feedback must return the mean at every step.
-
-    Fails at the time of writing for P > 1 from the second step on: LinearAllreduce._powersgd keeps
-    ``v - result`` per rank, where v is this rank's x / P (plus residual) but result approximates the
-    sum over ranks, so the residuals sum to (1 - P) * result (step 1 gives (2 - P) * mean).
-    """
+    """Full-rank PowerSGD with residual feedback must return the mean at every step: each rank keeps
+    ``v - result / P`` (``ResidualFeedback.after_phases``), so the residuals sum to zero when nothing is lost;
+    keeping ``v - result`` would make them sum to (1 - P) * result."""
     assert_check(correctness(n, mpi_tmp), "ef/powersgd-residual-allreduce", n)
 
 

@@ -46,12 +46,9 @@ def test_agreeing_call_after_a_mismatch_works(n, check):
 
 @pytest.mark.parametrize("case", ["hierarchical-size", "hierarchical-compressor"])
 def test_hierarchical_mismatch_raises_on_every_rank(case):
-    """Hierarchical mode must check agreement before its dense intra-group Allreduce.
-
-    Fails at the time of writing: CompressedComm._hierarchical runs ``self._intra.Allreduce`` first, so a
-    size mismatch inside a group is an MPI fatal error ("Message truncated") that aborts the whole job, and
-    a non-leader's different compressor is never noticed (only the leaders' engine verifies).
-    """
+    """Hierarchical mode must check agreement on every rank before its dense intra-group Allreduce:
+    otherwise a size mismatch inside a group is an MPI fatal error ("Message truncated") that aborts the
+    whole job, and a non-leader's different compressor is never noticed."""
     result = run_mpi_cached("faults.py", 4, "hierarchical-mismatch", timeout=60.0)
     assert not result.timed_out, result.describe()
     assert marks(result, case) == {r: "MismatchError" for r in range(4)}, result.describe(3000)

@@ -425,10 +425,13 @@ def section_hierarchical(h, comm):
                     want /= np.float32(size)
                 assert_same(got, want, f"step {step}")
                 same_on_every_rank(comm, got)
+                last = cc.stats[-1]
+                assert last.intra_bytes_sent > 0, "every rank sends inside its pair"
                 if rank % 2 == 0:
-                    assert cc.stats[-1].algorithm == alg and cc.stats[-1].bytes_sent > 0
+                    assert last.algorithm == f"hierarchical/{alg}" and last.bytes_sent > last.intra_bytes_sent
                 else:
-                    assert cc.stats == [], "a non-leader has no compressed traffic"
+                    assert last.algorithm == "hierarchical", "a non-leader has no compressed traffic"
+                    assert last.bytes_sent == last.intra_bytes_sent
             cc.Free()
     for spec in ("none", "topk:ratio=0.05"):
         with h.check(f"hier/node-{spec.split(':')[0]}"):

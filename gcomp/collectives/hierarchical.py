@@ -1,0 +1,93 @@
+"""``hierarchical``: dense inside each group of fast links, compressed between groups (cloud-edge-device).
+
+The ranks are split into groups (by host, by a color per rank, or by a
+callable ``rank -> color``; see :func:`split_groups`).  Rank 0 of each group
+is its leader.  One call:
+
+1. a dense float32 sum inside the group (``intra.allreduce_``);
+2. on the leaders, the compressed collective among the leaders (any flat
+   algorithm: ``allreduce``, ``allgather``, ``scatter-reduce-allgather`` or
+   ``dense``, chosen by the engine for the leaders' world size) on the group
+   sums, with the error feedback applied there;
+3. a broadcast of the result inside the group, then division by the world
+   size for a mean.
+
+Every rank gets the same bits (the leaders' result is broadcast), so the
+engine's non-finite policy acts identically on all of them.  Bytes inside the
+groups are counted in ``CallStats.intra_bytes_sent`` / ``intra_bytes_received``
+as well as in the totals.
+"""
+
+import numpy as np
+
+from .base import Algorithm, CallStats, Pending, Timer
+
+__all__ = ["HierarchicalAllreduce", "split_groups"]
+
+
+def split_groups(transport, groups):
+    """``(intra, leaders)`` transports for ``groups``; ``leaders`` is None on ranks that do not lead a group.
+
+    ``groups``: ``"node"`` (ranks on one host), a non-negative int color for
+    this rank, or a callable ``rank -> color``.  Collective over ``transport``.
+    """
+    if groups == "node":
+        intra = transport.split_by_node()
+    else:
+        # split() gathers every rank's color first, so a bad color on one rank raises ConfigError on all of them.
+        intra = transport.split(groups(transport.rank) if callable(groups) else groups, transport.rank)
+    leaders = transport.split(0 if intra.rank == 0 else None, transport.rank)
+    return intra, leaders
+
+
+class HierarchicalAllreduce(Algorithm):
+    """Dense inside groups, ``inner`` (a flat algorithm over the leaders) between them."""
+
+    name = "hierarchical"
+    uses_feedback = False  # the leaders apply the feedback's after_reduce before broadcasting
+
+    def __init__(self, transport, compressor, feedback, server_feedback=None, *, intra, leaders, inner, choose):
+        super().__init__(transport, compressor, feedback, server_feedback)
+        self.intra = intra
+        self.leaders = leaders
+        self.inner = inner  # name -> flat Algorithm over the leaders ({} on ranks that lead no group)
+        self._choose = choose  # (numel, algorithms) -> name
+
+    def _inner_for(self, numel):
+        return self.inner[self._choose(numel, self.inner)]
+
+    def estimated_bytes(self, numel):
+        between = self._inner_for(numel).estimated_bytes(numel) if self.inner else 0
+        return 2 * (self.intra.size - 1) * 4 * numel // max(self.intra.size, 1) + between
+
+    def memory_keys(self, key):
+        return sorted({k for a in self.inner.values() for k in a.memory_keys(key)} | {key}, key=str)
+
+    def prepare(self, x, key, step, average=True):
+        stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
+        return Pending(np.array(x, dtype=np.float32, copy=True), key, step, stats, average=average)
+
+    def complete(self, pending):
+        total, stats = pending.x, pending.stats
+        before = (stats.bytes_sent, stats.bytes_received)
+        self._counted(pending, self.intra.allreduce_, total, transport=self.intra)
+        intra_sent, intra_received = stats.bytes_sent - before[0], stats.bytes_received - before[1]
+        if self.leaders is not None and self.leaders.size > 1:
+            inner = self._inner_for(total.shape[0])
+            sub = inner.prepare(total, pending.key, pending.step, average=False)
+            total = inner.complete(sub)
+            if inner.uses_feedback:
+                total = self.feedback.after_reduce(pending.key, total)
+            stats.algorithm = f"{self.name}/{inner.name}"
+            stats.packet_bytes = sub.stats.packet_bytes
+            for field in ("bytes_sent", "bytes_received", "compress_s", "decompress_s", "comm_s"):
+                setattr(stats, field, getattr(stats, field) + getattr(sub.stats, field))
+        before = (stats.bytes_sent, stats.bytes_received)
+        self._counted(pending, self.intra.broadcast_, total, 0, transport=self.intra)
+        stats.intra_bytes_sent = intra_sent + stats.bytes_sent - before[0]
+        stats.intra_bytes_received = intra_received + stats.bytes_received - before[1]
+        if pending.average:
+            t = Timer()
+            total /= np.float32(self.size)
+            stats.decompress_s += t.lap()
+        return total

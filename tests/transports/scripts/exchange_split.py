@@ -1,0 +1,194 @@
+"""Per-rank program: MPITransport.exchange, split and split_by_node under mpiexec (run by tests/transports/test_mpi.py).
+
+    mpiexec -n 3 python -m mpi4py tests/transports/scripts/exchange_split.py
+
+Prints ``CHECK <name> rank=<r> ok|FAIL ...`` per check and ``DONE rank=<r>
+failures=<k>`` (the markers tests/mpi/launch.py parses).  Every check ends
+with a barrier on COMM_WORLD so that a failed one cannot leave a peer
+mid-exchange in the next.  The last checks run with pickle patched to raise:
+the transport uses buffer methods only.
+"""
+
+import contextlib
+import pickle
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from gcomp.errors import ConfigError
+from gcomp.transports import Transport
+from gcomp.transports.mpi import EXCHANGE_TAG, MPITransport
+
+
+def emit(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class Checks:
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.failures = 0
+
+    @contextlib.contextmanager
+    def check(self, name):
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            self.failures += 1
+            emit(f"CHECK {name} rank={self.rank} FAIL " + " ".join(f"{type(exc).__name__}: {exc}".split())[:900])
+            traceback.print_exc(file=sys.stderr)
+        else:
+            emit(f"CHECK {name} rank={self.rank} ok")
+        self.comm.Barrier()
+
+    def done(self):
+        emit(f"DONE rank={self.rank} failures={self.failures}")
+
+
+def payload(src, dst):
+    n = 1 + 7 * src + 3 * dst
+    return np.arange(n, dtype=np.float64) + 1000 * src + dst
+
+
+def expect_raises(exc_type, fn, text):
+    try:
+        fn()
+    except exc_type as exc:
+        assert text in str(exc), f"expected {text!r} in {exc}"
+        return
+    raise AssertionError(f"expected {exc_type.__name__} containing {text!r}")
+
+
+def main():
+    world = MPI.COMM_WORLD
+    h = Checks(world)
+    t = MPITransport(world)
+    rank, size = t.rank, t.size
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+
+    with h.check("exchange/ring"):
+        before = t.counter.snapshot()
+        out = t.exchange({nxt: payload(rank, nxt)}, [prv])
+        after = t.counter.snapshot()
+        np.testing.assert_array_equal(out[prv].view(np.float64), payload(prv, rank))
+        assert out[prv].dtype == np.uint8 and out[prv].flags.writeable
+        assert after[0] - before[0] == payload(rank, nxt).nbytes + 8
+        assert after[1] - before[1] == payload(prv, rank).nbytes + 8
+
+    with h.check("exchange/ring-both-ways"):
+        peers = sorted({nxt, prv})
+        out = t.exchange({p: payload(rank, p) for p in peers}, list(reversed(peers)))
+        assert list(out) == list(reversed(peers))
+        for p in peers:
+            np.testing.assert_array_equal(out[p].view(np.float64), payload(p, rank))
+
+    with h.check("exchange/empty-and-bytes"):
+        before = t.counter.snapshot()
+        a = t.exchange({nxt: b""}, [prv])[prv]
+        b = t.exchange({nxt: bytes([rank]) * (2 + rank)}, [prv])[prv]
+        after = t.counter.snapshot()
+        assert a.size == 0 and bytes(b) == bytes([prv]) * (2 + prv)
+        assert after[0] - before[0] == (2 + rank) + 16 and after[1] - before[1] == (2 + prv) + 16
+
+    with h.check("exchange/asymmetric"):
+        last = size - 1
+        if rank == 0:
+            assert t.exchange({p: payload(0, p) for p in range(1, size)}, []) == {}
+        elif rank == last:
+            out = t.exchange({}, list(range(last)))
+            for p in range(last):
+                np.testing.assert_array_equal(out[p].view(np.float64), payload(p, last))
+        else:
+            out = t.exchange({last: payload(rank, last)}, [0])
+            np.testing.assert_array_equal(out[0].view(np.float64), payload(0, rank))
+
+    with h.check("exchange/bystander"):
+        if rank < 2:
+            out = t.exchange({1 - rank: payload(rank, 1 - rank)}, [1 - rank])
+            np.testing.assert_array_equal(out[1 - rank].view(np.float64), payload(1 - rank, rank))
+
+    with h.check("exchange/validation"):
+        expect_raises(ValueError, lambda: t.exchange({rank: b"x"}, []), f"peer {rank}")
+        expect_raises(ValueError, lambda: t.exchange({}, [size]), f"peer {size}")
+        expect_raises(ValueError, lambda: t.exchange({}, [nxt, nxt]), "more than once")
+        assert not world.Iprobe(source=MPI.ANY_SOURCE, tag=EXCHANGE_TAG)  # nothing was sent
+
+    with h.check("split/none-and-key"):
+        color = None if rank == size - 1 else 0
+        sub = t.split(color, key=-rank)
+        if color is None:
+            assert sub is None
+        else:
+            members = list(range(size - 2, -1, -1))
+            assert (sub.rank, sub.size) == (members.index(rank), size - 1), (sub.rank, sub.size)
+            total = np.array([float(rank + 1)])
+            sub.allreduce_(total)
+            assert total[0] == sum(r + 1 for r in members)
+            if sub.size > 1:
+                n2, p2 = (sub.rank + 1) % sub.size, (sub.rank - 1) % sub.size
+                out = sub.exchange({n2: np.array([rank], np.int64)}, [p2])
+                assert int(out[p2].view(np.int64)[0]) == members[p2]
+            assert sub.owns_comm
+            sub.free()
+            assert sub.comm == MPI.COMM_NULL and not sub.owns_comm
+            sub.free()  # idempotent
+
+    with h.check("split/parity-large-keys"):
+        sub = t.split(rank % 2, key=(2**40) * (size - rank))  # keys beyond a C int are fine
+        members = sorted((r for r in range(size) if r % 2 == rank % 2), reverse=True)
+        assert (sub.rank, sub.size) == (members.index(rank), len(members))
+        sub.free()
+
+    with h.check("split/bad-color"):
+        expect_raises(ConfigError, lambda: t.split(-3 if rank == 0 else 1), "rank(s) [0]")
+
+    with h.check("split_by_node"):
+        node = t.split_by_node()
+        assert (node.rank, node.size) == (rank, size)  # one host
+        generic = Transport.split_by_node(t)  # the hostname version agrees
+        assert (generic.rank, generic.size) == (node.rank, node.size)
+        total = np.array([1], np.int64)
+        node.allreduce_(total)
+        assert total[0] == size
+        node.free()
+        generic.free()
+
+    with h.check("caller-comm-not-freed"):
+        own = world.Dup()
+        MPITransport(own).free()
+        assert own != MPI.COMM_NULL and own.Get_size() == size
+        own.Free()
+
+    class PickleCalled(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise PickleCalled("pickle was called")
+
+    saved = {name: getattr(pickle, name) for name in ("dumps", "loads", "dump", "load")}
+    for name in saved:
+        setattr(pickle, name, refuse)
+    MPI.pickle.__init__(refuse, refuse)
+    try:
+        with h.check("nopickle/exchange-and-split"):
+            expect_raises(PickleCalled, lambda: MPI.COMM_SELF.allgather(1), "pickle was called")  # the patch works
+            out = t.exchange({nxt: payload(rank, nxt)}, [prv])
+            np.testing.assert_array_equal(out[prv].view(np.float64), payload(prv, rank))
+            sub = t.split(None if rank == 0 else 1)
+            assert (sub is None) == (rank == 0)
+            if sub is not None:
+                sub.free()
+            t.split_by_node().free()
+    finally:
+        for name, fn in saved.items():
+            setattr(pickle, name, fn)
+        MPI.pickle.__init__(pickle.dumps, pickle.loads)
+    h.done()
+
+
+if __name__ == "__main__":
+    main()
