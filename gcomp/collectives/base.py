@@ -74,6 +74,8 @@ class Pending:
     stats: CallStats
     payload: object = None
     average: bool = True
+    #: a local failure of prepare(), raised by the engine after the agreement step
+    error: Exception | None = None
 
 
 class Algorithm:

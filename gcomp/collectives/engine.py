@@ -7,7 +7,12 @@
    config, algorithm, feedback kind, numel, dtype, nonfinite policy) and raises
    :class:`gcomp.errors.MismatchError` on *every* rank if any rank differs, so
    nobody hangs and nothing is summed wrongly;
-2. runs the chosen algorithm (``prepare`` then ``complete``);
+2. runs the chosen algorithm (``prepare`` then ``complete``).  A gcomp error
+   in ``prepare`` (e.g. a key whose size changed on this rank) is raised in
+   ``complete`` after that agreement step, so on a verified call the other
+   ranks raise MismatchError instead of waiting; on a call that is not verified
+   (``verify="first"`` after the first call of a key, or ``False``) they would
+   wait for this rank, so keep ``"always"`` where sizes may change;
 3. applies the non-finite policy to the result, which is bit-identical on every
    rank, so every rank does the same: ``"propagate"`` (default: NaN/Inf reach
    the optimizer, e.g. for GradScaler to skip the step), ``"zero"`` (the
@@ -37,12 +42,12 @@ import numpy as np
 
 from ..compressors import Compressor
 from ..compressors import compressor as build_compressor
-from ..errors import ConfigError, MismatchError, NonFiniteError, StateError
+from ..errors import ConfigError, GcompError, MismatchError, NonFiniteError, StateError
 from ..feedback import ErrorFeedback, feedback
 from ..kernels.scatter import count_nonfinite
 from .allgather import AllgatherAlgorithm
 from .allreduce import LinearAllreduce
-from .base import CallStats
+from .base import CallStats, Pending
 from .dense import DenseAllreduce
 from .hierarchical import HierarchicalAllreduce, split_groups
 from .scatter_reduce_allgather import ScatterReduceAllgather
@@ -153,7 +158,12 @@ class CompressedAllreduce:
         if step is None:
             step = self._steps.get(key, 0)
         self._steps[key] = step + 1
-        pending = self._algorithms[algorithm].prepare(x, key, step, average=average)
+        try:
+            pending = self._algorithms[algorithm].prepare(x, key, step, average=average)
+        except GcompError as exc:
+            # Raised in complete(), after the agreement step, so that the ranks see the failure together
+            # (a size change on one rank fails its feedback here, and its fingerprint differs).
+            pending = Pending(x, key, step, CallStats(key, step, algorithm, x.shape[0]), error=exc)
         pending.algorithm = algorithm
         pending.dtype = dtype
         return pending
@@ -166,6 +176,8 @@ class CompressedAllreduce:
         if self.verify == "always" or (self.verify and (pending.key, pending.algorithm) not in self._verified):
             self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
             self._verified.add((pending.key, pending.algorithm))
+        if pending.error is not None:
+            raise pending.error
         out = algorithm.complete(pending)
         if algorithm.uses_feedback:
             out = self.feedback.after_reduce(pending.key, out)

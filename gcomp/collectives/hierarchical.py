@@ -34,8 +34,10 @@ def split_groups(transport, groups):
     if groups == "node":
         intra = transport.split_by_node()
     else:
-        # split() gathers every rank's color first, so a bad color on one rank raises ConfigError on all of them.
-        intra = transport.split(groups(transport.rank) if callable(groups) else groups, transport.rank)
+        # split() gathers every rank's color first, so a bad color on one rank raises ConfigError on all of them;
+        # None would mean "not a member" there, but every rank belongs to a group here, so it is a bad color too.
+        color = groups(transport.rank) if callable(groups) else groups
+        intra = transport.split(-1 if color is None else color, transport.rank)
     leaders = transport.split(0 if intra.rank == 0 else None, transport.rank)
     return intra, leaders
 
