@@ -5,8 +5,9 @@ Layers, dependencies pointing down only::
     cli / train / bench     experiments
     ddp        mpi          adapters: DDP comm hook; mpi4py-style Allreduce
     collectives             compressed allreduce algorithms over a Transport
+    transports              torch.distributed | mpi4py | in-process
     feedback   wire         error-feedback memories | versioned byte format
-    compressors             Compressor objects: registry, compress/decompress
+    compressors             Compressor objects with their codecs: registry, compress/decompress
     kernels                 Numba kernels on flat numpy arrays (gcomp.kernels)
 
 ``gcomp.compressor("topk:ratio=0.01")`` builds a compressor;
@@ -15,7 +16,8 @@ Layers, dependencies pointing down only::
 
 __version__ = "0.1.0"
 
-from . import errors  # noqa: E402
+# gcomp.wire works after `import gcomp` alone
+from . import errors, wire  # noqa: E402
 from .compressors import Compressed, Compressor, compressor, list_compressors, register  # noqa: E402
 
-__all__ = ["__version__", "errors", "compressor", "list_compressors", "register", "Compressor", "Compressed"]
+__all__ = ["__version__", "errors", "wire", "compressor", "list_compressors", "register", "Compressor", "Compressed"]

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 
 from ..errors import ConfigError
+from ._params import short
 from .base import Compressed, Compressor
 from .bf16 import BF16
 from .codec import MINOR, Codec
@@ -128,6 +129,10 @@ for _cls in _BUILTIN:
     register(_cls, _builtin=True)
 
 
+#: longest compressor spec string accepted (a spec is a name and a few numbers)
+MAX_SPEC_LENGTH = 1024
+
+
 def _parse_value(text):
     text = text.strip()
     lowered = text.lower()
@@ -135,19 +140,22 @@ def _parse_value(text):
         return lowered == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         return text
 
 
 def parse_spec(spec: str):
     """``"name:key=value,key=value"`` -> ``(name, params)``."""
+    if len(spec) > MAX_SPEC_LENGTH:
+        raise ConfigError(f"expected a compressor spec of at most {MAX_SPEC_LENGTH} characters, found {len(spec)}: "
+                          f"{short(spec)}")
     name, _, rest = spec.partition(":")
     params = {}
     if rest.strip():
         for part in rest.split(","):
             key, eq, value = part.partition("=")
             if not eq or not key.strip():
-                raise ConfigError(f"expected 'key=value' in compressor spec {spec!r}, found {part!r}")
+                raise ConfigError(f"expected 'key=value' in compressor spec {short(spec)}, found {short(part)}")
             params[key.strip()] = _parse_value(value)
     return name.strip(), params
 
@@ -176,7 +184,7 @@ def compressor(spec, **params) -> Compressor:
         load_plugins()
         cls = REGISTRY.get(name)
     if cls is None:
-        raise ConfigError(f"unknown compressor {name!r}; known compressors: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"unknown compressor {short(name)}; known compressors: {', '.join(sorted(REGISTRY))}")
     return cls(**params)
 
 

@@ -12,45 +12,52 @@ from ..errors import ConfigError
 
 def check_ratio(name, value, what="ratio", error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
-        raise error(f"{name}: expected {what} in (0, 1], found {value!r}")
+        raise error(f"{name}: expected {what} in (0, 1], found {short(value)}")
     return float(value)
 
 
 def check_int(name, key, value, lo, hi=None, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise error(f"{name}: expected integer {key} {bound}, found {value!r}")
+        raise error(f"{name}: expected integer {key} {bound}, found {short(value)}")
     return value
 
 
 def check_choice(name, key, value, choices, error=ConfigError):
     if value not in choices:
-        raise error(f"{name}: expected {key} in {list(choices)}, found {value!r}")
+        raise error(f"{name}: expected {key} in {list(choices)}, found {short(value)}")
     return value
 
 
 def check_bucket(name, value, error=ConfigError):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8:
-        raise error(f"{name}: expected bucket_size a positive multiple of 8, found {value!r}")
+    # the wire carries bucket_size in a u32 header field
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8 or value % 8 or value >= 2**32:
+        raise error(f"{name}: expected bucket_size a positive multiple of 8 below 2**32, found {short(value)}")
     return value
 
 
 def check_seed(name, value, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise error(f"{name}: expected integer seed in [0, 2**64), found {value!r}")
+        raise error(f"{name}: expected integer seed in [0, 2**64), found {short(value)}")
     return value
 
 
 def check_bool(name, key, value, error=ConfigError):
     if not isinstance(value, bool):
-        raise error(f"{name}: expected {key} true or false, found {value!r}")
+        raise error(f"{name}: expected {key} true or false, found {short(value)}")
     return value
 
 
 def check_nonneg_float(name, key, value, error=ConfigError):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)) or value < 0:
-        raise error(f"{name}: expected {key} >= 0, found {value!r}")
+        raise error(f"{name}: expected {key} >= 0, found {short(value)}")
     return float(value)
+
+
+def short(value, limit=80):
+    """``repr(value)``, cut to ``limit`` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def nbuckets(numel, bucket):

@@ -276,15 +276,25 @@ class Compressor:
 
     def decompress(self, c: Compressed, out=None):
         """The dense vector of ``c``, in ``c``'s original dtype, or written into ``out``."""
+        self._check_compressed(c)
+        dense = self._decompress(c)
+        return restore_dtype(dense, c.dtype, out)
+
+    def _check_compressed(self, c):
         if not isinstance(c, Compressed):
             raise TypeError(f"expected a Compressed, found {type(c).__name__}")
         if c.codec != self.name:
             raise ConfigError(f"expected a {self.name!r} packet, found codec {c.codec!r}")
-        dense = self._decompress(c)
-        return restore_dtype(dense, c.dtype, out)
 
     def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows)."""
+        self._check_compressed(c)
+        if not isinstance(acc, np.ndarray) or acc.dtype != np.float32 or acc.shape != (c.numel,):
+            raise ValueError(f"expected a float32 accumulator of shape ({c.numel},), found "
+                             f"{getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
+        return self._decompress_add(c, acc, scale)
+
+    def _decompress_add(self, c, acc, scale):
         if scale == 1.0 and type(self)._decode is not Compressor._decode:
             return self._decode(c, out=acc, accumulate=True)
         dense = self._decompress(c)

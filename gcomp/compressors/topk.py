@@ -27,7 +27,7 @@ class SparseCompressor(Compressor):
     def _decompress(self, c):
         return sparse_decompress(c)
 
-    def decompress_add(self, c, acc, scale=1.0):
+    def _decompress_add(self, c, acc, scale):
         return sparse_decompress_add(c, acc, scale)
 
     def compress_with_residual(self, x, residual, *, step=0, key=0):
