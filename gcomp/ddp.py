@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from .collectives import CallStats, CompressedAllreduce
 from .compressors import with_seed
-from .errors import CollectiveError, ConfigError, GcompError, MismatchError, StateError
+from .errors import CollectiveError, ConfigError, GcompError, MismatchError, NonFiniteError, StateError
 from .transports.torch_dist import TorchTransport
 
 __all__ = ["CompressionState", "compression_hook", "register", "StepStats"]
@@ -322,7 +322,21 @@ class CompressionState:
         # DDP itself multiplies by 1/P before summing; doing the same keeps `none` bit-identical to no hook.
         tensor.mul_(1.0 / self.world_size)
         fut = dist.all_reduce(tensor, group=self.process_group, async_op=True).get_future()
-        return fut.then(lambda f: f.value()[0])
+        return fut.then(lambda f: self._nonfinite_policy(f.value()[0], stats))
+
+    def _nonfinite_policy(self, reduced, stats):
+        """The engine's non-finite policy on a dense bucket (identical on every rank: the reduced values are)."""
+        if bool(torch.isfinite(reduced).all()):
+            return reduced
+        stats.nonfinite = True
+        self.engine.reset(stats.key)
+        if self.engine.nonfinite == "raise":
+            raise NonFiniteError(
+                f"NaN or Inf in the reduced bucket {stats.key} at step {stats.step} (dense path, policy 'raise'); "
+                "every rank raised and reset its error-feedback memory for this bucket")
+        if self.engine.nonfinite == "zero":
+            reduced.zero_()
+        return reduced
 
     def _bucket_launched(self, step, last):
         with self._lock:

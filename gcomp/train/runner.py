@@ -2,8 +2,10 @@
 
 Each run launches N worker processes (DDP on gloo, or mpiexec for the MPI
 backend), on loopback or, with ``emulate=True``, each in its own network
-namespace behind a shaped uplink.  The parent follows rank 0's progress,
-collects every rank's per-epoch records and computes, per run:
+namespace behind a shaped uplink (:mod:`gcomp.train.netns`), through the
+worker supervisor of :mod:`gcomp.train.supervise` (timeout, killing, output).
+The parent follows rank 0's progress, collects every rank's per-epoch records
+and computes, per run:
 
 * accuracy and loss per epoch, final accuracy;
 * bytes sent and received per worker (gcomp's counters; the ring model for
@@ -17,20 +19,20 @@ collects every rank's per-epoch records and computes, per run:
 * modelled energy: radio joules per bit plus CPU seconds times power.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 from .links import DEFAULT_CPU_WATTS, energy_joules, modelled_comm_seconds, parse_links
+from .netns import EmulatedNetwork, can_emulate
+from .supervise import supervise
 
 __all__ = ["TrainOptions", "train", "summary_table", "DEFAULT_COMPRESSOR", "BASELINES"]
 
@@ -120,64 +122,39 @@ class _Progress:
 
 
 def _launch(opts, cfg, cfg_path, links, progress):
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    network = None
-    if opts.backend == "mpi":
-        cmds = [["mpiexec", "-n", str(opts.workers), sys.executable, "-m", "mpi4py", "-m", "gcomp.train.worker_mpi", cfg_path]]
-        envs = [env]
-    else:
-        argv = [sys.executable, "-m", "gcomp.train.worker", cfg_path]
-        if opts.emulate:
-            from .emulate import EmulatedNetwork
+    threads = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ, **threads)
 
-            network = EmulatedNetwork(links)
-            cfg["master_addr"], cfg["ifname"] = network.addresses[0], network.ifname
-            port = cfg["master_port"]
-            cmds = [network.command(r, argv + [str(r)]) for r in range(opts.workers)]
-            overrides = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            envs = [{**network.env(r, port), **overrides} for r in range(opts.workers)]
+    def on_line(rank, line):
+        if rank == 0 and line.startswith("PROGRESS"):
+            _, done, _total, acc, _wall = line.split()
+            progress.update(int(done), float(acc))
+
+    with contextlib.ExitStack() as stack:
+        if opts.backend == "mpi":
+            cmds = [["mpiexec", "-n", str(opts.workers), sys.executable, "-m", "mpi4py", "-m", "gcomp.train.worker_mpi",
+                     cfg_path]]
+            envs = [env]
         else:
-            cmds = [argv + [str(r)] for r in range(opts.workers)]
-            envs = [dict(env, GLOO_SOCKET_IFNAME="lo") for _ in range(opts.workers)]
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    procs, logs = [], []
-    try:
-        for i, (cmd, e) in enumerate(zip(cmds, envs, strict=True)):
-            log = tempfile.TemporaryFile(mode="w+")
-            logs.append(log)
-            procs.append(subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE if i == 0 else log, stderr=log,
-                                          text=True, start_new_session=True))
-        deadline = time.time() + opts.timeout
-        for line in procs[0].stdout:
-            if line.startswith("PROGRESS"):
-                _, done, _total, acc, _wall = line.split()
-                progress.update(int(done), float(acc))
-            if time.time() > deadline:
-                break
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.time()))
-        failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-        if failed:
-            details = []
-            for i in failed:
-                logs[i].seek(0)
-                details.append(f"--- worker {i} (exit {procs[i].returncode}) ---\n" + logs[i].read()[-3000:])
-            raise RuntimeError(f"run {cfg['compressor']!r} failed on worker(s) {failed}:\n" + "\n".join(details))
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"run {cfg['compressor']!r} exceeded the {opts.timeout:.0f} s timeout") from None
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        for log in logs:
-            log.close()
-        if network is not None:
-            network.close()
+            argv = [sys.executable, "-m", "gcomp.train.worker", cfg_path]
+            if opts.emulate:
+                network = stack.enter_context(EmulatedNetwork(links))
+                cfg["master_addr"], cfg["ifname"] = network.addresses[0], network.ifname
+                port = cfg["master_port"]
+                cmds = [network.command(r, argv + [str(r)]) for r in range(opts.workers)]
+                envs = [{**network.env(r, port), **threads} for r in range(opts.workers)]
+            else:
+                cmds = [argv + [str(r)] for r in range(opts.workers)]
+                envs = [dict(env, GLOO_SOCKET_IFNAME="lo") for _ in range(opts.workers)]
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        run = supervise(cmds, envs, timeout=opts.timeout, on_line=on_line)
+    if run.timed_out:
+        raise RuntimeError(f"run {cfg['compressor']!r} exceeded the {opts.timeout:.0f} s timeout")
+    failed = [i for i, code in enumerate(run.returncodes) if code != 0]
+    if failed:
+        details = [f"--- worker {i} (exit {run.returncodes[i]}) ---\n" + run.outputs[i][-3000:] for i in failed]
+        raise RuntimeError(f"run {cfg['compressor']!r} failed on worker(s) {failed}:\n" + "\n".join(details))
 
 
 def _start_iter(opts, spec):
@@ -262,8 +239,6 @@ def train(opts: TrainOptions) -> dict:
     """Run every configuration of ``opts``; write results.json and plots into ``opts.out``; return the results."""
     links = _validate(opts)
     if opts.emulate:
-        from .emulate import can_emulate
-
         ok, reason = can_emulate()
         if not ok:
             print(f"gcomp train: cannot emulate the network here ({reason}); using the link model instead",

@@ -1,4 +1,5 @@
-"""Network emulation: namespaces + bridge + tbf-shaped uplinks (gcomp.train.emulate).
+"""Network emulation: namespaces + bridge + tbf-shaped uplinks (gcomp.train.netns), workers run on it
+(gcomp.train.supervise.run_emulated) and ``gcomp emulate`` (gcomp.train.emulate, which re-exports both).
 
 Everything that builds namespaces is skipped, with the reason, only where
 ``can_emulate()`` says no (not root, no iproute2, no namespace support).
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from gcomp.train import emulate
+from gcomp.train import emulate, netns, supervise
 from gcomp.train.emulate import EmulatedNetwork, can_emulate, cleanup_stale, parse_tc_rate, run_emulated, tbf_params
 from gcomp.train.links import parse_links
 
@@ -182,7 +183,7 @@ def test_signals_and_errors_clean_up(how):
 
 @needs_emulation
 def test_failure_during_setup_cleans_up(monkeypatch):
-    real = emulate._run
+    real = netns._run
     calls = {"tc": 0}
 
     def flaky(argv, check=True, timeout=30):
@@ -192,7 +193,7 @@ def test_failure_during_setup_cleans_up(monkeypatch):
                 raise emulate.EmulationError("injected failure")
         return real(argv, check, timeout)
 
-    monkeypatch.setattr(emulate, "_run", flaky)
+    monkeypatch.setattr(netns, "_run", flaky)
     mine = f"gcomp-{os.getpid()}-"
     before = {ns for ns in emulate.list_namespaces() if ns.startswith(mine)}
     with pytest.raises(emulate.EmulationError, match="injected"):
@@ -233,7 +234,7 @@ def test_heterogeneous_rates():
 
 @needs_emulation
 def test_latency_warns_once(monkeypatch):
-    monkeypatch.setattr(emulate, "_LATENCY_WARNED", False)
+    monkeypatch.setattr(netns, "_LATENCY_WARNED", False)
     with pytest.warns(RuntimeWarning, match="latency"):
         EmulatedNetwork(parse_links("10mbit/20ms", 2)).close()
     with __import__("warnings").catch_warnings():
@@ -267,3 +268,14 @@ def test_tbf_params_and_rate_parsing():
     assert low["burst_bytes"] >= 4096 and low["limit_bytes"] >= low["burst_bytes"] + 64 * 1024
     assert parse_tc_rate("qdisc tbf 8001: root refcnt 2 rate 20Mbit burst 12500b lat 400ms") == 20e6
     assert parse_tc_rate("rate 500Kbit burst") == 500e3 and parse_tc_rate("noqueue") is None
+
+
+def test_emulate_reexports_the_split_modules():
+    for name in emulate.__all__:
+        assert hasattr(emulate, name), name
+    for module in (netns, supervise):
+        for name in module.__all__:
+            if hasattr(emulate, name):
+                assert getattr(emulate, name) is getattr(module, name), name
+    assert set(netns.__all__) <= set(emulate.__all__)
+    assert {"WorkerResult", "EmulationResult", "run_emulated"} <= set(emulate.__all__)
