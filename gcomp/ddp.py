@@ -36,8 +36,6 @@ the hook's annotations as objects.
 """
 
 import concurrent.futures
-import hashlib
-import json
 import logging
 import threading
 
@@ -47,7 +45,7 @@ import torch.distributed as dist
 
 from .collectives import CallStats, CompressedAllreduce
 from .compressors import with_seed
-from .errors import CollectiveError, ConfigError, GcompError, MismatchError, NonFiniteError, StateError
+from .errors import CollectiveError, ConfigError, GcompError, NonFiniteError, StateError
 from .transports.torch_dist import TorchTransport
 
 __all__ = ["CompressionState", "compression_hook", "register", "StepStats"]
@@ -109,11 +107,14 @@ class CompressionState:
                               f"found rank {transport.rank} of {transport.size}")
         self.transport = transport
         self.hierarchical = hierarchical
-        self.engine = CompressedAllreduce(self.transport, comp, algorithm=algorithm, error_feedback=error_feedback,
-                                          nonfinite=nonfinite, groups=hierarchical)
-        self.compressor = self.engine.compressor
         self.start_iter = start_iter
         self.min_numel = min_numel
+        # The engine's construction checks that every rank has the same options, these included.
+        self.engine = CompressedAllreduce(self.transport, comp, algorithm=algorithm, error_feedback=error_feedback,
+                                          nonfinite=nonfinite, groups=hierarchical,
+                                          agree_extra={"start_iter": start_iter, "hook_min_numel": min_numel,
+                                                       "world_size": self.world_size})
+        self.compressor = self.engine.compressor
         self.log_every = log_every
         self.keep_steps = keep_steps
         self.iter = 0
@@ -125,7 +126,6 @@ class CompressionState:
         self._lock = threading.Lock()
         self._open = {}  # step -> [buckets launched, buckets done, last bucket launched]
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-comm")
-        self._check_config()
 
     # -- configuration agreement -----------------------------------------
     def config(self):
@@ -135,14 +135,6 @@ class CompressionState:
                 "nonfinite": self.engine.nonfinite, "world_size": self.world_size,
                 # a color differs per rank by design: only the kind of grouping must agree
                 "hierarchical": self.hierarchical if self.hierarchical in (None, "node") else "groups"}
-
-    def _check_config(self):
-        mine = hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).digest()
-        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
-        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
-        if differing:
-            raise MismatchError(f"ranks disagree on the DDP compression configuration: rank {self.rank} has "
-                                f"{self.config()}, ranks {differing} differ; construct CompressionState identically everywhere")
 
     # -- stats -------------------------------------------------------------
     @property

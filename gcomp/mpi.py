@@ -170,7 +170,12 @@ class CompressedComm:
                               f"{self._own.Get_size()}), found rank {self.transport.rank} of {self.transport.size}")
         options = dict(algorithm=algorithm, error_feedback=error_feedback, nonfinite=nonfinite, min_numel=min_numel,
                        verify=verify)
-        self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, **options)
+        try:
+            # collective: every rank checks that every other has the same options (MismatchError otherwise)
+            self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, **options)
+        except BaseException:
+            self._own.Free()
+            raise
         self.compressor = comp
         self.options = options
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")

@@ -1,10 +1,15 @@
 """The engine both adapters use: picks an algorithm, checks agreement, keeps memories and stats.
 
 :class:`CompressedAllreduce` is the one object the DDP hook and the MPI
-``Allreduce`` drive.  Per call it:
+``Allreduce`` drive.  Its construction is collective over the transport
+(unless ``agree=False``): it allgathers a fingerprint of :meth:`CompressedAllreduce.options`
+(compressor, algorithm, feedback, non-finite policy, ``min_numel``,
+``verify``, kind of grouping) plus the adapter's own (``agree_extra``), and
+raises on every rank if any rank differs or failed to configure, before the
+first collective that depends on them.  Per call it:
 
-1. on the first use of a key (``verify="always"``: on every call), allgathers a 32-byte fingerprint of (compressor
-   config, algorithm, feedback kind, numel, dtype, nonfinite policy) and raises
+1. on the first use of a key (``verify="always"``: on every call), allgathers a 32-byte fingerprint of (those
+   options, the algorithm chosen, key, numel, dtype, MEAN or SUM) and raises
    :class:`gcomp.errors.MismatchError` on *every* rank if any rank differs, so
    nobody hangs and nothing is summed wrongly;
 2. runs the chosen algorithm (``prepare`` then ``complete``).  A gcomp error
@@ -68,10 +73,32 @@ class CompressedAllreduce:
     """Compressed allreduce over a transport with error feedback (see the module docstring)."""
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
-                 min_numel=0, verify=True, keep_stats=1000, groups=None):
+                 min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None):
+        self.transport = transport
+        self.groups = groups
+        try:
+            self._configure(compressor, algorithm, error_feedback, nonfinite, min_numel, verify, keep_stats)
+            error = None
+        except (GcompError, TypeError, ValueError) as exc:
+            error = exc
+        if agree:
+            # Collective: every rank learns whether every other configured the same way (or failed to), before
+            # the first collective that depends on it (the group split below, the first call).
+            self.check_options(error, agree_extra)
+        elif error is not None:
+            raise error
+        if groups is None:
+            self._algorithms = self._flat(transport)
+        else:
+            intra, leaders = split_groups(transport, groups)
+            inner = self._flat(leaders) if leaders is not None else {}
+            self._algorithms = {"hierarchical": HierarchicalAllreduce(
+                transport, self.compressor, self.feedback, self.server_feedback, intra=intra, leaders=leaders, inner=inner,
+                choose=self._choose_flat)}
+
+    def _configure(self, compressor, algorithm, error_feedback, nonfinite, min_numel, verify, keep_stats):
         if verify not in (True, False, "first", "always"):
             raise ConfigError(f"expected verify True/'first', 'always' or False, found {verify!r}")
-        self.transport = transport
         self.compressor = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
         if algorithm != "auto" and algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(ALGORITHMS)}")
@@ -99,15 +126,34 @@ class CompressedAllreduce:
         self.stats = []
         self._verified = set()
         self._steps = {}
-        self.groups = groups
-        if groups is None:
-            self._algorithms = self._flat(transport)
-        else:
-            intra, leaders = split_groups(transport, groups)
-            inner = self._flat(leaders) if leaders is not None else {}
-            self._algorithms = {"hierarchical": HierarchicalAllreduce(
-                transport, self.compressor, self.feedback, self.server_feedback, intra=intra, leaders=leaders, inner=inner,
-                choose=self._choose_flat)}
+
+    # -- agreement on the options ------------------------------------------
+    def options(self) -> dict:
+        """Every option that changes what goes on the wire or when (fingerprinted across ranks)."""
+        return {"compressor": self.compressor.get_config(), "algorithm": self.algorithm, "feedback": self.feedback.kind,
+                "feedback_options": self.feedback.options(), "nonfinite": self.nonfinite, "min_numel": self.min_numel,
+                "verify": "first" if self.verify is True else self.verify,
+                # a color differs per rank by design: only the kind of grouping must agree
+                "groups": self.groups if self.groups in (None, "node") else "groups"}
+
+    def check_options(self, error=None, extra=None):
+        """Allgather a fingerprint of :meth:`options` (plus ``extra``); raise on every rank if any rank differs.
+
+        ``error``: this rank failed to configure; it still takes part, then raises
+        it, and the others raise MismatchError naming it, so nobody waits.
+        """
+        mine = bytes(32) if error is not None else hashlib.sha256(json.dumps(
+            {**self.options(), "extra": extra}, sort_keys=True, default=str).encode()).digest()
+        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
+        failed = [r for r, fp in enumerate(prints) if not any(bytes(fp))]
+        if error is not None:
+            raise error
+        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
+        if differing:
+            what = f"ranks {failed} failed to configure" if failed else f"ranks {differing} differ"
+            raise MismatchError(
+                f"ranks disagree on the compression options: rank {self.transport.rank} has {self.options()}"
+                f"{' and ' + str(extra) if extra else ''}, {what}; every rank must construct it with the same options")
 
     def _flat(self, transport):
         return {name: cls(transport, self.compressor, self.feedback, self.server_feedback) for name, cls in ALGORITHMS.items()}
@@ -130,24 +176,22 @@ class CompressedAllreduce:
         return min(candidates, key=lambda name: algorithms[name].estimated_bytes(numel))  # min keeps the first of ties
 
     # -- agreement ------------------------------------------------------
-    def fingerprint(self, key, numel, dtype, algorithm) -> bytes:
-        doc = json.dumps({"compressor": self.compressor.get_config(), "algorithm": algorithm,
-                          "feedback": self.feedback.kind,
-                          "feedback_options": self.feedback.options(), "numel": int(numel), "dtype": str(dtype),
-                          "nonfinite": self.nonfinite}, sort_keys=True, default=str)
+    def fingerprint(self, key, numel, dtype, algorithm, average=True) -> bytes:
+        doc = json.dumps({**self.options(), "algorithm": algorithm, "key": str(key), "numel": int(numel),
+                          "dtype": str(dtype), "average": bool(average)}, sort_keys=True, default=str)
         return hashlib.sha256(doc.encode()).digest()
 
-    def verify_agreement(self, key, numel, dtype, algorithm):
+    def verify_agreement(self, key, numel, dtype, algorithm, average=True):
         """Allgather fingerprints; raise MismatchError on every rank if any differs."""
-        mine = self.fingerprint(key, numel, dtype, algorithm)
+        mine = self.fingerprint(key, numel, dtype, algorithm, average)
         prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
         differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
         if differing:
             raise MismatchError(
-                f"ranks disagree on compressor, configuration, size or dtype for key {key!r}: rank "
+                f"ranks disagree on compressor, configuration, key, size, dtype or op for key {key!r}: rank "
                 f"{self.transport.rank} has {self.compressor.get_config()} with algorithm {algorithm!r}, "
-                f"{numel} entries of {dtype}, but ranks {differing} differ; every rank must use the same "
-                "compressor and options on the same tensors"
+                f"{numel} entries of {dtype}, {'MEAN' if average else 'SUM'}, but ranks {differing} differ; every "
+                "rank must use the same compressor and options on the same tensors, in the same order"
             )
 
     # -- work -----------------------------------------------------------
@@ -174,7 +218,7 @@ class CompressedAllreduce:
         # The agreement check is communication, so it runs here (on the thread that communicates).
         # verify="always" checks every call (keys may differ across ranks); True/"first" once per key.
         if self.verify == "always" or (self.verify and (pending.key, pending.algorithm) not in self._verified):
-            self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm)
+            self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm, pending.average)
             self._verified.add((pending.key, pending.algorithm))
         if pending.error is not None:
             raise pending.error

@@ -7,8 +7,9 @@ from .launch import assert_check, assert_clean, run_mpi, run_mpi_cached
 pytest.importorskip("mpi4py")
 pytestmark = pytest.mark.slow
 
+# verify, hierarchical, op, key: issue 10 item 4 (settings that change what goes on the wire are agreed on)
 MISMATCH_CASES = ["size", "size-same-key", "dtype", "compressor", "compressor-params", "compressor-seed", "error-feedback",
-                  "algorithm", "iallreduce", "oneoff", "verify-first"]
+                  "algorithm", "verify", "hierarchical", "op", "key", "iallreduce", "oneoff", "verify-first"]
 
 
 def mismatch_run(n):
@@ -23,13 +24,13 @@ def marks(result, case):
     return out
 
 
-@pytest.mark.parametrize("n", (2, 4))
+@pytest.mark.parametrize("n", (2, 3, 4))
 def test_mismatch_job_completes(n):
     """No rank hangs: the job exits 0 well before its timeout and every rank reaches the end."""
     assert_clean(mismatch_run(n), n)
 
 
-@pytest.mark.parametrize("n", (2, 4))
+@pytest.mark.parametrize("n", (2, 3, 4))
 @pytest.mark.parametrize("case", MISMATCH_CASES)
 def test_mismatch_raises_on_every_rank(n, case):
     result = mismatch_run(n)
@@ -37,9 +38,9 @@ def test_mismatch_raises_on_every_rank(n, case):
     assert_check(result, f"mismatch/{case}", n)
 
 
-@pytest.mark.parametrize("n", (2, 4))
+@pytest.mark.parametrize("n", (2, 3, 4))
 @pytest.mark.parametrize("check", ["size-then-agree", "compressor-then-agree", "compressor-params-then-agree",
-                                   "compressor-seed-then-agree", "final-agree"])
+                                   "compressor-seed-then-agree", "final-agree", "bad-option-on-one-rank"])
 def test_agreeing_call_after_a_mismatch_works(n, check):
     assert_check(mismatch_run(n), f"mismatch/{check}", n)
 

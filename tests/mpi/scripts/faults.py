@@ -24,7 +24,7 @@ from _harness import Checks, assert_same, emit, make_input
 from mpi4py import MPI
 
 import gcomp.mpi
-from gcomp.errors import MismatchError
+from gcomp.errors import ConfigError, MismatchError
 
 N = 2048
 
@@ -80,21 +80,33 @@ def run_mismatch(h, comm):
     expect_mismatch(h, comm, "dtype", lambda: cc.Allreduce(MPI.IN_PLACE, sized(N, np.float64 if last else np.float32)))
     cc.Free()
 
-    # 3. compressors differ: another kind (a linear one, so even the algorithm differs), other parameters
+    # 3. compressors differ: another kind (a linear one, so even the algorithm differs), other parameters.
+    #    Building the CompressedComm is collective and checks the options, so it raises there.
     for case, specs in (("compressor", ("topk:ratio=0.01", "fp16")), ("compressor-params", ("qsgd:levels=4", "qsgd:levels=8")),
                         ("compressor-seed", ("randomk:ratio=0.1,seed=1", "randomk:ratio=0.1,seed=2"))):
-        cc = gcomp.mpi.CompressedComm(comm, specs[1] if odd else specs[0], seed=None)
-        expect_mismatch(h, comm, case, lambda cc=cc: cc.Allreduce(MPI.IN_PLACE, sized(N), op=gcomp.mpi.MEAN))
+        expect_mismatch(h, comm, case, lambda specs=specs: gcomp.mpi.CompressedComm(comm, specs[1] if odd else specs[0]))
         with h.check(f"mismatch/{case}-then-agree"):
             good_call(comm)
-        cc.Free()
 
-    # 4. error feedback or algorithm differ
+    # 4. error feedback, algorithm, verify or hierarchical mode differ
     for case, options in (("error-feedback", ({"error_feedback": "residual"}, {"error_feedback": "none"})),
-                          ("algorithm", ({"algorithm": "allgather"}, {"algorithm": "scatter-reduce-allgather"}))):
-        cc = gcomp.mpi.CompressedComm(comm, "sign", **options[1 if odd else 0])
-        expect_mismatch(h, comm, case, lambda cc=cc: cc.Allreduce(MPI.IN_PLACE, sized(N)))
-        cc.Free()
+                          ("algorithm", ({"algorithm": "allgather"}, {"algorithm": "scatter-reduce-allgather"})),
+                          ("verify", ({"verify": "always"}, {"verify": False})),
+                          ("hierarchical", ({"hierarchical": None}, {"hierarchical": 0}))):
+        expect_mismatch(h, comm, case, lambda options=options: gcomp.mpi.CompressedComm(comm, "sign", **options[1 if odd else 0]))
+    with h.check("mismatch/bad-option-on-one-rank"):  # the bad rank raises ConfigError, the others MismatchError
+        try:
+            gcomp.mpi.CompressedComm(comm, "sign", algorithm="nope" if last else "auto")
+        except (MismatchError, ConfigError) as exc:
+            assert isinstance(exc, ConfigError if last else MismatchError), type(exc).__name__
+        else:
+            raise AssertionError("expected an error on every rank")
+
+    # 4b. op or key differ on one call
+    cc = gcomp.mpi.CompressedComm(comm, "topk:ratio=0.01")
+    expect_mismatch(h, comm, "op", lambda: cc.Allreduce(MPI.IN_PLACE, sized(N), op=MPI.SUM if last else gcomp.mpi.MEAN))
+    expect_mismatch(h, comm, "key", lambda: cc.Allreduce(MPI.IN_PLACE, sized(N), key="b" if last else "a"))
+    cc.Free()
 
     # 5. nonblocking: Wait() raises the MismatchError
     cc = gcomp.mpi.CompressedComm(comm, "topk:ratio=0.01")
@@ -119,10 +131,8 @@ def run_hierarchical_mismatch(h, comm):
     x = make_input(rank, N + (1 if rank == size - 1 else 0), salt=62)
     expect_mismatch(h, comm, "hierarchical-size", lambda: cc.Allreduce(MPI.IN_PLACE, x, op=gcomp.mpi.MEAN))
     cc.Free()
-    cc = gcomp.mpi.CompressedComm(comm, "topk:ratio=0.01" if rank % 2 == 0 else "sign", hierarchical=lambda r: r // 2)
-    expect_mismatch(h, comm, "hierarchical-compressor",
-                    lambda: cc.Allreduce(MPI.IN_PLACE, make_input(rank, N, salt=63), op=gcomp.mpi.MEAN))
-    cc.Free()
+    expect_mismatch(h, comm, "hierarchical-compressor", lambda: gcomp.mpi.CompressedComm(
+        comm, "topk:ratio=0.01" if rank % 2 == 0 else "sign", hierarchical=lambda r: r // 2))
     with h.check("mismatch/hierarchical-then-agree"):
         good_call(comm)
 
