@@ -172,7 +172,7 @@ class CompressedComm:
                        verify=verify)
         try:
             # collective: every rank checks that every other has the same options (MismatchError otherwise)
-            self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, **options)
+            self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, dense_mean="divide-after", **options)
         except BaseException:
             self._own.Free()
             raise
@@ -246,7 +246,7 @@ def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key
         return state.Allreduce(sendbuf, recvbuf, op, key=key)
     options.setdefault("error_feedback", "none")
     options.setdefault("verify", "always")
-    engine = CompressedAllreduce(MPITransport(comm), compressor, **options)
+    engine = CompressedAllreduce(MPITransport(comm), compressor, dense_mean="divide-after", **options)
     average = _average_of(op)
     x, recv_flat, dtype = _operands(sendbuf, recvbuf)
     _write(recv_flat, dtype, engine(x, key=key or f"n{x.shape[0]}", average=average, dtype=dtype))

@@ -16,12 +16,21 @@ class DenseAllreduce(Algorithm):
         stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
         return Pending(np.array(x, dtype=np.float32, copy=True), key, step, stats, average=average)
 
+    #: MEAN as DDP computes it (each rank's vector times float32(1/P), then the sum), so that `none` is
+    #: bit-identical to DDP without a hook; False: the sum, then divided by P (mpi4py's Allreduce then / P).
+    #: The two differ in the last bit when P is not a power of two.
+    scale_first = True
+
     def complete(self, pending):
         buf = pending.x
-        if pending.average and self.size > 1:
-            # Scale before summing, as DDP does, so `none` is bit-identical to DDP without a hook.
-            t = Timer()
+        average = pending.average and self.size > 1
+        t = Timer()
+        if average and self.scale_first:
             buf *= np.float32(1.0 / self.size)
-            pending.stats.decompress_s += t.lap()
+        pending.stats.decompress_s += t.lap()
         self._counted(pending, self.transport.allreduce_, buf)
+        if average and not self.scale_first:
+            t = Timer()
+            buf /= np.float32(self.size)
+            pending.stats.decompress_s += t.lap()
         return buf

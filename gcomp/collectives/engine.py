@@ -73,9 +73,14 @@ class CompressedAllreduce:
     """Compressed allreduce over a transport with error feedback (see the module docstring)."""
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
-                 min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None):
+                 min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None,
+                 dense_mean="scale-first"):
         self.transport = transport
         self.groups = groups
+        if dense_mean not in ("scale-first", "divide-after"):
+            raise ConfigError(f"expected dense_mean 'scale-first' (as DDP) or 'divide-after' (as Allreduce then / P), "
+                              f"found {dense_mean!r}")
+        self.dense_mean = dense_mean
         try:
             self._configure(compressor, algorithm, error_feedback, nonfinite, min_numel, verify, keep_stats)
             error = None
@@ -156,7 +161,10 @@ class CompressedAllreduce:
                 f"{' and ' + str(extra) if extra else ''}, {what}; every rank must construct it with the same options")
 
     def _flat(self, transport):
-        return {name: cls(transport, self.compressor, self.feedback, self.server_feedback) for name, cls in ALGORITHMS.items()}
+        algorithms = {name: cls(transport, self.compressor, self.feedback, self.server_feedback)
+                      for name, cls in ALGORITHMS.items()}
+        algorithms["dense"].scale_first = self.dense_mean == "scale-first"
+        return algorithms
 
     # -- choice ---------------------------------------------------------
     def choose(self, numel) -> str:

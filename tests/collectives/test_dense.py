@@ -43,3 +43,24 @@ def test_mean_differs_from_sum_then_divide_at_odd_sizes(size):
     assert not np.array_equal(scaled, divided)
     engines, outs = run_engines(size, lambda t: CompressedAllreduce(t, "none", algorithm="dense"), [xs])
     assert_equal(outs[0][0], scaled, "dense P=3")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_divide_after_is_the_sum_then_divided(size):
+    """``dense_mean="divide-after"`` (gcomp.mpi's MEAN): the rank-order sum, then divided by P, bit for bit."""
+    xs = inputs(size, 1000, seed=4)[0]
+    total = xs[0].copy()
+    for x in xs[1:]:
+        total += x
+    want = total / np.float32(size) if size > 1 else total
+    engines, outs = run_engines(size, lambda t: CompressedAllreduce(t, "none", dense_mean="divide-after"), [xs])
+    assert_same_bits([o[0] for o in outs])
+    assert_equal(outs[0][0], want, f"divide-after P={size}")
+
+
+def test_dense_mean_option_is_validated():
+    from gcomp.errors import ConfigError
+    from gcomp.transports import run_local
+
+    with pytest.raises(ConfigError, match="dense_mean"):
+        run_local(1, lambda t: CompressedAllreduce(t, "none", dense_mean="middle"))
