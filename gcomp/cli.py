@@ -56,10 +56,17 @@ def _cmd_info(args):
 
 
 def _cmd_list(args):
-    from .compressors import list_compressors
+    from .compressors import compressor, list_compressors
 
+    print(f"{'name':<10} {'feedback':<9} description")
     for name, description in list_compressors().items():
-        print(f"{name:<10} {description}")
+        try:
+            default = compressor(name).default_feedback
+        except Exception:  # noqa: BLE001 - a compressor that needs parameters has no default instance
+            default = "-"
+        print(f"{name:<10} {default:<9} {description}")
+    print("\nfeedback: the error feedback used by default (error_feedback='auto'): none for unbiased compressors,\n"
+          "residual for biased ones")
     return 0
 
 
@@ -122,8 +129,9 @@ def build_parser():
     p_train.add_argument("--seed", type=int, default=0, help="seed for data order, model init and compressors")
     p_train.add_argument("--batch-size", type=int, default=32, help="per-worker batch size (default 32)")
     p_train.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05, momentum 0.9)")
-    p_train.add_argument("--error-feedback", default="residual", choices=["residual", "ef21", "dgc", "none"],
-                         help="error feedback for gcomp compressors (default residual)")
+    p_train.add_argument("--error-feedback", default="auto", choices=["auto", "residual", "ef21", "dgc", "none"],
+                         help="error feedback for gcomp compressors (default auto: none for unbiased compressors, "
+                              "residual for biased ones)")
     p_train.add_argument("--start-iter", type=int, default=None,
                          help="dense warm-up iterations before compressing (default: each hook's minimum, "
                               "1 for gcomp, 2 for torch-powersgd)")

@@ -4,7 +4,7 @@
 
     import gcomp.ddp
     state = gcomp.ddp.register(ddp_model, "topk:ratio=0.01")   # or:
-    state = gcomp.ddp.CompressionState("qsgd", error_feedback="residual")
+    state = gcomp.ddp.CompressionState("qsgd", error_feedback="auto")
     ddp_model.register_comm_hook(state, gcomp.ddp.compression_hook)
 
 The hook follows PyTorch's contract: it receives a ``GradBucket`` whose buffer
@@ -67,7 +67,8 @@ class CompressionState:
     :class:`gcomp.errors.MismatchError` on every rank otherwise.
 
     Parameters: ``compressor`` (spec, config dict or Compressor);
-    ``error_feedback`` ("residual", "ef21", "dgc", "none"); ``algorithm``
+    ``error_feedback`` ("auto": the compressor's ``default_feedback``, i.e. "none" for unbiased compressors and
+    "residual" for biased ones; or "residual", "ef21", "dgc", "none"); ``algorithm``
     ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense");
     ``start_iter`` dense iterations before compressing; ``min_numel`` buckets
     smaller than this go dense; ``seed`` overrides the compressor's seed (None:

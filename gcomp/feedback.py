@@ -319,8 +319,12 @@ FEEDBACK = {"none": NoFeedback, "residual": ResidualFeedback, "ef21": EF21Feedba
 
 
 def feedback(kind, compressor, **options) -> ErrorFeedback:
-    """Build a memory by name: ``none``, ``residual``, ``ef21`` or ``dgc``."""
+    """Build a memory by name: ``none``, ``residual``, ``ef21``, ``dgc``, or ``auto`` (the compressor's
+    ``default_feedback``: none for unbiased compressors, residual for biased ones)."""
+    if kind == "auto":
+        compressor = build_compressor(compressor) if not isinstance(compressor, Compressor) else compressor
+        kind = compressor.default_feedback
     cls = FEEDBACK.get(kind)
     if cls is None:
-        raise ConfigError(f"unknown error feedback {kind!r}; known: {', '.join(sorted(FEEDBACK))}")
+        raise ConfigError(f"unknown error feedback {kind!r}; known: auto, {', '.join(sorted(FEEDBACK))}")
     return cls(compressor, **options)

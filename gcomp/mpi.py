@@ -147,7 +147,8 @@ class Request:
 class CompressedComm:
     """Wraps a communicator: ``Allreduce``/``Iallreduce`` compress, every other attribute passes through.
 
-    Options: ``error_feedback`` ("residual", "ef21", "dgc", "none"), ``algorithm``
+    Options: ``error_feedback`` ("auto", the default: "none" for unbiased compressors, "residual" for
+    biased ones; or "residual", "ef21", "dgc", "none"), ``algorithm``
     ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense"),
     ``nonfinite`` ("propagate", "zero", "raise"), ``verify`` ("always", "first",
     False), ``min_numel`` (smaller buffers go dense), ``seed`` (None keeps the
@@ -158,7 +159,7 @@ class CompressedComm:
     ``comm``; it must span the same ranks in the same order).
     """
 
-    def __init__(self, comm, spec, *, error_feedback="residual", algorithm="auto", nonfinite="propagate",
+    def __init__(self, comm, spec, *, error_feedback="auto", algorithm="auto", nonfinite="propagate",
                  verify="always", min_numel=0, seed=None, hierarchical=None, transport=None):
         comp = with_seed(spec, seed)
         self.comm = comm

@@ -72,7 +72,7 @@ STATE_VERSION = 1
 class CompressedAllreduce:
     """Compressed allreduce over a transport with error feedback (see the module docstring)."""
 
-    def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="residual", nonfinite="propagate",
+    def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="auto", nonfinite="propagate",
                  min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None,
                  dense_mean="scale-first"):
         self.transport = transport

@@ -210,6 +210,18 @@ class Compressor:
         return hash(repr(self))
 
     # -- declared properties -------------------------------------------
+    @property
+    def default_feedback(self) -> str:
+        """The error feedback that converges with this compressor, used when an adapter is given ``"auto"``.
+
+        ``"none"`` for unbiased compressors: they are not contractive, and a
+        residual would accumulate their (large, zero-mean) error until training
+        diverges (QSGD, TernGrad, random-k with rescaling: measured).
+        ``"residual"`` for biased ones (top-k, sign, casts, PowerSGD), which
+        need it to converge.
+        """
+        return "none" if self.unbiased else "residual"
+
     def contraction(self, numel: int) -> float | None:
         """delta in ``||x - C(x)||^2 <= (1 - delta) ||x||^2``, or None if no such bound."""
         return None

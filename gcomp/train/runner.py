@@ -57,7 +57,7 @@ class TrainOptions:
     lr: float = 0.05
     momentum: float = 0.9
     start_iter: int | None = None  # None: 1 for gcomp's hook, 2 for torch's PowerSGD (its minimum)
-    error_feedback: str = "residual"
+    error_feedback: str = "auto"
     timeout: float = 600.0
     cpu_watts: float = DEFAULT_CPU_WATTS
     technology: str | None = None

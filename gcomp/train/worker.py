@@ -72,7 +72,7 @@ def _setup_hook(cfg, ddp, world):
         return None
     import gcomp.ddp
 
-    feedback = cfg.get("error_feedback", "residual")
+    feedback = cfg.get("error_feedback", "auto")
     if feedback == "dgc":
         # DGC's momentum correction keeps the momentum in the feedback memory (the optimizer runs without it).
         from gcomp.feedback import DGCFeedback

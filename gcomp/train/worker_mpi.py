@@ -32,7 +32,7 @@ def run(cfg):
     numel = sum(p.numel() for p in params)
     flat = np.zeros(numel, np.float32)
     spec = cfg["compressor"]
-    ccomm = None if spec == "none" else gcomp.mpi.CompressedComm(comm, spec, error_feedback=cfg.get("error_feedback", "residual"),
+    ccomm = None if spec == "none" else gcomp.mpi.CompressedComm(comm, spec, error_feedback=cfg.get("error_feedback", "auto"),
                                                                  verify="first")
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
