@@ -184,6 +184,9 @@ class CompressionState:
         if state.get("world_size") != self.world_size or state.get("rank") != self.rank:
             raise StateError(f"expected the state of rank {self.rank} of {self.world_size}, found rank "
                              f"{state.get('rank')} of {state.get('world_size')}: save and load one file per rank")
+        iteration = state.get("iter")
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration < 2**63:
+            raise StateError(f"expected the hook's iter a non-negative integer, found {str(iteration)[:200]}")
         if state.get("config") != self.config():
             raise StateError(f"expected a state saved with configuration {self.config()}, found {state.get('config')}")
         self.engine.load_state_dict(state["engine"])

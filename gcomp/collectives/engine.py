@@ -285,6 +285,13 @@ class CompressedAllreduce:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected an engine state with version {STATE_VERSION}, found "
                              f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
+        steps = state.get("steps", {})
+        if not isinstance(steps, dict) or not all(_count(v) for v in steps.values()):
+            raise StateError(f"expected the engine's steps as {{key: non-negative integer}}, found {str(steps)[:200]}")
         self.feedback.load_state_dict(state["feedback"])
         self.server_feedback.load_state_dict(state["server_feedback"])
-        self._steps = dict(state.get("steps", {}))
+        self._steps = dict(steps)
+
+
+def _count(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < 2**63
