@@ -64,25 +64,90 @@ SUM = MPI.SUM
 STATE_VERSION = 1
 
 
+_OP_NAMES = {name: getattr(MPI, name, None) for name in
+             ("MAX", "MIN", "SUM", "PROD", "LAND", "BAND", "LOR", "BOR", "LXOR", "BXOR", "MAXLOC", "MINLOC", "REPLACE",
+              "NO_OP")}
+
+
+def _op_name(op):
+    for name, known in _OP_NAMES.items():
+        if known is not None and op == known:
+            return f"MPI.{name}"
+    return repr(op)
+
+
 def _average_of(op):
     if op is MEAN or (isinstance(op, str) and op.lower() in ("mean", "avg", "average")):
         return True
     if op == MPI.SUM or (isinstance(op, str) and op.lower() == "sum"):
         return False
-    raise ConfigError(f"expected op MPI.SUM or gcomp.mpi.MEAN for a compressed Allreduce, found {op!r}; "
+    raise ConfigError(f"expected op MPI.SUM or gcomp.mpi.MEAN for a compressed Allreduce, found {_op_name(op)}; "
                       "other reductions (MAX, PROD, ...) do not commute with compression: use comm.Allreduce")
 
 
+def _datatype_dtype(datatype, name):
+    try:
+        from mpi4py.util.dtlib import to_numpy_dtype
+
+        return np.dtype(to_numpy_dtype(datatype))
+    except Exception as exc:  # noqa: BLE001 - any datatype numpy cannot name is refused below
+        raise TypeError(f"expected {name}'s MPI datatype to be a float type (MPI.FLOAT, MPI.DOUBLE), found {datatype!r}") from exc
+
+
+def _buffer_spec(buf, name):
+    """``(buffer, count or None)`` of mpi4py's ``[data]``, ``[data, datatype]`` or ``[data, count, datatype]`` specs.
+
+    The datatype must be the buffer's own; a count takes the first ``count``
+    entries, as mpi4py does; ``(count, displacement)`` pairs are refused.
+    """
+    if not isinstance(buf, (list, tuple)):
+        return buf, None
+    if not 1 <= len(buf) <= 3:
+        raise TypeError(f"expected {name} as [data], [data, datatype] or [data, count, datatype], found {len(buf)} items")
+    data, count, datatype = buf[0], None, None
+    if len(buf) == 2:
+        datatype = buf[1]
+    elif len(buf) == 3:
+        count, datatype = buf[1], buf[2]
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise TypeError(f"expected {name}'s count a non-negative integer, found {count!r} "
+                            "((count, displacement) pairs are not supported)")
+    if datatype is not None:
+        want = _datatype_dtype(datatype, name)
+        have = _dtype_of(data)
+        if have is not None and have != want:
+            raise TypeError(f"expected {name}'s datatype to match its data ({have}), found one for {want}")
+    return data, None if count is None else int(count)
+
+
+def _dtype_of(data):
+    if isinstance(data, np.ndarray):
+        return data.dtype
+    if type(data).__module__.startswith("torch"):
+        names = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
+        name = str(data.dtype).replace("torch.", "")
+        return np.dtype(names[name]) if name in names else None
+    return None
+
+
 def _buffer(buf, name):
-    """``(numpy float32 view or copy, original object, dtype name)`` of a buffer argument."""
-    if isinstance(buf, (list, tuple)) and buf:
-        buf = buf[0]  # [array, MPI.FLOAT]-style buffer specs
+    """``(flat numpy view or torch tensor, dtype name)`` of a buffer argument (mpi4py's buffer conventions)."""
+    buf, count = _buffer_spec(buf, name)
+    if isinstance(buf, (memoryview, bytearray, bytes)) or type(buf).__name__ == "array":
+        mv = memoryview(buf)
+        if mv.format not in ("f", "d", "e"):
+            raise TypeError(f"expected {name} to hold float16, float32 or float64 values (buffer format 'e', 'f' or 'd'), "
+                            f"found format {mv.format!r}")
+        if mv.readonly and name == "recvbuf":
+            raise TypeError("expected a writable recvbuf, found a read-only buffer")
+        buf = np.frombuffer(mv.cast("B").cast(mv.format), dtype=mv.format)  # no copy: writes reach the caller's buffer
     if isinstance(buf, np.ndarray):
         if buf.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(f"expected {name} of dtype float16, float32 or float64, found {buf.dtype}")
-        if not buf.flags.c_contiguous:
-            raise ValueError(f"expected {name} to be C-contiguous")
-        return buf.reshape(-1), buf.dtype.name
+        if not (buf.flags.c_contiguous or buf.flags.f_contiguous):
+            raise ValueError(f"expected {name} to be contiguous (C or Fortran order)")
+        flat = buf.reshape(-1, order="A")  # memory order, a view for C- and Fortran-ordered arrays alike
+        return _counted(flat, count, name), buf.dtype.name
     if type(buf).__module__.startswith("torch"):
         import torch
 
@@ -91,11 +156,20 @@ def _buffer(buf, name):
         if not buf.is_contiguous():
             raise ValueError(f"expected {name} to be contiguous")
         if buf.dtype == torch.bfloat16:
-            return buf.reshape(-1), "bfloat16"
+            return _counted(buf.reshape(-1), count, name), "bfloat16"
         if buf.dtype not in (torch.float16, torch.float32, torch.float64):
             raise TypeError(f"expected {name} of a float dtype, found {buf.dtype}")
-        return buf.detach().reshape(-1).numpy(), str(buf.dtype).replace("torch.", "")
-    raise TypeError(f"expected {name} to be a numpy array or CPU torch tensor (or MPI.IN_PLACE), found {type(buf).__name__}")
+        return _counted(buf.detach().reshape(-1).numpy(), count, name), str(buf.dtype).replace("torch.", "")
+    raise TypeError(f"expected {name} to be a numpy array, a CPU torch tensor, a float buffer (array.array, memoryview) "
+                    f"or MPI.IN_PLACE, found {type(buf).__name__}")
+
+
+def _counted(flat, count, name):
+    if count is None:
+        return flat
+    if count > flat.shape[0]:
+        raise ValueError(f"expected {name}'s count at most its {flat.shape[0]} entries, found {count}")
+    return flat[:count]
 
 
 def _as_f32(flat, dtype):
@@ -105,13 +179,15 @@ def _as_f32(flat, dtype):
 
 
 def _operands(sendbuf, recvbuf):
-    """``(float32 input, flat receive buffer, dtype name)``; ``MPI.IN_PLACE`` reads the receive buffer."""
+    """``(float32 input, flat receive buffer, dtype name)``; ``MPI.IN_PLACE`` (or None) reads the receive buffer."""
     recv_flat, dtype = _buffer(recvbuf, "recvbuf")
-    if sendbuf is MPI.IN_PLACE:
+    if sendbuf is MPI.IN_PLACE or sendbuf is None:  # mpi4py reads a None sendbuf as MPI.IN_PLACE
         return _as_f32(recv_flat, dtype), recv_flat, dtype
     send_flat, send_dtype = _buffer(sendbuf, "sendbuf")
     if send_flat.shape != recv_flat.shape:
         raise ValueError(f"expected sendbuf and recvbuf of one size, found {send_flat.shape[0]} and {recv_flat.shape[0]}")
+    if send_dtype != dtype:
+        raise TypeError(f"expected sendbuf and recvbuf of one dtype (as mpi4py does), found {send_dtype} and {dtype}")
     return _as_f32(send_flat, send_dtype), recv_flat, dtype
 
 
@@ -125,7 +201,13 @@ def _write(recv_flat, dtype, result):
 
 
 class Request:
-    """A nonblocking compressed allreduce; ``Wait()`` returns when the result is in ``recvbuf``."""
+    """A nonblocking compressed allreduce; ``Wait()`` returns when the result is in ``recvbuf``.
+
+    It is not an ``MPI.Request`` (the work runs on gcomp's thread, not inside
+    MPI), so ``MPI.Request.Waitall`` cannot take it: use
+    :meth:`Request.Waitall` / :meth:`Request.Testall`, which take gcomp and
+    mpi4py requests mixed.
+    """
 
     def __init__(self, future):
         self._future = future
@@ -142,6 +224,27 @@ class Request:
 
     wait = Wait
     test = Test
+
+    @staticmethod
+    def Waitall(requests, statuses=None):
+        """Wait for every request (gcomp's and mpi4py's, mixed)."""
+        mpi = [r for r in requests if not isinstance(r, Request)]
+        for r in requests:
+            if isinstance(r, Request):
+                r.Wait()
+        if mpi:
+            MPI.Request.Waitall(mpi)
+        return True
+
+    @staticmethod
+    def Testall(requests, statuses=None):
+        """Whether every request (gcomp's and mpi4py's, mixed) has completed."""
+        mpi = [r for r in requests if not isinstance(r, Request)]
+        done = all(r.Test() for r in requests if isinstance(r, Request))
+        return (MPI.Request.Testall(mpi) if mpi else True) and done
+
+    waitall = Waitall
+    testall = Testall
 
 
 class CompressedComm:

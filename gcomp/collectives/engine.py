@@ -35,6 +35,10 @@ that order (allreduce sums on the wire; allgather compresses once).  bf16,
 which an allreduce must sum in float32, thus goes through allgather or
 scatter-reduce-allgather.
 
+On a single rank every call is the identity (the ``dense`` algorithm, which
+sends nothing), whatever the compressor or ``algorithm``: compressing would
+only lose information.
+
 ``groups`` (``"node"``, an int color for this rank, or a callable
 ``rank -> color``) makes every call :mod:`hierarchical <gcomp.collectives.hierarchical>`:
 dense inside each group, the algorithm above among the group leaders.
@@ -171,6 +175,8 @@ class CompressedAllreduce:
         """The algorithm used for a vector of ``numel`` entries."""
         if self.groups is not None:
             return "hierarchical"
+        if self.transport.size == 1:
+            return "dense"  # one rank: the reduction is the identity, and nothing is lost to compression
         return self._choose_flat(numel, self._algorithms)
 
     def _choose_flat(self, numel, algorithms):
