@@ -47,6 +47,8 @@ from ..kernels.random import derive_seed
 
 __all__ = ["Compressed", "Compressor", "as_flat_f32", "DTYPES"]
 
+_F32 = np.dtype(np.float32)
+
 #: Dtypes a compressor accepts, by name; also the wire format's dtype ids.
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -300,8 +302,9 @@ class Compressor:
 
     def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows)."""
-        self._check_compressed(c)
-        if not isinstance(acc, np.ndarray) or acc.dtype != np.float32 or acc.shape != (c.numel,):
+        if type(c) is not Compressed or c.codec != self.name:
+            self._check_compressed(c)
+        if type(acc) is not np.ndarray or acc.dtype is not _F32 or acc.shape != (c.numel,):
             raise ValueError(f"expected a float32 accumulator of shape ({c.numel},), found "
                              f"{getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
         return self._decompress_add(c, acc, scale)
