@@ -304,11 +304,12 @@ class CompressionState:
                 self._bucket_done(step)
             raw.set_result(tensor)
         except GcompError as exc:
-            raw.set_exception(exc)
+            raw.set_exception(_without_frames(exc))
         except Exception as exc:  # noqa: BLE001 - a peer died or timed out: say so in gcomp's terms
             raw.set_exception(CollectiveError(
                 f"compressed allreduce of bucket {key} at step {step} failed on rank {self.rank}: {exc}; "
                 "a peer may have died or the group timed out"))
+            _without_frames(exc)
 
     def _dense(self, bucket, tensor):
         stats = CallStats(bucket.index(), self.iter, "dense", tensor.numel(), packet_bytes=tensor.numel() * tensor.element_size())
@@ -355,6 +356,19 @@ class CompressionState:
         """DDP's iteration ends with its last bucket."""
         if bucket.is_last():
             self.iter += 1
+
+
+def _without_frames(exc):
+    """``exc`` without its traceback and chained exceptions.
+
+    torch keeps the exception set on a Future alive; its frames would keep the
+    bucket's arrays (input, packets, result) alive with it, so every caught
+    error would leak a bucket's worth of memory.  The message stays.
+    """
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc
 
 
 def _overlaps(layout, saved):

@@ -70,6 +70,11 @@ def run_mismatch(h, comm):
     expect_mismatch(h, comm, "size", lambda: cc.Allreduce(MPI.IN_PLACE, x, op=gcomp.mpi.MEAN))
     x = sized(N)
     expect_mismatch(h, comm, "size-same-key", lambda: cc.Allreduce(MPI.IN_PLACE, sized(N + 64 * rank), key="w"))
+    # an existing key whose buffer changes size on one rank: its memory refuses locally (StateError), and that
+    # must not leave the others waiting: every rank raises MismatchError after the agreement step (issue 10 item 2)
+    cc.Allreduce(MPI.IN_PLACE, sized(N), key="kept")
+    expect_mismatch(h, comm, "size-existing-key",
+                    lambda: cc.Allreduce(MPI.IN_PLACE, sized(N + (8 if last else 0)), key="kept"))
     with h.check("mismatch/size-then-agree"):
         cc.Allreduce(MPI.IN_PLACE, x, op=gcomp.mpi.MEAN)  # the same CompressedComm still works
         good_call(comm)
