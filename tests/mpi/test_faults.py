@@ -8,7 +8,8 @@ pytest.importorskip("mpi4py")
 pytestmark = pytest.mark.slow
 
 # verify, hierarchical, op, key: issue 10 item 4 (settings that change what goes on the wire are agreed on)
-MISMATCH_CASES = ["size", "size-same-key", "size-existing-key", "dtype", "compressor", "compressor-params", "compressor-seed", "error-feedback",
+MISMATCH_CASES = ["size", "size-same-key", "size-existing-key",
+                  "dtype", "compressor", "compressor-params", "compressor-seed", "error-feedback",
                   "algorithm", "verify", "hierarchical", "op", "key", "iallreduce", "oneoff", "verify-first"]
 
 
