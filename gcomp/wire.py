@@ -265,6 +265,8 @@ def _unzstd(payload: bytes, raw_len: int) -> bytes:
     """Decompress one zstd frame of exactly ``raw_len`` bytes; never allocates more than that."""
     import zstandard
 
+    if len(payload) >= 4 and int.from_bytes(payload[:4], "little") & 0xFFFFFFF0 == 0x184D2A50:
+        raise CodecError("expected a regular zstd frame, found a skippable frame (docs/wire-format.md, section 5)")
     try:
         params = zstandard.get_frame_parameters(payload)
     except zstandard.ZstdError as exc:

@@ -63,6 +63,16 @@ def test_zstd_trailing_bytes_after_the_frame_are_refused():
     assert not accepted, f"decode accepted a zstd payload with {accepted} after the frame"
 
 
+def test_a_skippable_frame_is_a_codec_error():
+    """Section 5: a skippable frame anywhere in the payload is refused with CodecError (issue 10 item 16)."""
+    d = wire.decode(_base("none_zstd"))
+    frame = zstandard.ZstdCompressor().compress(d.arrays["values"].tobytes())
+    skippable = b"\x50\x2a\x4d\x18\x04\0\0\0abcd"
+    for payload in (skippable + frame, frame + skippable, skippable):
+        with pytest.raises(CodecError):
+            wire.decode(_zstd_packet("none_zstd", payload))
+
+
 def test_zstd_frame_claiming_a_huge_content_size_raises_wireformaterror():
     """A 100-byte packet whose zstd frame header claims 2**40 bytes must raise WireFormatError, not MemoryError."""
     frame = frame_with_content_size(1 << 40, bytes(100))
