@@ -382,6 +382,10 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
 
 def register(ddp_model, spec, **options) -> CompressionState:
     """Build a :class:`CompressionState` for ``ddp_model``'s process group and register the hook; returns the state."""
+    if getattr(ddp_model, "_comm_hooks", None):
+        # DDP takes one hook; refuse before building a state (a process group and a thread) it would reject
+        raise ConfigError("expected a DDP model without a communication hook, found one already registered: "
+                          "DDP accepts register_comm_hook only once per model")
     if "process_group" not in options and getattr(ddp_model, "process_group", None) is not None:
         options["process_group"] = ddp_model.process_group
     state = CompressionState(spec, **options)

@@ -66,3 +66,29 @@ def test_hook_refuses_bad_iter():
     for bad in BAD_STEPS:
         outcome = results[repr(bad)]
         assert outcome[0] == "raised" and outcome[1] == "StateError" and "iter" in outcome[2], (bad, outcome)
+
+
+def _second_register(rank):
+    import threading
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ddp = DDP(make_model(seed=0))
+    state = gcomp.ddp.register(ddp, "topk")
+    threads = threading.active_count()
+    outcome = capture(gcomp.ddp.register, ddp, "qsgd")
+    new_threads = threading.active_count() - threads
+    state.close()
+    return outcome, new_threads
+
+
+def second_register_worker(rank, world_size):
+    return _second_register(rank)
+
+
+@pytest.mark.slow
+def test_second_register_is_refused_before_building_anything():
+    """Issue 10 item 21: a second register() is refused with ConfigError, with no new thread or group made."""
+    ((outcome, new_threads),) = launch(second_register_worker, 1, timeout=120)
+    assert outcome[0] == "raised" and outcome[1] == "ConfigError" and "hook" in outcome[2], outcome
+    assert new_threads == 0
