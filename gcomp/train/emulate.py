@@ -37,6 +37,7 @@ from .netns import (
     EmulatedNetwork,
     EmulationError,
     can_emulate,
+    check_subnet,
     cleanup_stale,
     list_namespaces,
     parse_tc_rate,
@@ -83,7 +84,7 @@ def add_emulate_arguments(parser):
     parser.add_argument("--subnet", default=DEFAULT_SUBNET, help=f"worker addresses (default {DEFAULT_SUBNET})")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo the workers' output")
     parser.add_argument("--cleanup-stale", action="store_true",
-                        help="first delete namespaces left by killed gcomp runs")
+                        help="delete namespaces left by killed gcomp runs (alone: only that, then exit)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                         help="command run once per worker inside its namespace, with RANK, WORLD_SIZE, LOCAL_RANK, "
                              "MASTER_ADDR, MASTER_PORT and GLOO_SOCKET_IFNAME=eth0 set")
@@ -95,6 +96,16 @@ def cmd_emulate(args):
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if not cmd and args.cleanup_stale:  # standalone: remove what SIGKILLed runs left, nothing else
+        ok, reason = can_emulate()
+        if not ok:
+            print(f"gcomp emulate: cannot clean up here: {reason}", file=sys.stderr)
+            return 2
+        removed = cleanup_stale()
+        for ns in removed:
+            print(f"removed stale namespace {ns}", file=sys.stderr)
+        print(f"gcomp emulate: removed {len(removed)} stale namespace(s)")
+        return 0
     if not cmd:
         print("gcomp emulate: expected a command after --, e.g. gcomp emulate --workers 2 -- python train.py",
               file=sys.stderr)
@@ -102,8 +113,14 @@ def cmd_emulate(args):
     if args.workers < 1:
         print(f"gcomp emulate: expected --workers >= 1, found {args.workers}", file=sys.stderr)
         return 2
+    if not 1 <= args.master_port <= 65535:
+        print(f"gcomp emulate: expected --master-port in [1, 65535], found {args.master_port}", file=sys.stderr)
+        return 2
     try:
         links = parse_links(args.link, args.workers)
+        for link in links:
+            tbf_params(link)
+        check_subnet(args.subnet, args.workers)
     except ValueError as exc:
         print(f"gcomp emulate: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,8 @@ __all__ = [
 
 #: addresses of the emulated workers: worker i gets host i+1 of this subnet
 DEFAULT_SUBNET = "10.77.0.0/24"
+#: the rates tbf_params accepts (bit/s)
+MIN_RATE_BPS, MAX_RATE_BPS = 1e3, 1e10
 #: name of every worker's interface inside its namespace
 IFNAME = "eth0"
 #: Linux IFNAMSIZ (16) less the terminating NUL
@@ -189,11 +191,28 @@ def tbf_params(link_or_rate):
       small messages sent behind a bulk transfer, as on the real link.
     """
     rate = float(link_or_rate.rate_bps if isinstance(link_or_rate, Link) else link_or_rate)
-    if rate <= 0:
-        raise ValueError(f"expected a positive rate, found {rate}")
+    if not MIN_RATE_BPS <= rate <= MAX_RATE_BPS:
+        # measured: tc refuses rates under 8 bit/s, passes no full frame with the burst it computes at a few
+        # hundred bit/s, and overflows its burst (shown as 0b) somewhere above 30 Gbit/s
+        raise ValueError(f"expected a link rate tc tbf can shape, {MIN_RATE_BPS / 1e3:g} kbit/s to "
+                         f"{MAX_RATE_BPS / 1e9:g} Gbit/s, found {rate:g} bit/s")
     burst = max(_MIN_BURST, int(rate / 8 * _BURST_SECONDS))
     limit = burst + max(_MIN_QUEUE, int(rate / 8 * _QUEUE_SECONDS))
     return {"rate_bps": int(round(rate)), "burst_bytes": burst, "limit_bytes": limit}
+
+
+def check_subnet(subnet, hosts):
+    """The IPv4 network of ``subnet`` with room for ``hosts``; loopback and link-local ranges are refused."""
+    try:
+        net = ipaddress.ip_network(subnet, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"expected an IPv4 subnet such as {DEFAULT_SUBNET}, found {subnet!r}: {exc}") from None
+    if net.version != 4 or net.is_loopback or net.is_link_local or net.is_multicast:
+        raise ValueError(f"expected a private IPv4 subnet for the namespaces (not loopback, link-local or multicast), "
+                         f"found {subnet}")
+    if net.num_addresses - 2 < hosts:
+        raise ValueError(f"subnet {subnet} has room for fewer than {hosts} IPv4 hosts")
+    return net
 
 
 _TC_RATE = re.compile(r"\brate\s+([0-9.]+)\s*([KMGT]?)(bit|bps)\b")
@@ -300,9 +319,9 @@ class EmulatedNetwork:
             raise TypeError("expected a list of gcomp.train.links.Link (see parse_links)")
         if not _PREFIX.match(prefix):
             raise ValueError(f"expected a prefix of letters, digits, '_' or '.', found {prefix!r}")
-        net = ipaddress.ip_network(subnet, strict=False)
-        if net.version != 4 or net.num_addresses - 2 < len(links):
-            raise ValueError(f"subnet {subnet} has room for fewer than {len(links)} IPv4 hosts")
+        net = check_subnet(subnet, len(links))
+        for link in links:
+            tbf_params(link)  # a rate tc cannot shape is refused here, before anything is created
         self.links = links
         self.prefix = prefix
         self.subnet = net
