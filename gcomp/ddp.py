@@ -273,7 +273,8 @@ class CompressionState:
         if host.device.type != "cpu":
             host = host.cpu()
         dtype = str(host.dtype).replace("torch.", "")
-        x = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
+        # float32 and float64 as they are (the engine reduces float64 exactly where it sends it dense)
+        x = host.numpy() if host.dtype in (torch.float32, torch.float64) else host.float().numpy()
         pendings = []
         for engine_key, slices in plan:
             part = x if slices is None else np.concatenate([x[lo:hi] for lo, hi in slices])

@@ -14,7 +14,7 @@ class DenseAllreduce(Algorithm):
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
-        return Pending(np.array(x, dtype=np.float32, copy=True), key, step, stats, average=average)
+        return Pending(np.array(x, copy=True), key, step, stats, average=average)
 
     #: MEAN as DDP computes it (each rank's vector times float32(1/P), then the sum), so that `none` is
     #: bit-identical to DDP without a hook; False: the sum, then divided by P (mpi4py's Allreduce then / P).
@@ -26,11 +26,11 @@ class DenseAllreduce(Algorithm):
         average = pending.average and self.size > 1
         t = Timer()
         if average and self.scale_first:
-            buf *= np.float32(1.0 / self.size)
+            buf *= buf.dtype.type(1.0 / self.size)  # in the buffer's own precision, as DDP scales
         pending.stats.decompress_s += t.lap()
         self._counted(pending, self.transport.allreduce_, buf)
         if average and not self.scale_first:
             t = Timer()
-            buf /= np.float32(self.size)
+            buf /= buf.dtype.type(self.size)
             pending.stats.decompress_s += t.lap()
         return buf

@@ -179,6 +179,13 @@ class CompressedAllreduce:
             return "dense"  # one rank: the reduction is the identity, and nothing is lost to compression
         return self._choose_flat(numel, self._algorithms)
 
+    def _dense_at(self, numel):
+        """Whether a vector of ``numel`` travels uncompressed everywhere (flat dense, or dense among the leaders)."""
+        if self.groups is None:
+            return self.choose(numel) == "dense"
+        inner = self._algorithms["hierarchical"].inner
+        return not inner or self._choose_flat(numel, inner) == "dense"
+
     def _choose_flat(self, numel, algorithms):
         if numel < self.min_numel:
             return "dense"
@@ -210,9 +217,15 @@ class CompressedAllreduce:
 
     # -- work -----------------------------------------------------------
     def prepare(self, x, key=0, step=None, *, average=True, dtype="float32"):
-        """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`."""
-        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`.
+
+        float64 input stays float64 on the dense path (reduced exactly, as the
+        transport sums it); every compressed path works in float32.
+        """
+        x = np.asarray(x).reshape(-1)
         algorithm = self.choose(x.shape[0])
+        wide = x.dtype == np.float64 and algorithm in ("dense", "hierarchical") and self._dense_at(x.shape[0])
+        x = np.ascontiguousarray(x, dtype=np.float64 if wide else np.float32)
         if step is None:
             step = self._steps.get(key, 0)
         self._steps[key] = step + 1
@@ -239,7 +252,7 @@ class CompressedAllreduce:
         out = algorithm.complete(pending)
         if algorithm.uses_feedback:
             out = self.feedback.after_reduce(pending.key, out)
-        if count_nonfinite(out):
+        if (count_nonfinite(out) if out.dtype == np.float32 else not np.isfinite(out).all()):
             pending.stats.nonfinite = True
             self._reset_keys({*algorithm.memory_keys(pending.key), pending.key})
             if self.nonfinite == "raise":

@@ -67,7 +67,7 @@ class HierarchicalAllreduce(Algorithm):
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
-        return Pending(np.array(x, dtype=np.float32, copy=True), key, step, stats, average=average)
+        return Pending(np.array(x, copy=True), key, step, stats, average=average)
 
     def complete(self, pending):
         total, stats = pending.x, pending.stats
@@ -90,6 +90,6 @@ class HierarchicalAllreduce(Algorithm):
         stats.intra_bytes_received = intra_received + stats.bytes_received - before[1]
         if pending.average:
             t = Timer()
-            total /= np.float32(self.size)
+            total /= total.dtype.type(self.size)
             stats.decompress_s += t.lap()
         return total

@@ -73,13 +73,17 @@ def section_none(h, comm):
             assert_same(oneoff, want, "gcomp.mpi.Allreduce SUM")
             cc.Free()
     with h.check("none/float64-buffers"):
+        # float64 travels as float64 on the dense path: exactly comm.Allreduce, beyond float32's range too
         cc = ccomm(comm, "none")
-        x = make_input(comm.Get_rank(), N, salt=2, dtype=np.float64)
-        want = np.empty(N, np.float32)
-        comm.Allreduce(x.astype(np.float32), want, op=MPI.SUM)
+        x = make_input(comm.Get_rank(), N, salt=2, dtype=np.float64) * 1e300
+        want = np.empty(N, np.float64)
+        comm.Allreduce(x, want, op=MPI.SUM)
         got = np.empty_like(x)
         cc.Allreduce(x, got, op=MPI.SUM)
-        assert_same(got, want.astype(np.float64), "float64 SUM (summed in float32)")
+        assert np.isfinite(got).all()
+        assert_same(got, want, "float64 SUM (exact)")
+        cc.Allreduce(x, got, op=gcomp.mpi.MEAN)
+        assert_same(got, want / np.float64(size), "float64 MEAN (exact)")
         cc.Free()
     with h.check("none/empty"):
         cc = ccomm(comm, "topk:ratio=0.1")
