@@ -263,7 +263,8 @@ class CompressionState:
         tensor = bucket.buffer()
         step = self.iter
         self._bucket_launched(step, bucket.is_last())
-        if step < self.start_iter or tensor.numel() < self.min_numel or tensor.numel() == 0:
+        # sparse buckets (e.g. EmbeddingBag(sparse=True)) take DDP's own sparse allreduce: there is no sparse codec
+        if step < self.start_iter or tensor.numel() < self.min_numel or tensor.numel() == 0 or tensor.is_sparse:
             fut = self._dense(bucket, tensor)
             self._finish_iteration(bucket)
             return fut.then(lambda f: (self._bucket_done(step), f.value())[1])
@@ -324,7 +325,8 @@ class CompressionState:
 
     def _nonfinite_policy(self, reduced, stats):
         """The engine's non-finite policy on a dense bucket (identical on every rank: the reduced values are)."""
-        if bool(torch.isfinite(reduced).all()):
+        values = reduced._values() if reduced.is_sparse else reduced
+        if bool(torch.isfinite(values).all()):
             return reduced
         stats.nonfinite = True
         self.engine.reset(stats.key)
@@ -333,7 +335,7 @@ class CompressionState:
                 f"NaN or Inf in the reduced bucket {stats.key} at step {stats.step} (dense path, policy 'raise'); "
                 "every rank raised and reset its error-feedback memory for this bucket")
         if self.engine.nonfinite == "zero":
-            reduced.zero_()
+            values.zero_()
         return reduced
 
     def _bucket_launched(self, step, last):
