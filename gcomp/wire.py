@@ -187,6 +187,8 @@ def peek(buf, expected_numel=None) -> Header:
     """
     mv = _as_buffer(buf)
     total = len(mv)
+    if total >= HEADER_SIZE and mv[4] == MAJOR:  # the common case; _peek_v1 checks the magic first
+        return _peek_v1(mv, total, expected_numel)
     if total < 5:
         raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
     if bytes(mv[:4]) != MAGIC:
@@ -202,6 +204,8 @@ def _peek_v1(mv, total, expected_numel):
         raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
     (magic, major, minor, codec_id, flags, dtype_id, numel, count, step, seed, p0, p1, p2, p3,
      index_len, raw_len, payload_len, crc) = HEADER.unpack_from(mv, 0)
+    if magic != MAGIC:
+        raise MagicError(f"expected magic {MAGIC!r}, found {bytes(magic)!r}: not a gcomp packet")
     if minor > MINOR:
         raise VersionError(f"expected wire version {MAJOR}.{MINOR} or older minor, found {major}.{minor}; upgrade gcomp to read it")
     cls = compressors.codec_by_id(codec_id)

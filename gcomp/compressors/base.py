@@ -294,6 +294,11 @@ class Compressor:
         dense = self._decompress(c)
         return restore_dtype(dense, c.dtype, out)
 
+    def _refuse_add(self, c, acc):
+        self._check_compressed(c)
+        raise ValueError(f"expected a float32 accumulator of shape ({c.numel},), found "
+                         f"{getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
+
     def _check_compressed(self, c):
         if not isinstance(c, Compressed):
             raise TypeError(f"expected a Compressed, found {type(c).__name__}")
@@ -301,15 +306,13 @@ class Compressor:
             raise ConfigError(f"expected a {self.name!r} packet, found codec {c.codec!r}")
 
     def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows)."""
-        if type(c) is not Compressed or c.codec != self.name:
-            self._check_compressed(c)
-        if type(acc) is not np.ndarray or acc.dtype is not _F32 or acc.shape != (c.numel,):
-            raise ValueError(f"expected a float32 accumulator of shape ({c.numel},), found "
-                             f"{getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
-        return self._decompress_add(c, acc, scale)
+        """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows).
 
-    def _decompress_add(self, c, acc, scale):
+        Refuses another codec's packet and an accumulator of another dtype or size (ConfigError, ValueError).
+        """
+        if (type(c) is not Compressed or c.codec != self.name or type(acc) is not np.ndarray or acc.dtype is not _F32
+                or acc.size != c.numel or acc.ndim != 1):  # one cheap test: this runs once per packet received
+            self._refuse_add(c, acc)
         if scale == 1.0 and type(self)._decode is not Compressor._decode:
             return self._decode(c, out=acc, accumulate=True)
         dense = self._decompress(c)

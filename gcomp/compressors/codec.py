@@ -39,10 +39,6 @@ MINOR = 0
 F32, F16, U8, U16 = np.dtype("<f4"), np.dtype("<f2"), np.dtype("u1"), np.dtype("<u2")
 
 
-def _no_check(numel, count, params):
-    return None
-
-
 def sparse_values(numel, count, params):
     """The arrays of a codec that sends ``count`` float32 values (after its indices, if any)."""
     return [("values", F32, count)]
@@ -55,21 +51,21 @@ class Codec:
     codec_id: int
     arrays: Callable
     params: tuple = ()
-    check: Callable = _no_check
+    check: Callable | None = None
     sparse: bool = False
     regenerate_indices: Callable | None = None
     shape: Callable | None = None
     since: int = 0
     name: str = ""
+    #: whether the header's ``count`` field is used (sparse or regenerated indices); derived
+    counted: bool = dataclasses.field(init=False, default=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "counted", bool(self.sparse or self.regenerate_indices is not None))
 
     @property
     def param_names(self) -> tuple:
         return self.params
-
-    @property
-    def counted(self) -> bool:
-        """Whether the header's ``count`` field is used (sparse or regenerated indices)."""
-        return self.sparse or self.regenerate_indices is not None
 
     def validate(self, numel, count, params):
         """The count rule, then the codec's own parameter check (raises SizeError)."""
@@ -78,7 +74,8 @@ class Codec:
                 raise SizeError(f"expected count <= numel ({numel}), found {count}")
         elif count:
             raise SizeError(f"expected count 0 for a dense codec, found {count}")
-        self.check(numel, count, params)
+        if self.check is not None:
+            self.check(numel, count, params)
 
     def array_shape(self, name, length, params):
         return (length,) if self.shape is None else self.shape(name, length, params)

@@ -7,6 +7,8 @@ with variance ``E||Q(x) - x||^2 <= min(d / s^2, sqrt(d) / s) ||x||^2`` for
 ``d = bucket_size`` and ``s = levels``.
 """
 
+import functools
+
 from ..errors import ConfigError, SizeError
 from ..kernels import qsgd as kq
 from ._params import check_bucket, check_int, check_seed, nbuckets, packed_bytes
@@ -20,10 +22,15 @@ def _rules(levels, bucket_size, error):
 
 
 def _check_packet(numel, count, p):
-    _rules(p["levels"], p["bucket_size"], SizeError)
-    want = kq.qsgd_code_bits(p["levels"])
-    if p["bits"] != want:
-        raise SizeError(f"expected {want} code bits for {p['levels']} levels, found {p['bits']}")
+    _valid_packet(p["levels"], p["bucket_size"], p["bits"])
+
+
+@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
+def _valid_packet(levels, bucket_size, bits):
+    _rules(levels, bucket_size, SizeError)
+    want = kq.qsgd_code_bits(levels)
+    if bits != want:
+        raise SizeError(f"expected {want} code bits for {levels} levels, found {bits}")
 
 
 def _arrays(n, count, p):

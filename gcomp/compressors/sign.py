@@ -5,6 +5,8 @@ Biased; with error feedback it converges like SGD.  A contraction with
 ``delta = ||x||_1^2 / (d ||x||_2^2) >= 1 / d`` per bucket of d entries.
 """
 
+import functools
+
 from ..errors import SizeError
 from ..kernels import sign as ks
 from ._params import check_bucket, nbuckets, packed_bytes
@@ -13,7 +15,12 @@ from .codec import F32, U8, Codec
 
 
 def _check_packet(numel, count, p):
-    check_bucket("sign", p["bucket_size"], SizeError)
+    _valid_bucket(p["bucket_size"])
+
+
+@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
+def _valid_bucket(bucket_size):
+    check_bucket("sign", bucket_size, SizeError)
 
 
 def _arrays(n, count, p):

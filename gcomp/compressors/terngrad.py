@@ -4,6 +4,8 @@ Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
 ``s = max |x|`` over its bucket, else as 0.  Codes take 2 bits.
 """
 
+import functools
+
 from ..errors import SizeError
 from ..kernels import terngrad as kt
 from ._params import check_bucket, check_seed, nbuckets, packed_bytes
@@ -12,7 +14,12 @@ from .codec import F32, U8, Codec
 
 
 def _check_packet(numel, count, p):
-    check_bucket("terngrad", p["bucket_size"], SizeError)
+    _valid_bucket(p["bucket_size"])
+
+
+@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
+def _valid_bucket(bucket_size):
+    check_bucket("terngrad", bucket_size, SizeError)
 
 
 def _arrays(n, count, p):

@@ -6,7 +6,7 @@ from ..kernels import scatter
 from ..kernels.error_feedback import ef_topk
 from ..kernels.topk import topk_exact
 from ._params import check_ratio, sparse_payload_bound
-from .base import Compressed, Compressor, count_from_ratio
+from .base import _F32, Compressed, Compressor, count_from_ratio
 from .codec import Codec, sparse_values
 
 
@@ -27,7 +27,10 @@ class SparseCompressor(Compressor):
     def _decompress(self, c):
         return sparse_decompress(c)
 
-    def _decompress_add(self, c, acc, scale):
+    def decompress_add(self, c, acc, scale=1.0):
+        if (type(c) is not Compressed or c.codec != self.name or type(acc) is not np.ndarray or acc.dtype is not _F32
+                or acc.size != c.numel or acc.ndim != 1):  # the base class's test, inlined: once per packet received
+            self._refuse_add(c, acc)
         return sparse_decompress_add(c, acc, scale)
 
     def compress_with_residual(self, x, residual, *, step=0, key=0):

@@ -6,6 +6,8 @@ bucket; ``mode="absmax"`` is symmetric around zero.  ``rounding="nearest"``
 is deterministic; ``rounding="stochastic"`` is unbiased.
 """
 
+import functools
+
 from ..errors import ConfigError, SizeError
 from ..kernels import uniform as ku
 from ._params import check_bucket, check_choice, check_seed, nbuckets, packed_bytes
@@ -26,9 +28,14 @@ def _rules(bits, bucket_size, mode, rounding, error):
 
 
 def _check_packet(numel, count, p):
-    if p["mode"] not in (0, 1) or p["stochastic"] not in (0, 1):
-        raise SizeError(f"expected uniform mode 0/1 and stochastic 0/1, found {p['mode']}, {p['stochastic']}")
-    _rules(p["bits"], p["bucket_size"], MODES[p["mode"]], ROUNDINGS[p["stochastic"]], SizeError)
+    _valid_packet(p["bits"], p["bucket_size"], p["mode"], p["stochastic"])
+
+
+@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
+def _valid_packet(bits, bucket_size, mode, stochastic):
+    if mode not in (0, 1) or stochastic not in (0, 1):
+        raise SizeError(f"expected uniform mode 0/1 and stochastic 0/1, found {mode}, {stochastic}")
+    _rules(bits, bucket_size, MODES[mode], ROUNDINGS[stochastic], SizeError)
 
 
 def _arrays(n, count, p):

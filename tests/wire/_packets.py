@@ -130,7 +130,7 @@ def assert_valid(c, *, decompress=True):
     assert 0 <= c.numel <= wire.MAX_NUMEL and 0 <= c.count <= max(c.numel, 0)
     assert 0 <= c.step <= U64 and 0 <= c.seed <= U64
     assert set(c.params) == set(codec.param_names)
-    codec.check(c.numel, c.count, c.params)
+    codec.validate(c.numel, c.count, c.params)
     specs = codec.arrays(c.numel, c.count, c.params)
     names = {name for name, _, _ in specs}
     if codec.sparse or codec.regenerate_indices is not None:
