@@ -5,6 +5,7 @@ SizeError when a packet's header is validated) naming what is valid, so one
 rule serves both places.
 """
 
+import functools
 import math
 
 from ..errors import ConfigError
@@ -71,3 +72,24 @@ def packed_bytes(numel, bits):
 def sparse_payload_bound(numel, count, value_bytes=4):
     """Values plus the smaller index coding (varint gaps take <= 10 bytes, the bitmap ceil(n/8))."""
     return count * value_bytes + min(10 * count, (numel + 7) // 8)
+
+
+@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
+def valid_packet_bucket(name, bucket_size):
+    """The wire check of a ``bucket_size`` codec parameter (SizeError), cached for valid values."""
+    from ..errors import SizeError
+
+    check_bucket(name, bucket_size, SizeError)
+
+
+def codes_and_scales(name, bits):
+    """``(arrays, check)`` of a codec that sends ``bits``-bit codes plus one float32 scale per bucket."""
+    from .codec import F32, U8
+
+    def arrays(n, count, p):
+        return [("codes", U8, packed_bytes(n, bits)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
+
+    def check(numel, count, p):
+        valid_packet_bucket(name, p["bucket_size"])
+
+    return arrays, check

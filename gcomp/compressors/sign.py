@@ -5,26 +5,12 @@ Biased; with error feedback it converges like SGD.  A contraction with
 ``delta = ||x||_1^2 / (d ||x||_2^2) >= 1 / d`` per bucket of d entries.
 """
 
-import functools
-
-from ..errors import SizeError
 from ..kernels import sign as ks
-from ._params import check_bucket, nbuckets, packed_bytes
+from ._params import check_bucket, codes_and_scales, nbuckets, packed_bytes
 from .base import Compressed, Compressor
-from .codec import F32, U8, Codec
+from .codec import Codec
 
-
-def _check_packet(numel, count, p):
-    _valid_bucket(p["bucket_size"])
-
-
-@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
-def _valid_bucket(bucket_size):
-    check_bucket("sign", bucket_size, SizeError)
-
-
-def _arrays(n, count, p):
-    return [("codes", U8, packed_bytes(n, 1)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
+_arrays, _check_packet = codes_and_scales("sign", 1)
 
 
 class Sign(Compressor):

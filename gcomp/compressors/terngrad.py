@@ -4,26 +4,12 @@ Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
 ``s = max |x|`` over its bucket, else as 0.  Codes take 2 bits.
 """
 
-import functools
-
-from ..errors import SizeError
 from ..kernels import terngrad as kt
-from ._params import check_bucket, check_seed, nbuckets, packed_bytes
+from ._params import check_bucket, check_seed, codes_and_scales, nbuckets, packed_bytes
 from .base import Compressed, Compressor
-from .codec import F32, U8, Codec
+from .codec import Codec
 
-
-def _check_packet(numel, count, p):
-    _valid_bucket(p["bucket_size"])
-
-
-@functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
-def _valid_bucket(bucket_size):
-    check_bucket("terngrad", bucket_size, SizeError)
-
-
-def _arrays(n, count, p):
-    return [("codes", U8, packed_bytes(n, 2)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
+_arrays, _check_packet = codes_and_scales("terngrad", 2)
 
 
 class TernGrad(Compressor):

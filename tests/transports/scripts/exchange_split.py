@@ -10,43 +10,29 @@ the transport uses buffer methods only.
 """
 
 import contextlib
+import os
 import pickle
 import sys
-import traceback
 
 import numpy as np
 from mpi4py import MPI
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "mpi", "scripts"))
+import _harness  # noqa: E402  (the CHECK/DONE markers tests/mpi/launch.py parses)
 
 from gcomp.errors import ConfigError
 from gcomp.transports import Transport
 from gcomp.transports.mpi import EXCHANGE_TAG, MPITransport
 
 
-def emit(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-class Checks:
-    def __init__(self, comm):
-        self.comm = comm
-        self.rank = comm.Get_rank()
-        self.failures = 0
+class Checks(_harness.Checks):
+    """tests/mpi/scripts/_harness.py's markers, with a barrier after every check."""
 
     @contextlib.contextmanager
     def check(self, name):
-        try:
+        with super().check(name):
             yield
-        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-            self.failures += 1
-            emit(f"CHECK {name} rank={self.rank} FAIL " + " ".join(f"{type(exc).__name__}: {exc}".split())[:900])
-            traceback.print_exc(file=sys.stderr)
-        else:
-            emit(f"CHECK {name} rank={self.rank} ok")
         self.comm.Barrier()
-
-    def done(self):
-        emit(f"DONE rank={self.rank} failures={self.failures}")
 
 
 def payload(src, dst):
