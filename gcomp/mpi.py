@@ -24,6 +24,11 @@ ranks agree on compressor, options, size and dtype (``verify="always"``, one
 32-byte Allgather), raising :class:`gcomp.errors.MismatchError` on every rank
 otherwise; pass ``verify="first"`` to check once per key.
 
+One thread at a time: a call while another thread's call on the same
+``CompressedComm`` is still in flight raises ConfigError (threads can be
+ordered differently on different ranks, and their same-size buffers would mix
+silently); serialize the calls or give each thread its own ``CompressedComm``.
+
 Error feedback memories are keyed by ``key=`` (default: the buffer's length,
 so one buffer per size needs no key).  ``state_dict()`` holds this rank's.
 
@@ -39,6 +44,7 @@ exception calls MPI_Abort and ends the whole job (docs/mpi.md).
 """
 
 import concurrent.futures
+import threading
 
 import numpy as np
 from mpi4py import MPI
@@ -284,6 +290,9 @@ class CompressedComm:
         self.compressor = comp
         self.options = options
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")
+        self._guard = threading.Lock()
+        self._caller = None  # the thread whose calls are in flight
+        self._in_flight = 0
 
     # -- pass-through ---------------------------------------------------------
     def __getattr__(self, name):
@@ -295,12 +304,40 @@ class CompressedComm:
         return list(self.engine.stats)
 
     # -- the compressed allreduce ------------------------------------------------
+    def _enter(self):
+        """Refuse a call while another thread's call is in flight: the ranks could pair them differently."""
+        me = threading.get_ident()
+        with self._guard:
+            if self._in_flight and self._caller != me:
+                raise ConfigError(
+                    "expected one thread at a time on a CompressedComm, found a call from another thread still in "
+                    "flight; calls from several threads can be paired differently on different ranks and mix their "
+                    "data: serialize them (one lock around the calls) or give each thread its own CompressedComm")
+            self._caller = me
+            self._in_flight += 1
+
+    def _leave(self):
+        with self._guard:
+            self._in_flight -= 1
+
     def _run(self, sendbuf, recvbuf, op, key):
-        average = _average_of(op)
-        x, recv_flat, dtype = _operands(sendbuf, recvbuf)
-        key = f"n{x.shape[0]}" if key is None else key
-        pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
-        return lambda: _write(recv_flat, dtype, self.engine.complete(pending))
+        self._enter()
+        try:
+            average = _average_of(op)
+            x, recv_flat, dtype = _operands(sendbuf, recvbuf)
+            key = f"n{x.shape[0]}" if key is None else key
+            pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
+        except BaseException:
+            self._leave()
+            raise
+
+        def work():
+            try:
+                _write(recv_flat, dtype, self.engine.complete(pending))
+            finally:
+                self._leave()
+
+        return work
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None):
         """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``; op is MPI.SUM or gcomp.mpi.MEAN."""

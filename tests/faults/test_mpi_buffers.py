@@ -114,3 +114,33 @@ def test_buffer_conventions_at_three_ranks():
     assert result.returncode == 0 and not result.timed_out, result.describe(3000)
     assert sorted(line for line in result.output.splitlines() if line.startswith("BUFFERS")) == [
         f"BUFFERS rank={r} ok" for r in range(3)], result.output[-3000:]
+
+
+def test_a_call_from_another_thread_while_one_is_in_flight_is_refused(ccomm):  # item 5
+    import threading
+
+    gate = threading.Event()
+    ccomm._executor.submit(gate.wait)  # hold the communication thread, so the next call stays in flight
+    a = np.ones(8, np.float32)
+    req = ccomm.Iallreduce(MPI.IN_PLACE, a, op=MPI.SUM)
+    errors = []
+
+    def other():
+        try:
+            ccomm.Allreduce(MPI.IN_PLACE, np.ones(8, np.float32), op=MPI.SUM)
+        except ConfigError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    gate.set()
+    req.Wait()
+    assert len(errors) == 1 and "thread" in str(errors[0])
+    # the same thread may queue several calls, and another thread may call once nothing is in flight
+    reqs = [ccomm.Iallreduce(MPI.IN_PLACE, np.ones(8, np.float32), op=MPI.SUM) for _ in range(3)]
+    gcomp.mpi.Request.Waitall(reqs)
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    assert len(errors) == 1
