@@ -6,6 +6,10 @@ For each bucket of ``bucket_size`` entries (the last one may be partial) with
     bit   = 1 if v >= 0 else 0            (so -0.0 and +0.0 give 1)
     scale = mean(|v|) over the bucket     (summed in float64, rounded to float32)
 
+The float64 sum may be formed in any order (fast-math reassociation), so a
+scale is within one float32 ulp of the exactly rounded mean, and equal to it
+unless the float64 sum lands next to a float32 rounding boundary.
+
 and decoding is ``value = +scale`` for bit 1, ``-scale`` for bit 0.  Bits are
 packed LSB-first, one bucket starting on each byte boundary.  Deterministic
 (no seed) and biased; use it with error feedback.

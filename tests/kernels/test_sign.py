@@ -1,5 +1,7 @@
 """Scaled sign (EF-signSGD) against a plain numpy reference, plus error feedback and the non-finite policy."""
 
+import math
+
 import numpy as np
 import pytest
 from _shared import (
@@ -25,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 
 def sign_encode_ref(x, bucket_size, residual=None):
-    """Returns (bits uint8[n], scales, v)."""
+    """Returns (bits uint8[n], scales, v); scales from the exact sum (math.fsum), rounded once to float32."""
     x = np.asarray(x, dtype=F32)
     v = x if residual is None else (x + residual).astype(F32)
     n = x.size
@@ -38,9 +40,18 @@ def sign_encode_ref(x, bucket_size, residual=None):
         if not np.isfinite(vb).all():
             scales[b] = np.nan
             continue
-        scales[b] = F32(np.sum(np.abs(vb).astype(np.float64)) / vb.size)
+        scales[b] = F32(math.fsum(np.abs(vb).astype(np.float64).tolist()) / vb.size)
         bits[sl] = vb >= 0
     return bits, scales, v
+
+
+def assert_scales_within_one_ulp(scales, exact):
+    """The kernel sums |v| in float64 in any order (fast-math reassociation), so its float32 scale may land one
+    float32 ulp from the exactly rounded mean when the float64 sum falls next to a float32 rounding boundary
+    (hypothesis found one near 1e16: 4.5704374e15 against 4.570437e15).  More than one ulp is a bug."""
+    nan = np.isnan(exact)
+    np.testing.assert_array_equal(np.isnan(scales), nan)
+    np.testing.assert_array_max_ulp(scales[~nan], exact[~nan], maxulp=1)
 
 
 def sign_decode_ref(bits, scales, bucket_size):
@@ -55,7 +66,7 @@ def check_against_reference(x, bucket_size, residual=None):
     packed, scales = sign_encode(x, bucket_size, residual=residual)
     assert packed.dtype == np.uint8 and packed.shape == (packed_size(n, 1),)
     assert scales.dtype == F32 and scales.shape == (-(-n // bucket_size),)
-    np.testing.assert_array_equal(scales, scales_ref)
+    assert_scales_within_one_ulp(scales, scales_ref)
     bits = unpack_bits(packed, 1, n)
     np.testing.assert_array_equal(bits, bits_ref)
     dec = sign_decode(packed, scales, bucket_size, n)
