@@ -293,8 +293,9 @@ def test_killed_rank_makes_the_others_raise_within_the_timeout(spec, algorithm):
         r = results[rank]
         assert r["step"] == KILL_STEP, (rank, r)
         assert r["is_collective"], r
-        assert r["seconds"] < SHORT.total_seconds() + 5, r
-    assert time.monotonic() - start < 100
+        # within the group's timeout, plus a generous margin: a loaded machine must not fail this (issue 10 item 15)
+        assert r["seconds"] < SHORT.total_seconds() + 60, r
+    assert time.monotonic() - start < 240
 
 
 # ----------------------------------------------------------------------------
@@ -310,11 +311,13 @@ def test_launcher_reports_tracebacks_and_kills_hung_ranks():
     import multiprocessing
 
     start = time.monotonic()
+    # The watchdog is generous: on a loaded machine two spawned ranks importing torch can take tens of seconds
+    # before rank 0 even raises (a 20 s watchdog once killed it first; issue 10 item 15).
     with pytest.raises(LaunchError) as info:
-        launch(misbehaving_worker, 2, timeout=20)
+        launch(misbehaving_worker, 2, timeout=60)
     elapsed = time.monotonic() - start
     message = str(info.value)
     assert "ValueError: boom from rank 0" in message and "misbehaving_worker" in message, message
-    assert "rank 1: still running after 20" in message, message
-    assert elapsed < 40, elapsed
+    assert "rank 1: still running after 60" in message, message
+    assert elapsed < 180, elapsed
     assert multiprocessing.active_children() == []
