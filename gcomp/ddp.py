@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import statecodec
 from .collectives import CallStats, CompressedAllreduce
 from .compressors import with_seed
 from .errors import CollectiveError, ConfigError, GcompError, NonFiniteError, StateError
@@ -176,8 +177,18 @@ class CompressionState:
                 "config": self.config(), "engine": self.engine.state_dict(),
                 "layouts": {k: [list(i) if isinstance(i, tuple) else i for i in v] for k, v in self._layouts.items()}}
 
+    def gathered_state_dict(self):
+        """Every rank's :meth:`state_dict` in one dict (collective: call it on every rank).
+
+        For the usual single-file checkpoint: save it on rank 0 only; on resume,
+        every rank loads that file and passes the dict to :meth:`load_state_dict`,
+        which takes this rank's part.  Gathered without pickle (:mod:`gcomp.statecodec`).
+        """
+        return statecodec.gather(self.transport, self.state_dict())
+
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output of the same rank and configuration."""
+        """Restore :meth:`state_dict` output of the same rank and configuration (or a :meth:`gathered_state_dict`)."""
+        state = statecodec.own_part(state, self.rank, self.world_size)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected a gcomp DDP state with version {STATE_VERSION}, found "
                              f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")

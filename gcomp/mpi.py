@@ -49,6 +49,7 @@ import threading
 import numpy as np
 from mpi4py import MPI
 
+from . import statecodec
 from .collectives import CompressedAllreduce
 from .compressors import Compressor, with_seed
 from .compressors import compressor as build_compressor
@@ -356,7 +357,13 @@ class CompressedComm:
         return {"version": STATE_VERSION, "rank": self._own.Get_rank(), "size": self._own.Get_size(),
                 "engine": self.engine.state_dict()}
 
+    def gathered_state_dict(self):
+        """Every rank's :meth:`state_dict` in one dict (collective); save it on rank 0, load it on every rank."""
+        return statecodec.gather(self.transport, self.state_dict())
+
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output of this rank (or a :meth:`gathered_state_dict`)."""
+        state = statecodec.own_part(state, self._own.Get_rank(), self._own.Get_size())
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected a gcomp MPI state with version {STATE_VERSION}")
         if (state.get("rank"), state.get("size")) != (self._own.Get_rank(), self._own.Get_size()):
