@@ -135,8 +135,7 @@ class CompressionState:
                 "feedback_options": self.engine.feedback.options(),
                 "algorithm": self.engine.algorithm, "start_iter": self.start_iter, "min_numel": self.min_numel,
                 "nonfinite": self.engine.nonfinite, "world_size": self.world_size,
-                # a color differs per rank by design: only the kind of grouping must agree
-                "hierarchical": self.hierarchical if self.hierarchical in (None, "node") else "groups"}
+                "hierarchical": self.engine.options()["groups"]}
 
     # -- stats -------------------------------------------------------------
     @property

@@ -151,13 +151,12 @@ class CompressedAllreduce:
         ``error``: this rank failed to configure; it still takes part, then raises
         it, and the others raise MismatchError naming it, so nobody waits.
         """
-        mine = bytes(32) if error is not None else hashlib.sha256(json.dumps(
-            {**self.options(), "extra": extra}, sort_keys=True, default=str).encode()).digest()
-        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
-        failed = [r for r, fp in enumerate(prints) if not any(bytes(fp))]
+        mine = bytes(32) if error is not None else _digest({**self.options(), "extra": extra})
+        prints = self._gather_prints(mine)
+        failed = [r for r, fp in enumerate(prints) if not any(fp)]
         if error is not None:
             raise error
-        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
+        differing = [r for r, fp in enumerate(prints) if fp != mine]
         if differing:
             what = f"ranks {failed} failed to configure" if failed else f"ranks {differing} differ"
             raise MismatchError(
@@ -179,10 +178,11 @@ class CompressedAllreduce:
             return "dense"  # one rank: the reduction is the identity, and nothing is lost to compression
         return self._choose_flat(numel, self._algorithms)
 
-    def _dense_at(self, numel):
-        """Whether a vector of ``numel`` travels uncompressed everywhere (flat dense, or dense among the leaders)."""
-        if self.groups is None:
-            return self.choose(numel) == "dense"
+    def _dense_at(self, numel, algorithm):
+        """Whether a vector of ``numel`` sent with ``algorithm`` travels uncompressed everywhere (flat dense, or
+        dense among the leaders)."""
+        if algorithm != "hierarchical":
+            return algorithm == "dense"
         inner = self._algorithms["hierarchical"].inner
         return not inner or self._choose_flat(numel, inner) == "dense"
 
@@ -198,15 +198,17 @@ class CompressedAllreduce:
 
     # -- agreement ------------------------------------------------------
     def fingerprint(self, key, numel, dtype, algorithm, average=True) -> bytes:
-        doc = json.dumps({**self.options(), "algorithm": algorithm, "key": str(key), "numel": int(numel),
-                          "dtype": str(dtype), "average": bool(average)}, sort_keys=True, default=str)
-        return hashlib.sha256(doc.encode()).digest()
+        return _digest({**self.options(), "algorithm": algorithm, "key": str(key), "numel": int(numel),
+                        "dtype": str(dtype), "average": bool(average)})
+
+    def _gather_prints(self, mine):
+        """Every rank's 32-byte digest, in rank order (one allgather over the transport)."""
+        return [bytes(fp) for fp in self.transport.allgatherv(np.frombuffer(mine, np.uint8))]
 
     def verify_agreement(self, key, numel, dtype, algorithm, average=True):
         """Allgather fingerprints; raise MismatchError on every rank if any differs."""
         mine = self.fingerprint(key, numel, dtype, algorithm, average)
-        prints = self.transport.allgatherv(np.frombuffer(mine, np.uint8))
-        differing = [r for r, fp in enumerate(prints) if bytes(fp) != mine]
+        differing = [r for r, fp in enumerate(self._gather_prints(mine)) if fp != mine]
         if differing:
             raise MismatchError(
                 f"ranks disagree on compressor, configuration, key, size, dtype or op for key {key!r}: rank "
@@ -224,7 +226,7 @@ class CompressedAllreduce:
         """
         x = np.asarray(x).reshape(-1)
         algorithm = self.choose(x.shape[0])
-        wide = x.dtype == np.float64 and algorithm in ("dense", "hierarchical") and self._dense_at(x.shape[0])
+        wide = x.dtype == np.float64 and self._dense_at(x.shape[0], algorithm)
         x = np.ascontiguousarray(x, dtype=np.float64 if wide else np.float32)
         if step is None:
             step = self._steps.get(key, 0)
@@ -310,6 +312,10 @@ class CompressedAllreduce:
         self.feedback.load_state_dict(state["feedback"])
         self.server_feedback.load_state_dict(state["server_feedback"])
         self._steps = dict(steps)
+
+
+def _digest(doc) -> bytes:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).digest()
 
 
 def _count(value):

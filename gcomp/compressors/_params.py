@@ -8,7 +8,8 @@ rule serves both places.
 import functools
 import math
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SizeError
+from .codec import F32, U8
 
 
 def check_ratio(name, value, what="ratio", error=ConfigError):
@@ -77,15 +78,11 @@ def sparse_payload_bound(numel, count, value_bytes=4):
 @functools.lru_cache(maxsize=64)  # one entry per configuration seen: a packet's check costs a lookup
 def valid_packet_bucket(name, bucket_size):
     """The wire check of a ``bucket_size`` codec parameter (SizeError), cached for valid values."""
-    from ..errors import SizeError
-
     check_bucket(name, bucket_size, SizeError)
 
 
 def codes_and_scales(name, bits):
     """``(arrays, check)`` of a codec that sends ``bits``-bit codes plus one float32 scale per bucket."""
-    from .codec import F32, U8
-
     def arrays(n, count, p):
         return [("codes", U8, packed_bytes(n, bits)), ("scales", F32, nbuckets(n, p["bucket_size"]))]
 
