@@ -15,6 +15,7 @@
     │   └── IndexError_                      sparse indices out of range or order
     └── CollectiveError (also RuntimeError)  ranks disagree, a peer failed or timed out
         ├── MismatchError                    ranks use different sizes, dtypes or compressors
+        ├── SequenceError                    ranks' calls paired out of order (a rank missed one)
         └── NonFiniteError                   NaN/Inf met under the "raise" policy
 
 Messages say what was expected, what was found, and what to do.  The kernel
@@ -36,6 +37,7 @@ __all__ = [
     "IndexError_",
     "CollectiveError",
     "MismatchError",
+    "SequenceError",
     "NonFiniteError",
 ]
 
@@ -90,6 +92,10 @@ class CollectiveError(GcompError, RuntimeError):
 
 class MismatchError(CollectiveError):
     """Ranks disagree on size, dtype, compressor or configuration."""
+
+
+class SequenceError(CollectiveError):
+    """A collective paired with another rank's other call: a rank missed a call (gcomp.collectives.sequence)."""
 
 
 class NonFiniteError(CollectiveError):

@@ -9,6 +9,7 @@ decompressed contributions.
 import numpy as np
 
 from .. import wire
+from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
 
@@ -16,7 +17,7 @@ class AllgatherAlgorithm(Algorithm):
     name = "allgather"
 
     def estimated_bytes(self, numel):
-        return (self.size - 1) * (wire.HEADER_SIZE + self.compressor.max_payload_bytes(numel))
+        return (self.size - 1) * (sequence.PREFIX_SIZE + wire.HEADER_SIZE + self.compressor.max_payload_bytes(numel))
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
@@ -24,10 +25,13 @@ class AllgatherAlgorithm(Algorithm):
         packet = wire.encode(self.feedback.compress(x, key=key, step=step))
         stats.compress_s += t.lap()
         stats.packet_bytes = len(packet)
-        return Pending(x, key, step, stats, payload=packet, average=average)
+        return Pending(x, key, step, stats, payload=sequence.frame(packet, key, step), average=average)
 
     def complete(self, pending):
-        packets = self._counted(pending, self.transport.allgatherv, np.frombuffer(pending.payload, np.uint8))
+        if pending.fault:
+            pending.payload = sequence.frame(pending.payload[sequence.PREFIX_SIZE:], pending.key, pending.step, True)
+        framed = self._counted(pending, self.transport.allgatherv, pending.payload)
+        packets = sequence.unframe(framed, pending.key, pending.step, self.transport.rank, pending.fault)
         t = Timer()
         n = pending.x.shape[0]
         acc = np.zeros(n, np.float32)

@@ -11,10 +11,19 @@
   yields is allreduced and its sum sent back, until the generator returns
   the dense result; the error feedback wraps the phases
   (:meth:`gcomp.feedback.ErrorFeedback.before_phases` / ``after_phases``).
+
+The first array summed (the first summand, or the first phase) carries the
+call's sequence token (:mod:`gcomp.collectives.sequence`): it is summed in a
+copy with :data:`~gcomp.collectives.sequence.TAIL` entries behind it.  An
+identity compressor's sums must equal a plain allreduce bit for bit (``none``
+is DDP without a hook), and a longer buffer would move the transport's chunk
+boundaries and so the order of the float sums at P = 3: there the token
+travels in its own small sum first, as in ``dense``.
 """
 
 import numpy as np
 
+from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
 
@@ -22,7 +31,11 @@ class LinearAllreduce(Algorithm):
     name = "allreduce"
 
     def estimated_bytes(self, numel):
-        return 2 * (self.size - 1) * self.compressor.summed_bytes(numel) // max(self.size, 1)
+        # the token tail is counted at 4 bytes an entry (it travels in the first summand's dtype)
+        p = max(self.size, 1)
+        if self.compressor.identity:  # the token in its own sum
+            return 2 * (self.size - 1) * self.compressor.summed_bytes(numel) // p + 2 * (self.size - 1) * 4 * sequence.TAIL // p
+        return 2 * (self.size - 1) * (self.compressor.summed_bytes(numel) + 4 * sequence.TAIL) // p
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
@@ -41,12 +54,30 @@ class LinearAllreduce(Algorithm):
         stats.packet_bytes = sum(a.nbytes for a in sums.values())
         return Pending(x, key, step, stats, payload=(c, sums), average=average)
 
+    def _first_sum(self, pending, array):
+        """Sum ``array`` with the call's sequence token behind it; returns the summed values in its shape."""
+        if self.size == 1:
+            return array
+        if self.compressor.identity:
+            token = sequence.with_tail(array[:0], pending.key, pending.step, self.size, pending.fault)
+            self._counted(pending, self.transport.allreduce_, token)
+            sequence.check_tail(token, pending.key, pending.step, self.size, self.transport.rank, pending.fault)
+            self._counted(pending, self.transport.allreduce_, array)
+            return array
+        whole = sequence.with_tail(array, pending.key, pending.step, self.size, pending.fault)
+        self._counted(pending, self.transport.allreduce_, whole)
+        return sequence.check_tail(whole, pending.key, pending.step, self.size, self.transport.rank,
+                                   pending.fault).reshape(array.shape)
+
     def complete(self, pending):
         if self.compressor.phased:
             return self._phases(pending)
         c, sums = pending.payload
-        for arr in sums.values():
-            self._counted(pending, self.transport.allreduce_, arr)
+        for i, (name, arr) in enumerate(sums.items()):
+            if i == 0:
+                sums[name] = self._first_sum(pending, arr)
+            else:
+                self._counted(pending, self.transport.allreduce_, arr)
         t = Timer()
         out = np.asarray(self.compressor.decompress(self.compressor.with_sums(c, sums)), dtype=np.float32)
         pending.stats.decompress_s += t.lap()
@@ -54,8 +85,12 @@ class LinearAllreduce(Algorithm):
 
     def _phases(self, pending):
         phases, part = pending.payload
+        first = True
         while True:
-            self._counted(pending, self.transport.allreduce_, part)
+            if first:
+                part, first = self._first_sum(pending, part), False
+            else:
+                self._counted(pending, self.transport.allreduce_, part)
             t = Timer()
             try:
                 part = phases.send(part)

@@ -76,6 +76,9 @@ class Pending:
     average: bool = True
     #: a local failure of prepare(), raised by the engine after the agreement step
     error: Exception | None = None
+    #: this rank knows the call is already broken (hierarchical: its group's sum was out of sequence); the
+    #: call still communicates, flagged, so that every rank raises SequenceError (gcomp.collectives.sequence)
+    fault: bool = False
 
 
 class Algorithm:

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
 
@@ -10,7 +11,8 @@ class DenseAllreduce(Algorithm):
     uses_feedback = False
 
     def estimated_bytes(self, numel):
-        return 2 * (self.size - 1) * 4 * numel // max(self.size, 1)
+        p = max(self.size, 1)
+        return 2 * (self.size - 1) * 4 * numel // p + 2 * (self.size - 1) * 4 * sequence.TAIL // p
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
@@ -28,6 +30,13 @@ class DenseAllreduce(Algorithm):
         if average and self.scale_first:
             buf *= buf.dtype.type(1.0 / self.size)  # in the buffer's own precision, as DDP scales
         pending.stats.decompress_s += t.lap()
+        if self.size > 1:
+            # The call's sequence token travels in its own small sum, before the values: appended to them it would
+            # move the transport's chunk boundaries, and with them the order of a float sum at P = 3 (`none` must
+            # stay bit-identical to DDP without a hook and to comm.Allreduce).
+            token = sequence.with_tail(buf[:0], pending.key, pending.step, self.size, pending.fault)
+            self._counted(pending, self.transport.allreduce_, token)
+            sequence.check_tail(token, pending.key, pending.step, self.size, self.transport.rank, pending.fault)
         self._counted(pending, self.transport.allreduce_, buf)
         if average and not self.scale_first:
             t = Timer()

@@ -246,11 +246,19 @@ class CompressedAllreduce:
         algorithm = self._algorithms[pending.algorithm]
         # The agreement check is communication, so it runs here (on the thread that communicates).
         # verify="always" checks every call (keys may differ across ranks); True/"first" once per key.
-        if self.verify == "always" or (self.verify and (pending.key, pending.algorithm) not in self._verified):
-            self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm, pending.average)
-            self._verified.add((pending.key, pending.algorithm))
-        if pending.error is not None:
-            raise pending.error
+        try:
+            if self.verify == "always" or (self.verify and (pending.key, pending.algorithm) not in self._verified):
+                self.verify_agreement(pending.key, pending.x.shape[0], pending.dtype, pending.algorithm,
+                                      pending.average)
+                self._verified.add((pending.key, pending.algorithm))
+            if pending.error is not None:
+                raise pending.error
+        except GcompError:
+            # Nothing of this call was sent: it does not count as a step, so the key's next call carries the same
+            # sequence token (gcomp.collectives.sequence) on every rank, whichever ranks had raised before it.
+            if self._steps.get(pending.key) == pending.step + 1:
+                self._steps[pending.key] = pending.step
+            raise
         out = algorithm.complete(pending)
         if algorithm.uses_feedback:
             out = self.feedback.after_reduce(pending.key, out)

@@ -13,13 +13,19 @@ is its leader.  One call:
    size for a mean.
 
 Every rank gets the same bits (the leaders' result is broadcast), so the
-engine's non-finite policy acts identically on all of them.  Bytes inside the
+engine's non-finite policy acts identically on all of them.
+
+Sequence tokens (:mod:`gcomp.collectives.sequence`): the group sum carries the
+call's token; a leader whose group sum is out of sequence still takes part in
+the leaders' collective, flagged as broken, so every leader raises; the
+broadcast carries the leader's verdict, so every member raises too.  Bytes inside the
 groups are counted in ``CallStats.intra_bytes_sent`` / ``intra_bytes_received``
 as well as in the totals.
 """
 
-import numpy as np
 
+from ..errors import SequenceError
+from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
 __all__ = ["HierarchicalAllreduce", "split_groups"]
@@ -60,34 +66,54 @@ class HierarchicalAllreduce(Algorithm):
 
     def estimated_bytes(self, numel):
         between = self._inner_for(numel).estimated_bytes(numel) if self.inner else 0
-        return 2 * (self.intra.size - 1) * 4 * numel // max(self.intra.size, 1) + between
+        return 2 * (self.intra.size - 1) * 4 * (numel + sequence.TAIL) // max(self.intra.size, 1) + between
 
     def memory_keys(self, key):
         return sorted({k for a in self.inner.values() for k in a.memory_keys(key)} | {key}, key=str)
 
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0], packet_bytes=x.nbytes)
-        return Pending(np.array(x, copy=True), key, step, stats, average=average)
+        whole = sequence.with_tail(x, key, step, self.intra.size)
+        return Pending(whole[: x.shape[0]], key, step, stats, payload=whole, average=average)
 
     def complete(self, pending):
-        total, stats = pending.x, pending.stats
+        total, whole, stats = pending.x, pending.payload, pending.stats
+        key, step = pending.key, pending.step
         before = (stats.bytes_sent, stats.bytes_received)
-        self._counted(pending, self.intra.allreduce_, total, transport=self.intra)
+        self._counted(pending, self.intra.allreduce_, whole, transport=self.intra)
         intra_sent, intra_received = stats.bytes_sent - before[0], stats.bytes_received - before[1]
+        error = None
+        try:
+            sequence.check_tail(whole, key, step, self.intra.size, self.intra.rank)
+        except SequenceError as exc:
+            error = exc
         if self.leaders is not None and self.leaders.size > 1:
             inner = self._inner_for(total.shape[0])
-            sub = inner.prepare(total, pending.key, pending.step, average=False)
-            total = inner.complete(sub)
-            if inner.uses_feedback:
-                total = self.feedback.after_reduce(pending.key, total)
+            sub = inner.prepare(total, key, step, average=False)
+            sub.fault = error is not None
+            try:
+                result = inner.complete(sub)
+                if inner.uses_feedback:
+                    result = self.feedback.after_reduce(key, result)
+                total[:] = result
+            except SequenceError as exc:
+                error = error or exc
             stats.algorithm = f"{self.name}/{inner.name}"
             stats.packet_bytes = sub.stats.packet_bytes
             for field in ("bytes_sent", "bytes_received", "compress_s", "decompress_s", "comm_s"):
                 setattr(stats, field, getattr(stats, field) + getattr(sub.stats, field))
+        if self.intra.rank == 0:
+            whole[total.shape[0]:] = 0
+            whole[-1] = error is not None  # the leader's verdict travels with the result
         before = (stats.bytes_sent, stats.bytes_received)
-        self._counted(pending, self.intra.broadcast_, total, 0, transport=self.intra)
+        self._counted(pending, self.intra.broadcast_, whole, 0, transport=self.intra)
         stats.intra_bytes_sent = intra_sent + stats.bytes_sent - before[0]
         stats.intra_bytes_received = intra_received + stats.bytes_received - before[1]
+        if error is not None:
+            raise error
+        if whole[-1] != 0:
+            raise SequenceError(f"collective out of sequence on rank {self.transport.rank} at key {key!r} step {step}: "
+                                f"this rank's group leader found the call broken; {sequence.RESTART}")
         if pending.average:
             t = Timer()
             total /= total.dtype.type(self.size)

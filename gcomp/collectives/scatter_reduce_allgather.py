@@ -15,6 +15,7 @@ Each rank sends about ``2 (P - 1) / P`` compressed vectors, flat in P.
 import numpy as np
 
 from .. import wire
+from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
 ALIGN = 64
@@ -35,7 +36,7 @@ class ScatterReduceAllgather(Algorithm):
 
     def estimated_bytes(self, numel):
         per_chunk = wire.HEADER_SIZE + self.compressor.max_payload_bytes(-(-numel // self.size))
-        return 2 * (self.size - 1) * per_chunk
+        return 2 * (self.size - 1) * per_chunk + (self.size - 1) * sequence.PREFIX_SIZE
 
     def memory_keys(self, key):
         return [f"{key}/chunk{j}" for j in range(self.size)] + [f"{key}/server"]
@@ -44,19 +45,23 @@ class ScatterReduceAllgather(Algorithm):
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()
         bounds = chunk_bounds(x.shape[0], self.size)
+        # each packet behind the call's sequence prefix (the alltoall is the call's first collective)
         packets = [
-            np.frombuffer(wire.encode(self.feedback.compress(x[bounds[j]: bounds[j + 1]], key=f"{key}/chunk{j}", step=step)),
-                          np.uint8)
+            sequence.frame(wire.encode(self.feedback.compress(x[bounds[j]: bounds[j + 1]], key=f"{key}/chunk{j}", step=step)),
+                           key, step)
             for j in range(self.size)
         ]
         stats.compress_s += t.lap()
-        stats.packet_bytes = sum(p.nbytes for p in packets)
+        stats.packet_bytes = sum(p.nbytes - sequence.PREFIX_SIZE for p in packets)
         return Pending(x, key, step, stats, payload=(bounds, packets), average=average)
 
     def complete(self, pending):
         bounds, packets = pending.payload
         rank, size, key = self.transport.rank, self.size, pending.key
+        if pending.fault:
+            packets = [sequence.frame(p[sequence.PREFIX_SIZE:], key, pending.step, True) for p in packets]
         received = self._counted(pending, self.transport.alltoallv, packets)
+        received = sequence.unframe(received, key, pending.step, rank, pending.fault)
         t = Timer()
         lo, hi = bounds[rank], bounds[rank + 1]
         acc = np.zeros(hi - lo, np.float32)

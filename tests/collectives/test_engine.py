@@ -5,7 +5,7 @@ import pytest
 
 import gcomp
 from gcomp import wire
-from gcomp.collectives import CompressedAllreduce
+from gcomp.collectives import CompressedAllreduce, sequence
 from gcomp.errors import ConfigError, MismatchError, NonFiniteError
 from gcomp.feedback import ResidualFeedback
 from gcomp.transports import LocalGroup, run_local
@@ -237,15 +237,17 @@ def test_feedback_instance_is_used(size):
 def expected_choice(name, size, numel):
     """The documented rule: ``dense`` for an identity compressor, else the fewest bytes under the byte model among
     ``allreduce`` (linear only: a ring allreduce of what is summed), ``allgather`` (the packet to P-1 ranks) and
-    ``scatter-reduce-allgather`` (2 (P-1) packets of a 1/P chunk), ties going in that order."""
+    ``scatter-reduce-allgather`` (2 (P-1) packets of a 1/P chunk), ties going in that order; each with its
+    sequence token (a TAIL of 4-byte entries on the sum, a prefix on each packet of the first collective)."""
     comp = fresh(name)
     if comp.identity:
         return "dense"
     candidates = {}
     if comp.linear:
-        candidates["allreduce"] = 2 * (size - 1) * comp.summed_bytes(numel) // size
-    candidates["allgather"] = (size - 1) * (wire.HEADER_SIZE + comp.max_payload_bytes(numel))
-    candidates["scatter-reduce-allgather"] = 2 * (size - 1) * (wire.HEADER_SIZE + comp.max_payload_bytes(-(-numel // size)))
+        candidates["allreduce"] = 2 * (size - 1) * (comp.summed_bytes(numel) + 4 * sequence.TAIL) // size
+    candidates["allgather"] = (size - 1) * (sequence.PREFIX_SIZE + wire.HEADER_SIZE + comp.max_payload_bytes(numel))
+    candidates["scatter-reduce-allgather"] = (2 * (size - 1) * (wire.HEADER_SIZE + comp.max_payload_bytes(-(-numel // size)))
+                                              + (size - 1) * sequence.PREFIX_SIZE)
     return min(candidates, key=candidates.get)
 
 
@@ -304,7 +306,8 @@ def test_dense_bytes(numel):
             deltas.append((t.counter.sent - before[0], t.counter.received - before[1], engine.stats[-1], out))
         return deltas
 
-    ring = 2 * (size - 1) * 4 * numel // size if numel else 0
+    # the call's sequence token (its own small sum), then the values
+    ring = 2 * (size - 1) * 4 * sequence.TAIL // size + 2 * (size - 1) * 4 * numel // size
     check = (FINGERPRINT + 8) * (size - 1)
     for deltas in run_local_results(size, fn):
         for step, (sent, received, stats, out) in enumerate(deltas):
@@ -342,8 +345,9 @@ def test_allgather_bytes(numel, spec):
             mine = lengths[step][rank]
             others = sum(lengths[step]) - mine
             assert stats.packet_bytes == mine
-            assert stats.bytes_sent == (size - 1) * mine + 8 * (size - 1)
-            assert stats.bytes_received == others + 8 * (size - 1)
+            prefix = sequence.PREFIX_SIZE * (size - 1)  # each packet behind the call's sequence prefix
+            assert stats.bytes_sent == (size - 1) * mine + prefix + 8 * (size - 1)
+            assert stats.bytes_received == others + prefix + 8 * (size - 1)
             verify = check if step == 0 else 0
             assert (sent, received) == (stats.bytes_sent + verify, stats.bytes_received + verify)
             assert stats.compression_ratio == (4 * numel / mine)
@@ -361,8 +365,9 @@ def test_scatter_reduce_allgather_bytes(numel, size):
     for rank, engine in enumerate(engines):
         stats = engine.stats[-1]
         assert stats.packet_bytes == sum(packet)
-        scatter_sent = sum(packet) - packet[rank] + 8 * (size - 1)
-        scatter_received = (size - 1) * packet[rank] + 8 * (size - 1)
+        prefix = sequence.PREFIX_SIZE * (size - 1)  # the alltoall's packets carry the sequence prefix
+        scatter_sent = sum(packet) - packet[rank] + prefix + 8 * (size - 1)
+        scatter_received = (size - 1) * packet[rank] + prefix + 8 * (size - 1)
         gather_sent = (size - 1) * packet[rank] + 8 * (size - 1)
         gather_received = sum(packet) - packet[rank] + 8 * (size - 1)
         assert stats.bytes_sent == scatter_sent + gather_sent
@@ -375,7 +380,7 @@ def test_bf16_allreduce_sends_float32(size):
     numel = 1000
     xs = inputs(size, numel, seed=46)
     engines, _ = run_engines(size, lambda t: CompressedAllreduce(t, "bf16", algorithm="allreduce"), xs)
-    dense = 2 * (size - 1) * 4 * numel // size
+    dense = 2 * (size - 1) * 4 * (numel + sequence.TAIL) // size
     for engine in engines:
         assert engine.stats[-1].bytes_sent == dense
         assert engine.stats[-1].compression_ratio == 1.0

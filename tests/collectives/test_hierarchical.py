@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gcomp.collectives import CompressedAllreduce
+from gcomp.collectives import CompressedAllreduce, sequence
 from gcomp.errors import ConfigError, NonFiniteError
 from gcomp.transports import run_local
 
@@ -102,7 +102,7 @@ def test_intra_bytes(size, coloring):
     xs = inputs(size, numel, seed=32)
     engines, _ = run_engines(size, hierarchical("none", "auto", coloring, as_callable=False), xs)
     leaders = sorted({min(r for r in range(size) if colors[r] == c) for c in colors})
-    nbytes = 4 * numel
+    nbytes = 4 * (numel + sequence.TAIL)  # every sum and the broadcast carry the call's sequence token
     for rank, engine in enumerate(engines):
         stats = engine.stats[-1]
         g = colors.count(colors[rank])
@@ -113,7 +113,8 @@ def test_intra_bytes(size, coloring):
         assert (stats.intra_bytes_sent > 0) == (g > 1)
         # between the groups: a dense ring allreduce of the group sums among the leaders, nothing elsewhere
         q = len(leaders)
-        between = 2 * (q - 1) * nbytes // q if is_leader else 0
+        dense = 2 * (q - 1) * 4 * numel // q + 2 * (q - 1) * 4 * sequence.TAIL // q  # values, then the token
+        between = dense if is_leader else 0
         assert stats.bytes_sent - stats.intra_bytes_sent == between
         assert stats.bytes_received - stats.intra_bytes_received == between
     all_stats = [e.stats[-1] for e in engines]
@@ -132,8 +133,9 @@ def test_intra_bytes_with_a_compressed_inner_algorithm(size):
         assert stats.bytes_sent >= stats.intra_bytes_sent
         if rank >= 2:  # not a leader: only the group's traffic
             assert stats.bytes_sent == stats.intra_bytes_sent
-        else:  # a leader: the allgather of topk packets, under the byte model: its packet to the other leader + 8
-            assert stats.bytes_sent - stats.intra_bytes_sent == stats.packet_bytes + 8
+        else:  # a leader: the allgather of topk packets, under the byte model: its packet (behind the sequence
+            # prefix) to the other leader + 8
+            assert stats.bytes_sent - stats.intra_bytes_sent == stats.packet_bytes + sequence.PREFIX_SIZE + 8
     assert sum(s.bytes_sent for s in all_stats) == sum(s.bytes_received for s in all_stats)
 
 

@@ -57,6 +57,25 @@ def test_hierarchical_mismatch_raises_on_every_rank(case):
     assert_clean(result, 4)
 
 
+DRIFT = [(case, spec) for case in ("two-keys", "one-key", "two-keys-verified")
+         for spec in ("topk:ratio=0.05", "fp16", "none")]
+
+
+@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("case,spec", DRIFT)
+def test_a_rank_that_missed_a_collective_makes_every_rank_raise(n, case, spec):
+    """Issue 10 item 3: rank 1's 5th call fails before its collective; from then on its calls pair with the others'
+    previous ones (equal sizes), and every rank raises on every such call instead of summing the wrong buckets."""
+    result = run_mpi_cached("faults.py", n, "drift", timeout=120.0)
+    assert_clean(result, n)
+    assert_check(result, "drift/then-agree", n)
+    found = {int(r.removeprefix("rank=")): o.split(",") for r, _, o in
+             (m.partition(" ") for m in result.markers(f"MARK drift-{case}-{spec}"))}
+    error = "MismatchError" if case == "two-keys-verified" else "SequenceError"
+    expected = {r: ["ok"] * 4 + ([error] * 6 if r != 1 else ["RuntimeError"] + [error] * 6) for r in range(n)}
+    assert found == expected, result.describe(3000)
+
+
 def test_exception_on_one_rank_aborts_the_job():
     """``python -m mpi4py script.py``: rank 1's uncaught exception calls MPI_Abort; the others, blocked in a
     compressed Allreduce, are killed at once instead of hanging."""

@@ -7,8 +7,8 @@ For each compressor and algorithm, prints from ``CompressedComm.stats[-1]``::
     BYTES <spec> <algorithm> size=<P> rank=<r> sent=<bytes> received=<bytes> packet=<bytes>
 
 and checks the allgather counters against the transport's byte model: a rank
-sends its packet (plus an 8-byte size) to each of the P - 1 others and
-receives theirs.  Does not import torch (startup time with 8 ranks on 2 cores).
+sends its packet (behind the call's 8-byte sequence prefix, plus an 8-byte
+size) to each of the P - 1 others and receives theirs.  Does not import torch (startup time with 8 ranks on 2 cores).
 """
 
 import argparse
@@ -18,6 +18,7 @@ from _harness import Checks, emit, make_input
 from mpi4py import MPI
 
 import gcomp.mpi
+from gcomp.collectives.sequence import PREFIX_SIZE
 
 SPECS = ("topk:ratio=0.01", "sign")
 ALGORITHMS = ("allgather", "scatter-reduce-allgather")
@@ -44,8 +45,8 @@ def main():
                     packets = np.empty(size, np.int64)
                     comm.Allgather(np.array([s.packet_bytes], np.int64), packets)
                     others = int(packets.sum() - packets[rank])
-                    assert s.bytes_sent == (size - 1) * (s.packet_bytes + 8), (s.bytes_sent, s.packet_bytes)
-                    assert s.bytes_received == others + 8 * (size - 1), (s.bytes_received, others)
+                    assert s.bytes_sent == (size - 1) * (s.packet_bytes + PREFIX_SIZE + 8), (s.bytes_sent, s.packet_bytes)
+                    assert s.bytes_received == others + (PREFIX_SIZE + 8) * (size - 1), (s.bytes_received, others)
             cc.Free()
     # the dense baseline, for the table in docs/mpi.md
     cc = gcomp.mpi.CompressedComm(comm, "none")

@@ -12,6 +12,12 @@ call must work (nothing was left half-sent).
 
 ``hierarchical-mismatch``: the same for a size mismatch in hierarchical mode.
 
+``drift``: rank 1's communication thread fails once before its collective
+(an injected exception) and every rank goes on calling with equal sizes; its
+calls then pair with the others' previous ones, which must raise on every
+rank from then on (``MARK drift-<case> rank=<r> <outcome per call>``), never
+return a wrong sum (issue 10 item 3).
+
 ``abort``: rank 1 raises an uncaught exception while the others wait in a
 compressed Allreduce; run as ``python -m mpi4py`` the job must end at once
 with a non-zero exit code (MPI_Abort), not hang.
@@ -24,7 +30,7 @@ from _harness import Checks, assert_same, emit, make_input
 from mpi4py import MPI
 
 import gcomp.mpi
-from gcomp.errors import ConfigError, MismatchError
+from gcomp.errors import ConfigError, MismatchError, SequenceError
 
 N = 2048
 
@@ -142,6 +148,45 @@ def run_hierarchical_mismatch(h, comm):
         good_call(comm)
 
 
+DRIFT_CASES = {
+    # DDP-like: two keys of equal size in turn, checked once per key
+    "two-keys": ({"verify": "first"}, ("a", "b")),
+    # one key step after step, checked every call (the default): the fingerprint agrees, the steps do not
+    "one-key": ({}, ("w",)),
+    # the default with two keys: the per-call fingerprint already differs (the key)
+    "two-keys-verified": ({}, ("a", "b")),
+}
+
+
+def run_drift(h, comm):
+    rank = comm.Get_rank()
+    for case, (options, keys) in DRIFT_CASES.items():
+        for spec in ("topk:ratio=0.05", "fp16", "none"):
+            cc = gcomp.mpi.CompressedComm(comm, spec, **options)
+            complete, calls = cc.engine.complete, [0]
+
+            def failing(pending, complete=complete, calls=calls):
+                calls[0] += 1
+                if rank == 1 and calls[0] == 5:
+                    raise RuntimeError("injected: the communication thread fails before its collective")
+                return complete(pending)
+
+            cc.engine.complete = failing
+            # rank 1 makes one call more, so that every rank communicates as often and the job ends
+            outcomes = []
+            for i in range(10 + (rank == 1)):
+                x = make_input(rank, N, step=i, salt=65)
+                try:
+                    cc.Allreduce(MPI.IN_PLACE, x, op=gcomp.mpi.MEAN, key=keys[i % len(keys)])
+                    outcomes.append("ok")
+                except (SequenceError, MismatchError, RuntimeError) as exc:
+                    outcomes.append(type(exc).__name__)
+            emit(f"MARK drift-{case}-{spec} rank={rank} {','.join(outcomes)}")
+            cc.Free()
+    with h.check("drift/then-agree"):
+        good_call(comm)
+
+
 def run_abort(h, comm):
     rank = comm.Get_rank()
     cc = gcomp.mpi.CompressedComm(comm, "topk:ratio=0.01")
@@ -159,7 +204,8 @@ def main():
     comm = MPI.COMM_WORLD
     h = Checks(comm)
     mode = sys.argv[1]
-    {"mismatch": run_mismatch, "hierarchical-mismatch": run_hierarchical_mismatch, "abort": run_abort}[mode](h, comm)
+    {"mismatch": run_mismatch, "hierarchical-mismatch": run_hierarchical_mismatch, "drift": run_drift,
+     "abort": run_abort}[mode](h, comm)
     h.done()
 
 
