@@ -1,8 +1,8 @@
-"""Plots for ``gcomp train``: accuracy against time and against bytes sent (matplotlib, PNG)."""
+"""What ``gcomp train`` shows: the summary table and the plots (accuracy against time and against bytes sent)."""
 
 import os
 
-__all__ = ["plot_results"]
+__all__ = ["plot_results", "summary_table"]
 
 
 def plot_results(results, out_dir):
@@ -43,3 +43,23 @@ def plot_results(results, out_dir):
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def summary_table(results) -> str:
+    """A fixed-width table of the runs (the end of ``gcomp train``)."""
+    h = results["header"]
+    clock = "measured" if h["emulated"] else "modelled"
+    lines = [f"gcomp train: {h['workers']} workers, {h['backend']}, {h['model']}, links {','.join(sorted(set(h['links'])))}"
+             f"{' (emulated)' if h['emulated'] else ' (link model)'}, target accuracy {h['target_accuracy']:.2f}",
+             f"{'compressor':<26} {'final acc':>9} {'to target':>10} {'total':>9} {'KB/step':>9} {'ratio':>7} "
+             f"{'compute':>8} {'compress':>8} {'comm':>8} {'energy J':>9}",
+             f"{'':<26} {'':>9} {clock + ' s':>10} {clock + ' s':>9} {'per wkr':>9} {'':>7} {'s':>8} {'s':>8} {'s':>8} {'total':>9}"]
+    for r in results["runs"]:
+        ttt = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
+        total = r["measured_wall_s"] if h["emulated"] else r["modelled_s"]
+        split = r["time_split_s"]
+        ratio = f"{r['compression_ratio']:.1f}" if r["compression_ratio"] else "-"
+        lines.append(f"{r['compressor']:<26} {100 * r['final_accuracy']:>8.1f}% {ttt:>10} {total:>9.1f} "
+                     f"{r['bytes_sent_per_worker_per_step'] / 1024:>9.1f} {ratio:>7} {split['compute']:>8.2f} "
+                     f"{split['compression']:>8.2f} {split['communication']:>8.2f} {r['energy_joules_total']:>9.1f}")
+    return "\n".join(lines)
