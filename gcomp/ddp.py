@@ -212,6 +212,21 @@ class CompressionState:
         self._executor.shutdown(wait=True)
         self.engine.free()
 
+    def warm_up(self, numel=None) -> float:
+        """Compile (or load from the cache) the kernels a bucket of ``numel`` entries runs, before timing anything.
+
+        ``numel`` defaults to the attached model's trainable parameter count (one
+        bucket holding the whole model).  Local: no communication, so ranks need
+        not call it together.  Returns the seconds it took
+        (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+        """
+        if numel is None:
+            sizes = getattr(self, "_param_sizes", None)
+            if sizes is None:
+                raise ConfigError("expected numel, or a state attached to a model (gcomp.ddp.register or attach())")
+            numel = sum(sizes)
+        return self.engine.warm_up(numel)
+
     # -- the per-bucket work ---------------------------------------------------
     def attach(self, ddp_model):
         """Know ``ddp_model``'s parameters, so bucket layouts are recorded as parameter indices.
@@ -222,6 +237,7 @@ class CompressionState:
         """
         module = getattr(ddp_model, "module", ddp_model)
         self._param_index = {id(p): i for i, p in enumerate(module.parameters())}
+        self._param_sizes = [p.numel() for p in module.parameters() if p.requires_grad]
         return self
 
     def _layout(self, bucket):

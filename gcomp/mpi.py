@@ -350,6 +350,14 @@ class CompressedComm:
         work = self._run(sendbuf, recvbuf, op, key)
         return Request(self._executor.submit(work))
 
+    def warm_up(self, numel) -> float:
+        """Compile (or load from the cache) the kernels a call of ``numel`` entries runs, before timing anything.
+
+        Local: nothing is sent.  Returns the seconds it took
+        (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+        """
+        return self.engine.warm_up(numel)
+
     # -- checkpointing ------------------------------------------------------------
     def state_dict(self):
         """This rank's error-feedback memories and steps (never the communicator)."""

@@ -46,6 +46,7 @@ dense inside each group, the algorithm above among the group leaders.
 
 import hashlib
 import json
+import time
 
 import numpy as np
 
@@ -295,6 +296,38 @@ class CompressedAllreduce:
             for t in (algorithm.leaders, algorithm.intra):
                 if t is not None:
                     t.free()
+
+    def warm_up(self, numel) -> float:
+        """Compile (or load from Numba's cache) every kernel a call of ``numel`` entries runs; returns the seconds.
+
+        The first call of a Numba kernel compiles it (seconds) or loads it from
+        the on-disk cache; call this before timing anything.  It communicates
+        nothing: it runs the algorithm this engine would use (among the leaders,
+        for hierarchical) twice, on a normal random vector, over an in-process
+        group of two ranks, with a copy of the compressor and fresh memories of
+        the same kind.  This engine's memories, steps and stats are untouched.
+        """
+        from ..transports import run_local
+
+        start = time.perf_counter()
+        numel = int(numel)
+        if self.groups is None:
+            algorithm = self.choose(numel)
+        else:
+            inner = self._algorithms["hierarchical"].inner
+            algorithm = self._choose_flat(numel, inner) if inner else "auto"
+        kind, options = self.feedback.kind, self.feedback.options()
+        x = np.random.default_rng(0).standard_normal(numel).astype(np.float32)
+
+        def one_rank(t):
+            comp = build_compressor(self.compressor.get_config())
+            engine = CompressedAllreduce(t, comp, algorithm=algorithm, error_feedback=feedback(kind, comp, **options),
+                                         nonfinite=self.nonfinite, agree=False, verify=False)
+            for step in range(2):
+                engine(x * np.float32(1 + t.rank + step), key="warm-up")
+
+        run_local(2, one_rank)
+        return time.perf_counter() - start
 
     def __call__(self, x, key=0, step=None, *, average=True, dtype="float32"):
         return self.complete(self.prepare(x, key, step, average=average, dtype=dtype))

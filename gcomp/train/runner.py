@@ -30,9 +30,10 @@ import socket
 import sys
 import time
 
+from .data import TRAIN_SAMPLES
 from .links import DEFAULT_CPU_WATTS, energy_joules, modelled_comm_seconds, parse_links
 from .netns import EmulatedNetwork, can_emulate
-from .supervise import supervise
+from .supervise import signals_raise, supervise
 
 __all__ = ["TrainOptions", "train", "DEFAULT_COMPRESSOR", "BASELINES"]
 
@@ -66,12 +67,33 @@ class TrainOptions:
 
 
 def _validate(opts):
+    import math
+
     import gcomp
 
     if not 1 <= opts.workers <= 64:
         raise ValueError(f"expected 1 to 64 workers, found {opts.workers}")
     if opts.epochs < 1:
         raise ValueError(f"expected at least one epoch, found {opts.epochs}")
+    if opts.batch_size < 1:
+        raise ValueError(f"expected a batch size of at least 1, found {opts.batch_size}")
+    per_worker = TRAIN_SAMPLES // opts.workers
+    if opts.batch_size > per_worker:
+        raise ValueError(f"expected a batch size of at most {per_worker} ({TRAIN_SAMPLES} training samples over "
+                         f"{opts.workers} workers), found {opts.batch_size}: an epoch would have no step")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise ValueError(f"expected a positive learning rate, found {opts.lr}")
+    if opts.hidden < 1:
+        raise ValueError(f"expected a hidden width of at least 1, found {opts.hidden}")
+    if opts.start_iter is not None and opts.start_iter < 0:
+        raise ValueError(f"expected --start-iter >= 0, found {opts.start_iter}")
+    if not opts.timeout > 0:
+        raise ValueError(f"expected a positive timeout, found {opts.timeout}")
+    if not opts.compressors:
+        raise ValueError("expected at least one --compressor")
+    twice = sorted({spec for spec in opts.compressors if opts.compressors.count(spec) > 1})
+    if twice:
+        raise ValueError(f"expected each --compressor once, found {', '.join(twice)} more than once")
     if opts.backend not in ("ddp", "mpi"):
         raise ValueError(f"expected backend ddp or mpi, found {opts.backend!r}")
     if opts.model not in ("mlp", "cnn"):
@@ -83,11 +105,72 @@ def _validate(opts):
             if opts.backend == "mpi" and spec != "none":
                 raise ValueError(f"{spec} is a torch DDP hook; with --backend mpi use none or gcomp compressors")
             continue
-        gcomp.compressor(spec)  # raises ConfigError naming the valid ones
+        try:
+            gcomp.compressor(spec)
+        except gcomp.errors.ConfigError as exc:
+            raise ValueError(f"{exc} (or a baseline: {', '.join(BASELINES)})") from None
     links = parse_links(opts.link, opts.workers, opts.technology)
     if opts.emulate and opts.backend != "ddp":
         raise ValueError("--emulate runs the DDP backend (mpiexec's launcher cannot reach into the namespaces)")
+    _check_out(opts.out)
+    _check_resources(opts)
     return links
+
+
+def _check_out(out):
+    """The output directory exists or can be made, and is writable (a one-line error otherwise)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"expected --out to be a directory, found a file: {out}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".gcomp-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write the output directory {out}: {exc.strerror or exc}") from None
+
+
+#: resident memory of one worker with torch, gloo, DDP and the data (a worker of the default 1.1M-parameter
+#: model peaked at about 570 MB here), plus 12 float32 copies of the parameters (weights, gradients, DDP's
+#: bucket, momentum, error-feedback memories, compression buffers)
+WORKER_BASE_MB = 520
+PARAM_COPIES = 12
+
+
+def _memory_available_mb():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _estimated_worker_mb(opts):
+    import torch
+
+    from .models import build_model
+
+    with torch.device("meta"):  # shapes only, nothing allocated
+        params = sum(p.numel() for p in build_model(opts.model, opts.hidden).parameters())
+    return WORKER_BASE_MB + PARAM_COPIES * 4 * params / 2**20
+
+
+def _check_resources(opts):
+    """Refuse a run whose workers cannot fit in memory; warn when they far outnumber the cores."""
+    per_worker = _estimated_worker_mb(opts)
+    need = opts.workers * per_worker
+    available = _memory_available_mb()
+    if available is not None and need > 0.9 * available:
+        raise ValueError(f"{opts.workers} workers need about {need / 1024:.1f} GB ({per_worker:.0f} MB each) but "
+                         f"{available / 1024:.1f} GB of memory is available: use fewer --workers or a smaller model")
+    cores = os.cpu_count() or 1
+    if opts.workers > 4 * cores:
+        print(f"gcomp train: warning: {opts.workers} workers on {cores} cores will train slowly (each worker "
+              "uses one thread)", file=sys.stderr)
 
 
 def _free_port():
@@ -104,6 +187,17 @@ class _Progress:
     def __init__(self, enabled, label, total):
         self.enabled, self.label, self.total = enabled, label, total
         self.start = time.time()
+        self._write("preparing: starting workers, compiling or loading kernels (not timed)")
+
+    def _write(self, text):
+        if self.enabled:
+            sys.stderr.write(f"\r  {self.label:<28} {text}".ljust(100))  # spaces cover a longer previous line
+            sys.stderr.flush()
+
+    def ready(self, warm_up_s):
+        """The workers are set up: the clock starts now."""
+        self.start = time.time()
+        self._write(f"[{'.' * 24}] epoch 0/{self.total} (kernels ready in {warm_up_s:.1f} s)")
 
     def update(self, done, acc):
         if not self.enabled:
@@ -111,9 +205,7 @@ class _Progress:
         width = 24
         filled = int(width * done / max(1, self.total))
         bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r  {self.label:<28} [{bar}] epoch {done}/{self.total} acc {acc:.3f} "
-                         f"{time.time() - self.start:5.1f}s")
-        sys.stderr.flush()
+        self._write(f"[{bar}] epoch {done}/{self.total} acc {acc:.3f} {time.time() - self.start:5.1f}s")
 
     def close(self):
         if self.enabled:
@@ -126,6 +218,8 @@ def _launch(opts, cfg, cfg_path, links, progress):
     env = dict(os.environ, **threads)
 
     def on_line(rank, line):
+        if rank == 0 and line.startswith("READY"):
+            progress.ready(float(line.split()[1]))
         if rank == 0 and line.startswith("PROGRESS"):
             _, done, _total, acc, _wall = line.split()
             progress.update(int(done), float(acc))
@@ -167,6 +261,15 @@ def _start_iter(opts, spec):
     if opts.start_iter is not None:
         return opts.start_iter
     return 2 if spec == "torch-powersgd" else 1
+
+
+def _clear_stale_runs(out):
+    """Remove the per-run folders (``runs/NN-*``) an earlier run left, so runs/ matches the new results.json."""
+    runs = os.path.join(out, "runs")
+    if os.path.isdir(runs):
+        for name in os.listdir(runs):
+            if re.fullmatch(r"\d{2}-.+", name) and os.path.isdir(os.path.join(runs, name)):
+                shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
 
 
 def _run_one(opts, spec, index, links, out_dir):
@@ -231,12 +334,23 @@ def _kpis(opts, spec, ranks, links):
         "time_split_s": {"compute": w0["compute_s"], "compression": w0["compress_s"], "communication": w0["comm_s"]},
         "energy_joules_per_worker": energy, "energy_joules_total": sum(energy),
         "bytes_model": r0["bytes_model"], "epochs": epochs,
+        # Numba's compile (or cache load) before the clock started; in no other figure
+        "kernel_warm_up_s": max(rank.get("kernel_warm_up_s", 0.0) for rank in ranks),
         "ranks_agree": len({rank["final_params_sha"] for rank in ranks}) == 1,
     }
 
 
 def train(opts: TrainOptions) -> dict:
-    """Run every configuration of ``opts``; write results.json and plots into ``opts.out``; return the results."""
+    """Run every configuration of ``opts``; write results.json and plots into ``opts.out``; return the results.
+
+    SIGTERM and SIGHUP end it like Ctrl-C (:class:`gcomp.train.supervise.Interrupted`, a KeyboardInterrupt):
+    workers are killed and networks torn down first.
+    """
+    with signals_raise():
+        return _train(opts)
+
+
+def _train(opts):
     links = _validate(opts)
     if opts.emulate:
         ok, reason = can_emulate()
@@ -244,7 +358,11 @@ def train(opts: TrainOptions) -> dict:
             print(f"gcomp train: cannot emulate the network here ({reason}); using the link model instead",
                   file=sys.stderr)
             opts = dataclasses.replace(opts, emulate=False)
-    os.makedirs(opts.out, exist_ok=True)
+    print(f"gcomp train: {opts.workers} workers, {opts.backend}, {opts.model}, links "
+          f"{','.join(sorted({link.spec for link in links}))}{' (emulated)' if opts.emulate else ' (link model)'}, "
+          f"target accuracy {opts.target_accuracy:.2f}; {len(opts.compressors)} run(s): {', '.join(opts.compressors)}",
+          flush=True)
+    _clear_stale_runs(opts.out)
     import torch
 
     import gcomp

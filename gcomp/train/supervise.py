@@ -21,7 +21,9 @@ group before it returns or raises.
     result.returncodes, result.outputs, [w.tx_bytes for w in result.workers]
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -36,7 +38,70 @@ import time
 from .links import Link
 from .netns import DEFAULT_SUBNET, EmulatedNetwork
 
-__all__ = ["supervise", "SupervisedRun", "WorkerResult", "EmulationResult", "run_emulated"]
+__all__ = ["supervise", "SupervisedRun", "WorkerResult", "EmulationResult", "run_emulated", "Interrupted",
+           "signals_raise"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` runs: workers are
+    killed and emulated networks torn down before the process exits."""
+
+    def __init__(self, signum):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_raise(signums=(signal.SIGTERM, signal.SIGHUP)):
+    """Within the block, ``signums`` raise :class:`Interrupted` in the main thread (elsewhere: no change).
+
+    A signal that was ignored (``nohup`` ignores SIGHUP) stays ignored; the
+    previous handlers are restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in signums:
+        prev = signal.getsignal(signum)
+        if prev is signal.SIG_IGN:
+            continue
+        previous[signum] = prev
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, prev in previous.items():
+            signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    """libc's prctl, looked up in the parent (a forked child should not load libraries); None off Linux."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent(parent):
+    """In the child before exec: SIGKILL when ``parent`` dies, even by SIGKILL (Linux prctl; elsewhere nothing)."""
+    if _PRCTL is None:
+        return
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the prctl: do not outlive it
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclasses.dataclass
@@ -85,17 +150,23 @@ def supervise(commands, envs, *, timeout=600.0, fail_grace=None, cwd=None, on_li
     that many seconds after the first process exits non-zero (``None``: wait
     for them until the timeout).  Every process group -- also anything a
     worker left in it -- is killed and reaped before this returns or raises; an
-    exception raised by ``on_line`` is raised again then.
+    exception raised by ``on_line`` is raised again then.  SIGTERM and SIGHUP
+    raise :class:`Interrupted` meanwhile (so the same cleanup runs), and each
+    process gets SIGKILL if this one dies without cleaning up (SIGKILL:
+    Linux's parent-death signal).
     """
     lock = threading.Lock()
     procs, outputs, readers, errors = [], [], [], []
     killed = set()
     timed_out = False
     start = time.monotonic()
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(signals_raise())  # SIGTERM / SIGHUP unwind through the finally below, like Ctrl-C
         for i, (argv, env) in enumerate(zip(commands, envs, strict=True)):
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=functools.partial(_die_with_parent, os.getpid()))
             procs.append(proc)
             sink = []
             outputs.append(sink)
@@ -125,6 +196,7 @@ def supervise(commands, envs, *, timeout=600.0, fail_grace=None, cwd=None, on_li
             p.wait()
         for t in readers:
             t.join(timeout=5)
+        stack.close()
     elapsed = time.monotonic() - start
     if errors:
         raise errors[0]

@@ -8,7 +8,7 @@ import pytest
 
 from gcomp.cli import main
 from gcomp.train import links
-from gcomp.train.data import epoch_batches, load_digits_split
+from gcomp.train.data import TRAIN_SAMPLES, epoch_batches, load_digits_split
 from gcomp.train.emulate import can_emulate
 
 
@@ -47,6 +47,8 @@ def test_digits_split_and_shards():
     assert len({s.shape for s in shards}) == 1
     flat = np.concatenate([s.ravel() for s in shards])
     assert len(np.unique(flat)) == flat.size  # disjoint shards
+    # the runner's batch-size check relies on the training-set size, whatever the seed
+    assert len(ytr) == len(load_digits_split(7)[1]) == TRAIN_SAMPLES
 
 
 def _run_cli(tmp_path, *extra):
