@@ -4,6 +4,7 @@ import argparse
 import importlib
 import os
 import platform
+import signal
 import sys
 
 from . import __version__
@@ -20,8 +21,10 @@ def _version_of(module_name):
 def info_lines():
     """The lines ``gcomp info`` prints: versions, Numba threading and cache."""
     lines = [f"gcomp          {__version__}", f"python         {platform.python_version()} ({sys.executable})"]
-    for name in ("numpy", "numba", "torch", "zstandard", "mpi4py"):
-        version, exc = _version_of(name)
+    # the library's own dependencies, what `gcomp train` (the main job) needs on top, then the optional MPI binding
+    for name, module in (("numpy", "numpy"), ("numba", "numba"), ("torch", "torch"), ("zstandard", "zstandard"),
+                         ("scikit-learn", "sklearn"), ("matplotlib", "matplotlib"), ("mpi4py", "mpi4py")):
+        version, exc = _version_of(module)
         lines.append(f"{name:<14} {version if version else 'not installed'}")
     version, exc = _version_of("mpi4py")
     if version:
@@ -55,18 +58,89 @@ def _cmd_info(args):
     return 0
 
 
-def _cmd_list(args):
-    from .compressors import compressor, list_compressors
+def _value(value):
+    """A parameter value as a spec string writes it."""
+    if value is None:
+        return "required"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
-    print(f"{'name':<10} {'feedback':<9} description")
-    for name, description in list_compressors().items():
-        try:
-            default = compressor(name).default_feedback
-        except Exception:  # noqa: BLE001 - a compressor that needs parameters has no default instance
-            default = "-"
-        print(f"{name:<10} {default:<9} {description}")
-    print("\nfeedback: the error feedback used by default (error_feedback='auto'): none for unbiased compressors,\n"
-          "residual for biased ones")
+
+def _yes_no(value):
+    return "-" if value is None else ("yes" if value is True else "no" if value is False else str(value))
+
+
+def _otherwise(info, attr, show):
+    """`` (no with rescale=false)``: the parameter values that change a declared property."""
+    changes = info["depends"].get(attr)
+    if not changes:
+        return ""
+    return " (" + "; ".join(f"{show(result)} with {key}={_value(value)}" for key, value, result in changes) + ")"
+
+
+def describe_lines(info):
+    """The lines ``gcomp list NAME`` prints for :func:`gcomp.compressors.describe`'s dict."""
+    lines = [f"{info['name']}: {info['description']}"]
+    params = info["params"]
+    if params:
+        rows = [(p["name"], p["type"], _value(p["default"]), p["allowed"], p["help"]) for p in params]
+        widths = [max(len(r[i]) for r in rows + [("parameter", "type", "default", "allowed", "")]) for i in range(4)]
+        header = ("parameter", "type", "default", "allowed", "")
+        for row in [header] + rows:
+            lines.append(("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:4], widths, strict=True))
+                          + "  " + row[4]).rstrip())
+        lines += [f"  {p['name']} is required: {p['hint']}" for p in params if p["required"] and p["hint"]]
+    else:
+        lines.append("  parameters: none")
+    lines.append(f"  error feedback by default: {info['default_feedback'] or '-'}"
+                 f"{_otherwise(info, 'default_feedback', str)}")
+    lines.append(f"  unbiased: {_yes_no(info['unbiased'])}{_otherwise(info, 'unbiased', _yes_no)}")
+    lines.append(f"  linear (summable on the wire): {_yes_no(info['linear'])}{_otherwise(info, 'linear', _yes_no)}")
+    codec = "none (not on the wire)" if info["codec_id"] is None else str(info["codec_id"])
+    lines.append(f"  wire codec id: {codec}")
+    return lines
+
+
+def _train_baselines():
+    """``gcomp train``'s torch baselines (not gcomp compressors), or () if the train module is missing."""
+    try:
+        from .train import BASELINES
+    except ImportError:  # pragma: no cover - train module missing
+        return ()
+    from .compressors import REGISTRY
+
+    return tuple(b for b in BASELINES if b not in REGISTRY)
+
+
+def _cmd_list(args):
+    from .compressors import describe, list_compressors
+    from .errors import ConfigError
+
+    if args.names:
+        infos = []
+        for name in args.names:
+            try:
+                infos.append(describe(name))
+            except ConfigError as exc:
+                note = ""
+                if name in _train_baselines():
+                    note = f" ({name} is a torch DDP baseline of gcomp train, not a gcomp compressor)"
+                print(f"gcomp list: {exc}{note}", file=sys.stderr)
+                return 2
+        print("\n\n".join("\n".join(describe_lines(info)) for info in infos))
+        return 0
+    names = list_compressors()
+    width = max(len("name"), *(len(n) for n in names))
+    print(f"{'name':<{width}}  {'feedback':<8}  description")
+    for name, description in names.items():
+        print(f"{name:<{width}}  {describe(name)['default_feedback'] or '-':<8}  {description}")
+    print("\nfeedback: the error feedback used by default (error_feedback='auto') with the default parameters:\n"
+          "none for unbiased compressors, residual for biased ones.  gcomp list NAME shows a compressor's\n"
+          "parameters (type, default, allowed values) and properties.")
+    baselines = _train_baselines()
+    if baselines:
+        print(f"gcomp train also compares torch DDP baselines, not gcomp compressors: {', '.join(baselines)}.")
     return 0
 
 
@@ -100,7 +174,13 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_info = sub.add_parser("info", help="print versions of gcomp and its dependencies, Numba threading and cache")
     p_info.set_defaults(func=_cmd_info)
-    p_list = sub.add_parser("list", help="list the registered compressors")
+    p_list = sub.add_parser(
+        "list", help="list the registered compressors, or show NAME's parameters and properties",
+        description="Without NAME: every registered compressor, its default error feedback and a description.  "
+        "With NAME(s): each one's parameters (type, default, allowed values), default error feedback, "
+        "whether it is unbiased and linear, and its wire codec id.",
+    )
+    p_list.add_argument("names", nargs="*", metavar="NAME", help="compressor name(s), e.g. topk qsgd")
     p_list.set_defaults(func=_cmd_list)
 
     p_train = sub.add_parser(
@@ -157,7 +237,20 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: one line, not a traceback, and 128 + the signal as shells report it (130 for SIGINT).  A
+        # KeyboardInterrupt that carries ``signum`` (gcomp.train's SIGTERM/SIGHUP) names its signal.  On a
+        # terminal the line starts below a progress bar that was drawn without a newline.
+        try:
+            sig = signal.Signals(getattr(exc, "signum", signal.SIGINT))
+        except (ValueError, TypeError):
+            sig = signal.SIGINT
+        what = "" if sig == signal.SIGINT else f" by {sig.name}"
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}gcomp {args.command}: interrupted{what}", file=sys.stderr)
+        return 128 + int(sig)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Check any compressor, ours or yours, in a few lines::
 
 :func:`check_compressor` runs, on vectors of several sizes and dtypes:
 
-* shapes and dtypes of ``decompress(compress(x))``;
+* shapes, dtypes and kinds of ``decompress(compress(x))`` (numpy in, numpy
+  out; a torch tensor in, a torch tensor of its dtype out);
 * the wire round trip ``decode(encode(c))`` (bit-identical decompression);
 * the contraction bound ``||x - C(x)||^2 <= (1 - delta) ||x||^2`` where
   ``contraction()`` declares delta;
@@ -197,12 +198,20 @@ def _check_shapes_dtypes(comp, sizes, rng, report):
             _fresh(comp).decompress(c, out=into)
             if not np.array_equal(_bits(into.astype(dtype)), _bits(out)):
                 _fail("shapes", f"decompress(c, out=...) differs from decompress(c) for n={n}")
+            t = torch.from_numpy(xd.copy())
+            out_t = _fresh(comp).decompress(_fresh(comp).compress(t))
+            if not (isinstance(out_t, torch.Tensor) and out_t.dtype == t.dtype and tuple(out_t.shape) == (n,)):
+                _fail("shapes", f"a {t.dtype} tensor of {n} entries came back as {type(out_t).__name__} "
+                                f"{getattr(out_t, 'dtype', None)} {tuple(getattr(out_t, 'shape', ()))}, not as one")
+            if not np.array_equal(_bits(out_t.numpy()), _bits(out)):
+                _fail("shapes", f"a {t.dtype} tensor of {n} entries decompresses differently from the numpy array")
         t = torch.from_numpy(x).to(torch.bfloat16)
         c = _fresh(comp).compress(t)
         out = _fresh(comp).decompress(c)
         if not (type(out).__module__.startswith("torch") and out.dtype == torch.bfloat16 and tuple(out.shape) == (n,)):
             _fail("shapes", f"a bfloat16 tensor of {n} entries did not come back as one")
-    report.passed.append(f"shapes and dtypes (float32/16/64, torch bfloat16; sizes {list(sizes)})")
+    report.passed.append(f"shapes, dtypes and kinds (numpy float32/16/64; torch float32/16/64, bfloat16; "
+                         f"sizes {list(sizes)})")
 
 
 def _check_wire_roundtrip(comp, sizes, rng, report):

@@ -41,3 +41,27 @@ def test_cli_commands_run(argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert ("numba" in out) if argv == ["info"] else ("topk" in out and "qsgd" in out)
+
+
+def test_testing_md_blocks_run_as_written_outside_the_suite(tmp_path):
+    """Every python block of docs/testing.md, in a fresh interpreter without tests/conftest.py's hypothesis profile
+    (which sets deadline=None): what a reader who copies them gets.  Functions named test_* are called."""
+    import subprocess
+    import sys
+
+    script = (
+        "import re, sys\n"
+        "blocks = re.findall(r'```python\\n(.*?)```', open(sys.argv[1]).read(), flags=re.S)\n"
+        "assert len(blocks) >= 2, len(blocks)\n"
+        "for i, block in enumerate(blocks):\n"
+        "    ns = {}\n"
+        "    exec(compile(block, f'docs/testing.md block {i}', 'exec'), ns)\n"
+        "    for name, fn in list(ns.items()):\n"
+        "        if name.startswith('test_') and callable(fn):\n"
+        "            fn()\n"
+        "print('ran', len(blocks))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(DOCS / "testing.md")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ran" in proc.stdout

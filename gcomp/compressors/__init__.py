@@ -11,13 +11,20 @@ point in the ``gcomp.compressors`` group (as numcodecs does), loaded on first
 use.  It is then usable from the wire format, the DDP hook, MPI, the CLI and
 the property battery with no other edit.  Codec ids 1-127 belong to gcomp's
 own compressors; compressors registered from outside take 128-254.
+
+A compressor declares its parameters in ``params``, each as a default or a
+:class:`Param` (type, allowed values, help, the check the constructor runs);
+:func:`describe` (what ``gcomp list NAME`` prints) reports them with the
+compressor's default error feedback, whether it is unbiased and linear, and
+its codec id.
 """
 
 import ast
 import dataclasses
+import inspect
 
 from ..errors import ConfigError
-from ._params import short
+from ._params import Param, short
 from .base import Compressed, Compressor
 from .bf16 import BF16
 from .codec import MINOR, Codec
@@ -34,8 +41,8 @@ from .threshold import Threshold
 from .topk import TopK
 from .uniform import Uniform
 
-__all__ = ["Compressed", "Compressor", "Codec", "compressor", "list_compressors", "register", "REGISTRY", "codec_by_id",
-           "with_seed", "load_plugins", "ENTRY_POINT_GROUP"]
+__all__ = ["Compressed", "Compressor", "Codec", "Param", "compressor", "list_compressors", "describe", "register",
+           "REGISTRY", "codec_by_id", "with_seed", "load_plugins", "ENTRY_POINT_GROUP"]
 
 _BUILTIN = [NoCompression, FP16, BF16, TopK, DGC, RandomK, Threshold, QSGD, Uniform, Sign, TernGrad, Natural, PowerSGD]
 
@@ -179,19 +186,95 @@ def compressor(spec, **params) -> Compressor:
         params = parsed
     else:
         raise ConfigError(f"expected a compressor name, spec string, config dict or Compressor, found {type(spec).__name__}")
-    cls = REGISTRY.get(name)
+    return _lookup(name)(**params)
+
+
+def _lookup(name):
+    """The registered class of ``name`` (loading plugins if needed), or ConfigError listing the known names."""
+    cls = REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         load_plugins()
-        cls = REGISTRY.get(name)
+        cls = REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ConfigError(f"unknown compressor {short(name)}; known compressors: {', '.join(sorted(REGISTRY))}")
-    return cls(**params)
+    return cls
 
 
 def list_compressors() -> dict:
     """``{name: one-line description}`` for every registered compressor."""
     load_plugins()
     return {name: REGISTRY[name].description for name in sorted(REGISTRY)}
+
+
+#: what :func:`describe` reports beyond the parameters, and may depend on them
+_DECLARED = ("default_feedback", "unbiased", "linear")
+
+
+def _example(cls, **overrides):
+    """An instance of ``cls`` with its defaults, required parameters set to their declared examples; None if none."""
+    config = {}
+    for key, default in cls.params.items():
+        spec = cls.param_specs.get(key)
+        if default is None:
+            if spec is None or spec.example is None:
+                return None
+            config[key] = spec.example
+    config.update(overrides)
+    try:
+        return cls(**config)
+    except ConfigError:
+        return None
+
+
+def _static(cls, attr):
+    """``cls.attr`` where it does not need an instance (a plain class attribute), else None."""
+    if attr == "default_feedback" and inspect.getattr_static(cls, attr) is Compressor.__dict__["default_feedback"]:
+        unbiased = _static(cls, "unbiased")
+        return None if unbiased is None else ("none" if unbiased else "residual")
+    value = inspect.getattr_static(cls, attr, None)
+    return value if isinstance(value, (bool, str)) else None
+
+
+def describe(name) -> dict:
+    """What ``gcomp list NAME`` prints about a registered compressor (ConfigError for an unknown name).
+
+    ``{"name", "description", "codec_id" (None: not on the wire), "params": [{"name", "type", "default"
+    (None: required), "required", "allowed", "help", "hint"}], "default_feedback", "unbiased", "linear",
+    "depends": {attribute: [(parameter, value, attribute's value with it)]}}``.  ``default_feedback``,
+    ``unbiased`` and ``linear`` are those of the default configuration (a required parameter set to its
+    declared example); ``depends`` lists the values of parameters with few choices that change them.
+    """
+    cls = _lookup(name)
+    params = []
+    for key, default in cls.params.items():
+        spec = cls.param_specs.get(key)
+        params.append({
+            "name": key,
+            "type": spec.type if spec is not None else (type(default).__name__ if default is not None else "-"),
+            "default": default,
+            "required": default is None,
+            "allowed": spec.allowed if spec is not None else "-",
+            "help": spec.help if spec is not None else "",
+            "hint": spec.hint if spec is not None else "",
+        })
+    base = _example(cls)
+    info = {"name": cls.name, "description": cls.description, "codec_id": cls.codec.codec_id if cls.codec else None,
+            "params": params, "depends": {}}
+    for attr in _DECLARED:
+        info[attr] = getattr(base, attr) if base is not None else _static(cls, attr)
+    if base is None:
+        return info
+    for key, spec in cls.param_specs.items():
+        for value in spec.choices or ():
+            if value == base.get_config()[key] and type(value) is type(base.get_config()[key]):
+                continue
+            other = _example(cls, **{key: value})
+            if other is None:
+                continue
+            for attr in _DECLARED:
+                if getattr(other, attr) != info[attr]:
+                    info["depends"].setdefault(attr, []).append((key, value, getattr(other, attr)))
+    return info
 
 
 def with_seed(spec, seed=None) -> Compressor:

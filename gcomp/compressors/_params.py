@@ -3,10 +3,18 @@
 Each check raises ``error`` (ConfigError when a compressor is configured,
 SizeError when a packet's header is validated) naming what is valid, so one
 rule serves both places.
+
+A compressor declares each parameter as a :class:`Param` in its ``params``
+(``{"ratio": ratio_param(0.01, "density")}``): its default, type, allowed
+values, help line and the check that enforces them.  The constructor runs the
+checks and ``gcomp list NAME`` prints the declarations, so what is listed is
+what is enforced.
 """
 
+import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 from ..errors import ConfigError, SizeError
 from .codec import F32, U8
@@ -26,7 +34,8 @@ def check_int(name, key, value, lo, hi=None, error=ConfigError):
 
 
 def check_choice(name, key, value, choices, error=ConfigError):
-    if value not in choices:
+    # the type must match too: True == 1 and 8.0 == 8, but neither is a valid bits value
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
         raise error(f"{name}: expected {key} in {list(choices)}, found {short(value)}")
     return value
 
@@ -90,3 +99,77 @@ def codes_and_scales(name, bits):
         valid_packet_bucket(name, p["bucket_size"])
 
     return arrays, check
+
+
+# ----------------------------------------------------------------------------
+# declared parameters
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One declared compressor parameter.
+
+    ``default`` None means required; ``type`` and ``allowed`` are what ``gcomp
+    list NAME`` prints; ``check(compressor_name, key, value, error)`` raises
+    ``error`` for a value outside ``allowed``; ``choices`` lists every valid
+    value when there are few; ``example`` is a valid value (shown in the error
+    for a missing required parameter); ``hint`` says how to choose a required one.
+    """
+
+    default: object
+    type: str
+    allowed: str
+    check: Callable | None = None
+    help: str = ""
+    choices: tuple | None = None
+    example: object = None
+    hint: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def validate(self, compressor_name, key, value, error=ConfigError):
+        """Raise ``error`` if ``value`` is not allowed."""
+        if self.check is not None:
+            self.check(compressor_name, key, value, error)
+
+
+def ratio_param(default, help=""):
+    """A fraction in (0, 1]."""
+    return Param(default, "float", "(0, 1]", lambda n, key, v, err: check_ratio(n, v, key, err), help)
+
+
+def int_param(default, lo, hi=None, help=""):
+    """An integer in [lo, hi] (or >= lo)."""
+    allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    return Param(default, "int", allowed, lambda n, key, v, err: check_int(n, key, v, lo, hi, err), help)
+
+
+def choice_param(default, choices, help=""):
+    """One of a few values (all of one type)."""
+    choices = tuple(choices)
+    kind = type(choices[0]).__name__
+    allowed = "one of " + ", ".join(str(c) for c in choices)
+    return Param(default, kind, allowed, lambda n, key, v, err: check_choice(n, key, v, choices, err), help, choices)
+
+
+def bool_param(default, help=""):
+    """true or false."""
+    return Param(default, "bool", "true or false", lambda n, key, v, err: check_bool(n, key, v, err), help,
+                 (True, False))
+
+
+def bucket_param(default=512, help="entries per bucket"):
+    """A bucket size: a positive multiple of 8 below 2**32 (the wire's u32 field)."""
+    return Param(default, "int", "a multiple of 8 in [8, 2**32)", lambda n, key, v, err: check_bucket(n, v, err), help)
+
+
+def seed_param(help="seed of the randomness (with step and key); equal on every rank"):
+    """A 64-bit seed, default 0."""
+    return Param(0, "int", "[0, 2**64)", lambda n, key, v, err: check_seed(n, v, err), help)
+
+
+def nonneg_float_param(default, help="", example=None, hint=""):
+    """A float >= 0 (NaN refused); ``default`` None makes it required."""
+    return Param(default, "float", ">= 0", lambda n, key, v, err: check_nonneg_float(n, key, v, err), help,
+                 example=example, hint=hint)

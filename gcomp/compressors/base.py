@@ -33,6 +33,17 @@ Randomness comes from the configured ``seed`` and the ``step`` and ``key``
 passed to :meth:`Compressor.compress` (see :func:`gcomp.kernels.random.derive_seed`),
 never from a global generator: equal (seed, step, key) give equal outputs on
 every rank.
+
+Inputs and outputs: ``compress`` takes a 1-D float32, float16 or float64 numpy
+array, or a 1-D CPU torch tensor of those dtypes or bfloat16; anything else
+raises (another shape: :class:`gcomp.errors.ConfigError`, a ValueError; another
+type, dtype or device: TypeError).  ``decompress`` returns the kind and dtype
+that were compressed: a numpy array in, a numpy array of its dtype out; a torch
+tensor in, a CPU torch tensor of its dtype out.  A ``Compressed`` decoded from
+wire bytes does not know its sender's kind (the packet carries the dtype only),
+so it decompresses to numpy, except bfloat16 (numpy has no such dtype), which
+is a torch tensor.  ``decompress(c, out=...)`` fills and returns ``out``,
+numpy or torch.
 """
 
 import dataclasses
@@ -44,13 +55,16 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels.random import derive_seed
+from ._params import Param
 
-__all__ = ["Compressed", "Compressor", "as_flat_f32", "DTYPES"]
+__all__ = ["Compressed", "Compressor", "as_flat_f32", "input_kind", "DTYPES", "KINDS"]
 
 _F32 = np.dtype(np.float32)
 
 #: Dtypes a compressor accepts, by name; also the wire format's dtype ids.
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: What ``decompress`` returns: the kind of array that was compressed.
+KINDS = ("numpy", "torch")
 
 
 @dataclasses.dataclass
@@ -60,8 +74,10 @@ class Compressed:
     ``arrays`` holds the numpy arrays the codec sends (their names and dtypes are
     fixed per codec, see docs/wire-format.md); ``params`` the small integers the
     decoder needs.  ``count`` is the number of selected elements for sparse
-    codecs (0 otherwise).  ``dtype`` is the input's dtype name, which
-    :meth:`Compressor.decompress` restores.
+    codecs (0 otherwise).  ``dtype`` is the input's dtype name and ``kind``
+    whether it was a numpy array or a torch tensor; :meth:`Compressor.decompress`
+    restores both.  ``kind`` does not travel on the wire: a decoded packet is
+    ``"numpy"`` (its bfloat16 still decompresses to a torch tensor).
     """
 
     codec: str
@@ -72,11 +88,26 @@ class Compressed:
     count: int = 0
     step: int = 0
     seed: int = 0
+    kind: str = "numpy"
 
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (the payload before wire framing and index coding)."""
         return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+def _is_torch(x):
+    return type(x).__module__.startswith("torch")
+
+
+def input_kind(x) -> str:
+    """``"torch"`` for a torch tensor, ``"numpy"`` otherwise: the kind ``decompress`` gives back."""
+    return "torch" if _is_torch(x) else "numpy"
+
+
+def _not_1d(what, shape):
+    return ConfigError(f"expected a 1-D vector, found a {what} of shape {shape}; flatten it with x.reshape(-1) "
+                       "(and reshape the decompressed vector back)")
 
 
 def _torch_to_numpy(x):
@@ -85,9 +116,9 @@ def _torch_to_numpy(x):
     if x.device.type != "cpu":
         raise TypeError(f"expected a CPU tensor, found a tensor on {x.device}; move it with .cpu() first")
     if x.dim() != 1:
-        raise ValueError(f"expected a 1-D tensor, found shape {tuple(x.shape)}; pass x.flatten()")
+        raise _not_1d("tensor", tuple(x.shape))
     if x.dtype == torch.bfloat16:
-        bits = x.contiguous().view(torch.int16).numpy().astype(np.uint32) << np.uint32(16)
+        bits = x.detach().contiguous().view(torch.int16).numpy().astype(np.uint32) << np.uint32(16)
         return bits.view(np.float32), "bfloat16"
     names = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64"}
     if x.dtype not in names:
@@ -99,47 +130,48 @@ def _torch_to_numpy(x):
 def as_flat_f32(x):
     """``(float32 1-D contiguous array, dtype name)`` from a numpy array or CPU torch tensor.
 
-    float32 contiguous input is returned without a copy.
+    float32 contiguous input is returned without a copy.  Another shape than
+    1-D raises ConfigError (a ValueError); another type, dtype or device TypeError.
     """
     if isinstance(x, np.ndarray):
         if x.ndim != 1:
-            raise ValueError(f"expected a 1-D array, found shape {x.shape}; pass x.ravel()")
+            raise _not_1d("numpy array", x.shape)
         if x.dtype == np.float32:
             return np.ascontiguousarray(x), "float32"
         if x.dtype in (np.float16, np.float64):
             return x.astype(np.float32), x.dtype.name
         raise TypeError(f"expected a float32, float16 or float64 array (or a bfloat16 torch tensor), found {x.dtype}")
-    if type(x).__module__.startswith("torch"):
+    if _is_torch(x):
         return _torch_to_numpy(x)
     raise TypeError(f"expected a numpy array or a CPU torch tensor, found {type(x).__name__}")
 
 
-def restore_dtype(dense_f32, dtype, out=None):
-    """Cast a float32 result to ``dtype`` (bfloat16 gives a torch tensor), or fill ``out``."""
+def restore_dtype(dense_f32, dtype, out=None, kind="numpy"):
+    """Cast a float32 result to ``dtype`` as a ``kind`` array (bfloat16 is always a torch tensor), or fill ``out``."""
     if out is not None:
         return _fill_out(dense_f32, out)
-    if dtype == "float32":
-        return dense_f32
-    if dtype == "bfloat16":
+    if kind == "torch" or dtype == "bfloat16":
         import torch
 
-        return torch.from_numpy(dense_f32).to(torch.bfloat16)
+        return torch.from_numpy(dense_f32).to(getattr(torch, dtype))
+    if dtype == "float32":
+        return dense_f32
     return dense_f32.astype(dtype)
 
 
 def _fill_out(dense_f32, out):
     if isinstance(out, np.ndarray):
         if out.shape != dense_f32.shape:
-            raise ValueError(f"expected out of shape {dense_f32.shape}, found {out.shape}")
+            raise ConfigError(f"expected out of shape {dense_f32.shape}, found {out.shape}")
         if out.dtype not in (np.float32, np.float16, np.float64):
             raise TypeError(f"expected a float out array, found {out.dtype}")
         out[...] = dense_f32
         return out
-    if type(out).__module__.startswith("torch"):
+    if _is_torch(out):
         import torch
 
         if tuple(out.shape) != dense_f32.shape:
-            raise ValueError(f"expected out of shape {dense_f32.shape}, found {tuple(out.shape)}")
+            raise ConfigError(f"expected out of shape {dense_f32.shape}, found {tuple(out.shape)}")
         out.copy_(torch.from_numpy(dense_f32))
         return out
     raise TypeError(f"expected out to be a numpy array or torch tensor, found {type(out).__name__}")
@@ -149,9 +181,20 @@ class Compressor:
     """Base class: configuration plus ``compress`` / ``decompress``.
 
     Subclasses set the class attributes, declare their parameters in
-    ``params`` (name -> default) and implement ``_compress`` / ``_decompress``
-    on float32 arrays.  ``get_config()`` round-trips through
-    :func:`gcomp.compressor`.
+    ``params`` and implement ``_compress`` / ``_decompress`` on float32 arrays.
+    ``get_config()`` round-trips through :func:`gcomp.compressor`.
+
+    ``params`` maps each parameter name to its default (None: required) or to
+    a :class:`gcomp.compressors._params.Param` (default, type, allowed values,
+    help, and the check the constructor runs; ``gcomp list NAME`` prints them).
+    At class creation ``params`` becomes ``{name: default}`` and the
+    declarations move to ``param_specs``.  Rules between parameters go in
+    ``_validate``.
+
+    ``compress`` takes a 1-D numpy array or CPU torch tensor (see the module
+    docstring); ``decompress`` returns the kind and dtype that were compressed:
+    numpy in, numpy out; a torch tensor in, a torch tensor of its dtype out
+    (a packet decoded from bytes: numpy, bfloat16 as a torch tensor).
     """
 
     name: ClassVar[str] = ""
@@ -159,8 +202,10 @@ class Compressor:
     unbiased: ClassVar[bool] = False
     linear: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
-    #: parameter name -> default value (None: required)
+    #: parameter name -> default value (None: required), or a Param declaring it (see the class docstring)
     params: ClassVar[dict] = {}
+    #: parameter name -> its Param declaration (filled from ``params`` at class creation)
+    param_specs: ClassVar[dict] = {}
     #: whether ``_encode(x, seed, residual)`` fuses the error-feedback update
     fused_residual: ClassVar[bool] = False
     #: names of the arrays that :meth:`combine` sums for linear compressors
@@ -171,6 +216,13 @@ class Compressor:
     phased: ClassVar[bool] = False
     #: the wire codec (gcomp.compressors.codec.Codec); None: this compressor has no wire format
     codec: ClassVar = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("params")
+        if declared is not None:
+            cls.param_specs = {key: p for key, p in declared.items() if isinstance(p, Param)}
+            cls.params = {key: (p.default if isinstance(p, Param) else p) for key, p in declared.items()}
 
     def __init__(self, **params):
         unknown = sorted(set(params) - set(self.params))
@@ -183,9 +235,24 @@ class Compressor:
         values.update(params)
         for key, value in values.items():
             if value is None:
-                raise ConfigError(f"compressor {self.name!r} needs parameter {key!r}")
+                raise ConfigError(self._missing(key))
         self._params = values
+        for key, spec in self.param_specs.items():
+            spec.validate(self.name, key, values[key], ConfigError)
         self._validate()
+
+    @classmethod
+    def _missing(cls, key):
+        """The error message for a required parameter that was not given."""
+        text = f"compressor {cls.name!r} needs parameter {key!r}"
+        spec = cls.param_specs.get(key)
+        if spec is not None:
+            text += f" ({spec.type} {spec.allowed})"
+            if spec.example is not None:
+                text += f": pass it, e.g. {cls.name}:{key}={spec.example}"
+            if spec.hint:
+                text += f"; {spec.hint}"
+        return text
 
     # -- configuration -------------------------------------------------
     def _validate(self):
@@ -269,18 +336,17 @@ class Compressor:
         """Forget compressor-held state of ``key`` (or all); stateless compressors do nothing."""
 
     def compress(self, x, *, step: int = 0, key: int = 0) -> Compressed:
-        """Compress the 1-D vector ``x`` (numpy array or CPU torch tensor).
+        """Compress the 1-D vector ``x`` (numpy array or CPU torch tensor; another shape raises ConfigError).
 
         ``step`` and ``key`` (a bucket or tensor id) pick the randomness
         together with the configured ``seed``; equal inputs give equal outputs.
+        The result remembers ``x``'s dtype and kind (numpy or torch) for
+        :meth:`decompress`.
         """
         flat, dtype = as_flat_f32(x)
         seed = self.seed_for(step, key)
         c = self._compress(flat, step=step, seed=seed)
-        c.dtype = dtype
-        c.step = step
-        c.seed = seed
-        return c
+        return _stamp(c, x, dtype, step, seed)
 
     def seed_for(self, step: int, key=0) -> int:
         """The 64-bit seed of (configured seed, step, key); 0 for deterministic compressors."""
@@ -289,14 +355,19 @@ class Compressor:
         return derive_seed(int(self._params.get("seed", 0)), step, key_to_int(key))
 
     def decompress(self, c: Compressed, out=None):
-        """The dense vector of ``c``, in ``c``'s original dtype, or written into ``out``."""
+        """The dense vector of ``c`` in the kind and dtype that were compressed, or written into ``out``.
+
+        numpy in, numpy out; a torch tensor in, a CPU torch tensor of its dtype
+        out.  A packet decoded from bytes carries no kind: numpy, except
+        bfloat16, which numpy lacks (a torch tensor).
+        """
         self._check_compressed(c)
         dense = self._decompress(c)
-        return restore_dtype(dense, c.dtype, out)
+        return restore_dtype(dense, c.dtype, out, c.kind)
 
     def _refuse_add(self, c, acc):
         self._check_compressed(c)
-        raise ValueError(f"expected a float32 accumulator of shape ({c.numel},), found "
+        raise ConfigError(f"expected a float32 accumulator of shape ({c.numel},), found "
                          f"{getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
 
     def _check_compressed(self, c):
@@ -308,7 +379,7 @@ class Compressor:
     def decompress_add(self, c: Compressed, acc: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows).
 
-        Refuses another codec's packet and an accumulator of another dtype or size (ConfigError, ValueError).
+        Refuses another codec's packet and an accumulator of another dtype or size (ConfigError, a ValueError).
         """
         if (type(c) is not Compressed or c.codec != self.name or type(acc) is not np.ndarray or acc.dtype is not _F32
                 or acc.size != c.numel or acc.ndim != 1):  # one cheap test: this runs once per packet received
@@ -328,16 +399,15 @@ class Compressor:
         Compressors whose kernels fuse this (``fused_residual = True``) do it in
         one pass over memory through ``_encode(x, seed, residual)``.
         """
+        flat, dtype = as_flat_f32(x)
         if self.fused_residual:
-            flat, dtype = as_flat_f32(x)
             seed = self.seed_for(step, key)
             c = self._encode(flat, seed, residual=residual)
-            c.dtype, c.step, c.seed = dtype, step, seed
-            return c
-        residual += x
+            return _stamp(c, x, dtype, step, seed)
+        residual += flat
         c = self.compress(residual, step=step, key=key)
         residual -= self._decompress(c)
-        return c
+        return _stamp(c, x, dtype, step, c.seed)
 
     def combine(self, items) -> Compressed:
         """Sum compressed forms as they are (linear compressors only)."""
@@ -379,6 +449,12 @@ class Compressor:
     def _decode(self, c: Compressed, out=None, accumulate=False) -> np.ndarray:
         """Kernel decode into ``out`` (adding when ``accumulate``), from the packet's own params."""
         raise NotImplementedError
+
+
+def _stamp(c, x, dtype, step, seed):
+    """Record on ``c`` what :meth:`Compressor.decompress` restores (``x``'s dtype and kind) and the randomness used."""
+    c.dtype, c.kind, c.step, c.seed = dtype, input_kind(x), step, seed
+    return c
 
 
 def key_to_int(key) -> int:

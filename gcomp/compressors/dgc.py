@@ -14,8 +14,8 @@ import math
 
 from ..kernels.error_feedback import ef_sampled_topk
 from ..kernels.sampled_topk import topk_sampled
-from ._params import check_int, check_ratio, check_seed, sparse_payload_bound
-from .base import as_flat_f32, count_from_ratio
+from ._params import int_param, ratio_param, seed_param, sparse_payload_bound
+from .base import _stamp, as_flat_f32, count_from_ratio
 from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
@@ -26,21 +26,13 @@ class DGC(SparseCompressor):
     randomized = True
     codec = Codec(5, sparse_values, sparse=True)
     params = {
-        "ratio": 0.001,
-        "sample_fraction": 0.01,
-        "min_fraction": 0.5,
-        "warmup_steps": 0,
-        "warmup_start": 0.25,
-        "seed": 0,
+        "ratio": ratio_param(0.001, "final density: about k = ceil(ratio * n) largest |x| are sent"),
+        "sample_fraction": ratio_param(0.01, "fraction of the entries sampled to estimate the threshold"),
+        "min_fraction": ratio_param(0.5, "fewest entries returned, as a fraction of k"),
+        "warmup_steps": int_param(0, 0, help="steps of exponential density warm-up from warmup_start (0: none)"),
+        "warmup_start": ratio_param(0.25, "density at step 0 of the warm-up"),
+        "seed": seed_param("seed of the sampling (with step and key); equal on every rank"),
     }
-
-    def _validate(self):
-        check_ratio(self.name, self.ratio)
-        check_ratio(self.name, self.sample_fraction, "sample_fraction")
-        check_ratio(self.name, self.min_fraction, "min_fraction")
-        check_int(self.name, "warmup_steps", self.warmup_steps, 0)
-        check_ratio(self.name, self.warmup_start, "warmup_start")
-        check_seed(self.name, self.seed)
 
     @classmethod
     def strategy(cls):
@@ -76,6 +68,4 @@ class DGC(SparseCompressor):
         k = self.k(flat.shape[0], step)
         idx, val = ef_sampled_topk(flat, residual, k, seed, sample_fraction=self.sample_fraction,
                                    min_fraction=self.min_fraction)
-        c = self._sparse(flat, idx, val)
-        c.dtype, c.step, c.seed = dtype, step, seed
-        return c
+        return _stamp(self._sparse(flat, idx, val), x, dtype, step, seed)

@@ -6,7 +6,7 @@ variance at most ``||x||^2 / 8``.  Non-finite entries decode to NaN.
 """
 
 from ..kernels import natural as kn
-from ._params import check_seed, packed_bytes
+from ._params import packed_bytes, seed_param
 from .base import Compressed, Compressor
 from .codec import U8, Codec
 
@@ -18,10 +18,7 @@ class Natural(Compressor):
     randomized = True
     fused_residual = True
     codec = Codec(12, lambda n, count, p: [("exponents", U8, n), ("signs", U8, packed_bytes(n, 1))])
-    params = {"seed": 0}
-
-    def _validate(self):
-        check_seed(self.name, self.seed)
+    params = {"seed": seed_param("seed of the stochastic rounding (with step and key)")}
 
     @classmethod
     def strategy(cls):

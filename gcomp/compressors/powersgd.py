@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, SizeError, StateError
 from ..kernels.random import derive_seed, uniform01_array
-from ._params import check_bool, check_int, check_seed
+from ._params import bool_param, int_param, seed_param
 from .base import Compressed, Compressor, key_to_int
 from .codec import F32, Codec
 
@@ -86,18 +86,17 @@ class PowerSGD(Compressor):
     randomized = True
     linear = True
     phased = True
-    params = {"rank": 4, "warm_start": True, "seed": 0}
+    params = {
+        "rank": int_param(4, 1, 1024, "rank r of the approximation P Q^T (capped by the matrix view's shape)"),
+        "warm_start": bool_param(True, "start each step's power iteration from the previous Q of the same key"),
+        "seed": seed_param("seed of the initial Q (with key); equal on every rank"),
+    }
     codec = Codec(13, _arrays, ("rows", "cols", "rank"), _check_packet, shape=_shape)
 
     def __init__(self, **params):
         super().__init__(**params)
         self._q = {}
         self._p_hat = {}
-
-    def _validate(self):
-        check_int(self.name, "rank", self.rank, 1, 1024)
-        check_bool(self.name, "warm_start", self.warm_start)
-        check_seed(self.name, self.seed)
 
     def effective_rank(self, numel):
         rows, cols = matrix_shape(numel)

@@ -9,16 +9,19 @@ with variance ``E||Q(x) - x||^2 <= min(d / s^2, sqrt(d) / s) ||x||^2`` for
 
 import functools
 
-from ..errors import ConfigError, SizeError
+from ..errors import SizeError
 from ..kernels import qsgd as kq
-from ._params import check_bucket, check_int, check_seed, nbuckets, packed_bytes
+from ._params import bucket_param, int_param, nbuckets, packed_bytes, seed_param
 from .base import Compressed, Compressor
 from .codec import F32, U8, Codec
 
+LEVELS = int_param(4, 1, 127, "levels s per sign: |x| / norm is rounded to a multiple of 1 / s (codes of 2, 4 or 8 bits)")
+BUCKET = bucket_param(512, "entries sharing one L2 norm")
+
 
 def _rules(levels, bucket_size, error):
-    check_bucket("qsgd", bucket_size, error)
-    check_int("qsgd", "levels", levels, 1, 127, error)
+    BUCKET.validate("qsgd", "bucket_size", bucket_size, error)
+    LEVELS.validate("qsgd", "levels", levels, error)
 
 
 def _check_packet(numel, count, p):
@@ -43,12 +46,8 @@ class QSGD(Compressor):
     unbiased = True
     randomized = True
     fused_residual = True
-    params = {"levels": 4, "bucket_size": 512, "seed": 0}
+    params = {"levels": LEVELS, "bucket_size": BUCKET, "seed": seed_param("seed of the stochastic rounding (with step and key)")}
     codec = Codec(8, _arrays, ("levels", "bucket_size", "bits"), _check_packet)
-
-    def _validate(self):
-        _rules(self.levels, self.bucket_size, ConfigError)
-        check_seed(self.name, self.seed)
 
     @classmethod
     def strategy(cls):

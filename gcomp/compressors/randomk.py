@@ -11,8 +11,8 @@ import numpy as np
 
 from ..kernels import scatter
 from ..kernels.randomk import randomk_indices
-from ._params import check_bool, check_ratio, check_seed
-from .base import Compressed, count_from_ratio
+from ._params import bool_param, ratio_param, seed_param
+from .base import Compressed, _stamp, as_flat_f32, count_from_ratio
 from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
@@ -25,12 +25,11 @@ class RandomK(SparseCompressor):
     summable = ("values",)
     #: the indices are not sent: every receiver regenerates them from (numel, count, seed)
     codec = Codec(6, sparse_values, regenerate_indices=randomk_indices)
-    params = {"ratio": 0.01, "rescale": True, "seed": 0}
-
-    def _validate(self):
-        check_ratio(self.name, self.ratio)
-        check_bool(self.name, "rescale", self.rescale)
-        check_seed(self.name, self.seed)
+    params = {
+        "ratio": ratio_param(0.01, "density: k = ceil(ratio * n) random entries are sent"),
+        "rescale": bool_param(True, "multiply the values by n / k (unbiased); false: a biased, lower-variance k-subset"),
+        "seed": seed_param("seed of the index choice (with step and key); every rank picks the same indices"),
+    }
 
     @classmethod
     def strategy(cls):
@@ -68,7 +67,8 @@ class RandomK(SparseCompressor):
         return Compressed(self.name, n, "float32", {"indices": idx, "values": val}, count=k)
 
     def compress_with_residual(self, x, residual, *, step=0, key=0):
-        residual += x
+        flat, dtype = as_flat_f32(x)
+        residual += flat
         c = self.compress(residual, step=step, key=key)
         residual -= self._decompress(c)
-        return c
+        return _stamp(c, x, dtype, step, c.seed)

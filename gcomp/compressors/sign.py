@@ -6,7 +6,7 @@ Biased; with error feedback it converges like SGD.  A contraction with
 """
 
 from ..kernels import sign as ks
-from ._params import check_bucket, codes_and_scales, nbuckets, packed_bytes
+from ._params import bucket_param, codes_and_scales, nbuckets, packed_bytes
 from .base import Compressed, Compressor
 from .codec import Codec
 
@@ -18,10 +18,7 @@ class Sign(Compressor):
     description = "scaled sign: 1 bit per entry plus the mean |x| per bucket (EF-signSGD)"
     fused_residual = True
     codec = Codec(10, _arrays, ("bucket_size",), _check_packet)
-    params = {"bucket_size": 512}
-
-    def _validate(self):
-        check_bucket(self.name, self.bucket_size)
+    params = {"bucket_size": bucket_param(512, "entries sharing one scale (their mean |x|)")}
 
     @classmethod
     def strategy(cls):

@@ -5,7 +5,7 @@ Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
 """
 
 from ..kernels import terngrad as kt
-from ._params import check_bucket, check_seed, codes_and_scales, nbuckets, packed_bytes
+from ._params import bucket_param, codes_and_scales, nbuckets, packed_bytes, seed_param
 from .base import Compressed, Compressor
 from .codec import Codec
 
@@ -19,11 +19,8 @@ class TernGrad(Compressor):
     randomized = True
     fused_residual = True
     codec = Codec(11, _arrays, ("bucket_size",), _check_packet)
-    params = {"bucket_size": 512, "seed": 0}
-
-    def _validate(self):
-        check_bucket(self.name, self.bucket_size)
-        check_seed(self.name, self.seed)
+    params = {"bucket_size": bucket_param(512, "entries sharing one scale (their max |x|)"),
+              "seed": seed_param("seed of the stochastic rounding (with step and key)")}
 
     @classmethod
     def strategy(cls):

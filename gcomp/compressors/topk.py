@@ -5,8 +5,8 @@ import numpy as np
 from ..kernels import scatter
 from ..kernels.error_feedback import ef_topk
 from ..kernels.topk import topk_exact
-from ._params import check_ratio, sparse_payload_bound
-from .base import _F32, Compressed, Compressor, count_from_ratio
+from ._params import ratio_param, sparse_payload_bound
+from .base import _F32, Compressed, Compressor, _stamp, as_flat_f32, count_from_ratio
 from .codec import Codec, sparse_values
 
 
@@ -37,10 +37,11 @@ class SparseCompressor(Compressor):
         """Selected entries are sent exactly, so their residual becomes 0; the rest keep accumulating."""
         if self.fused_residual:
             return super().compress_with_residual(x, residual, step=step, key=key)
-        residual += x
+        flat, dtype = as_flat_f32(x)
+        residual += flat
         c = self.compress(residual, step=step, key=key)
         residual[c.arrays["indices"]] = 0.0
-        return c
+        return _stamp(c, x, dtype, step, c.seed)
 
     def _sparse(self, x, idx, val, params=None):
         return Compressed(self.name, x.shape[0], "float32", {"indices": idx, "values": val}, params or {}, count=idx.shape[0])
@@ -51,10 +52,7 @@ class TopK(SparseCompressor):
     description = "exact top-k by magnitude (O(n) radix select), k = ceil(ratio * n)"
     codec = Codec(4, sparse_values, sparse=True)
     fused_residual = True
-    params = {"ratio": 0.01}
-
-    def _validate(self):
-        check_ratio(self.name, self.ratio)
+    params = {"ratio": ratio_param(0.01, "density: the k = ceil(ratio * n) largest |x| are sent")}
 
     @classmethod
     def strategy(cls):

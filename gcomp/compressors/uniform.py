@@ -10,19 +10,29 @@ import functools
 
 from ..errors import ConfigError, SizeError
 from ..kernels import uniform as ku
-from ._params import check_bucket, check_choice, check_seed, nbuckets, packed_bytes
+from ._params import bucket_param, choice_param, nbuckets, packed_bytes, seed_param
 from .base import Compressed, Compressor
 from .codec import F32, U8, Codec
 
 MODES = ("maxmin", "absmax")
 ROUNDINGS = ("nearest", "stochastic")
+PARAMS = {
+    "bits": choice_param(8, (1, 2, 4, 8), "bits per code"),
+    "bucket_size": bucket_param(512, "entries sharing one scale and offset"),
+    "mode": choice_param("maxmin", MODES, "maxmin: codes span [min, max] of the bucket; absmax: symmetric around 0 "
+                                         "(needs bits >= 2)"),
+    "rounding": choice_param("nearest", ROUNDINGS, "nearest: deterministic, biased; stochastic: unbiased"),
+    "seed": seed_param("seed of the stochastic rounding (with step and key)"),
+}
 
 
 def _rules(bits, bucket_size, mode, rounding, error):
-    check_choice("uniform", "bits", bits, (1, 2, 4, 8), error)
-    check_bucket("uniform", bucket_size, error)
-    check_choice("uniform", "mode", mode, MODES, error)
-    check_choice("uniform", "rounding", rounding, ROUNDINGS, error)
+    for key, value in (("bits", bits), ("bucket_size", bucket_size), ("mode", mode), ("rounding", rounding)):
+        PARAMS[key].validate("uniform", key, value, error)
+    _absmax_rule(bits, mode, error)
+
+
+def _absmax_rule(bits, mode, error):
     if mode == "absmax" and bits == 1:
         raise error("uniform: mode='absmax' (abs-max) needs bits in [2, 4, 8] (one bit has no zero level); use mode='maxmin' or sign")
 
@@ -47,12 +57,11 @@ class Uniform(Compressor):
     name = "uniform"
     description = "bucketed max-min or abs-max quantization to 8/4/2/1 bits, nearest or stochastic rounding"
     fused_residual = True
-    params = {"bits": 8, "bucket_size": 512, "mode": "maxmin", "rounding": "nearest", "seed": 0}
+    params = PARAMS
     codec = Codec(9, _arrays, ("bits", "bucket_size", "mode", "stochastic"), _check_packet)
 
     def _validate(self):
-        _rules(self.bits, self.bucket_size, self.mode, self.rounding, ConfigError)
-        check_seed(self.name, self.seed)
+        _absmax_rule(self.bits, self.mode, ConfigError)  # the declared checks have run: the rule between two remains
 
     @classmethod
     def strategy(cls):
