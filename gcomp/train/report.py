@@ -1,65 +1,250 @@
-"""What ``gcomp train`` shows: the summary table and the plots (accuracy against time and against bytes sent)."""
+"""What ``gcomp train`` shows: the summary table and the plots (accuracy against time and against bytes sent).
+
+Everything here reads the results dict that :func:`gcomp.train.train` returns
+(and writes as ``results.json``); nothing is recomputed from the workers' raw
+records.  The one derived quantity is the modelled link time of a run, which
+the table shows as its own column: it is recomputed from the bytes each epoch
+sent and the header's links with the same model the runner adds to the
+measured local time (:func:`gcomp.train.links.modelled_comm_seconds`).
+"""
 
 import os
+import textwrap
 
-__all__ = ["plot_results", "summary_table"]
+__all__ = ["build_figures", "plot_results", "summary_table"]
+
+#: The summary table's width limit, in characters.
+TABLE_WIDTH = 100
+#: A time axis is logarithmic when the longest run lasts this many times the shortest (or more): on a linear axis
+#: the shortest would fill a fifth of the width or less.
+LOG_TIME_SPAN = 5.0
+
+_NAME_WIDTH = 15
+#: (heading, width) of the table's columns after the compressor's name.
+_COLUMNS = (("final acc", 9), ("to target", 11), ("compute", 7), ("compress", 8), ("comm", 7), ("other", 7),
+            ("total", 7), ("KB/step", 7), ("ratio", 5), ("energy", 6))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+#: Line styles of gcomp's compressors: solid first, then long dashes whose gaps show any line drawn under them.
+_GCOMP_STYLES = ("-", (0, (8, 2)), (0, (8, 2, 1, 2)), (0, (8, 2, 1, 2, 1, 2)), (0, (14, 3)))
+#: Line styles of the baselines (none and torch's hooks): short dashes, dots, dash-dots.
+_BASELINE_STYLES = ((0, (4, 2)), (0, (1, 1.5)), (0, (4, 1.5, 1, 1.5)), (0, (2, 2)))
+
+
+def _links_text(header):
+    return ",".join(sorted(set(header["links"])))
+
+
+def _mb_per_worker(epoch):
+    sent = epoch["bytes_sent_per_worker"]
+    return sum(sent) / len(sent) / 1e6
+
+
+def _log_scale(series, always):
+    """Whether an x axis showing ``series`` (one list of x values per run) should be logarithmic.
+
+    Never when a value is not positive (a log axis cannot show it); otherwise
+    always for bytes (``always``), and for time when the runs' lengths differ
+    by :data:`LOG_TIME_SPAN` or more.
+    """
+    values = [x for xs in series for x in xs]
+    if not values or min(values) <= 0:
+        return False
+    ends = [xs[-1] for xs in series]
+    return always or max(ends) / min(ends) >= LOG_TIME_SPAN
+
+
+def _line_styles(runs):
+    """One (marker, line style) per run, all pairs distinct: baselines dashed or dotted, gcomp's runs solid first."""
+    counts = {"baseline": 0, "gcomp": 0}
+    styles = []
+    for i, run in enumerate(runs):
+        pool = _BASELINE_STYLES if run["kind"] == "baseline" else _GCOMP_STYLES
+        styles.append((_MARKERS[i % len(_MARKERS)], pool[counts[run["kind"]] % len(pool)]))
+        counts[run["kind"]] += 1
+    return styles
+
+
+def _plain_log_ticks(ax):
+    """Label a log x axis with plain numbers (0.1, 1, 10), and 2 and 5 between decades when it spans under three."""
+    from matplotlib.ticker import FuncFormatter
+
+    low, high = ax.get_xlim()
+    few = high / low < 1000
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _pos: f"{value:g}" if few and f"{value:.0e}"[0] in "25"
+                                               else ""))
+
+
+def build_figures(results):
+    """``{file name: matplotlib Figure}`` of accuracy against time and against MB sent per worker.
+
+    Every point is an epoch end as measured (no invented starting point).  The
+    bytes axis is logarithmic, the time axis too when the runs' lengths differ
+    by :data:`LOG_TIME_SPAN` or more; log axes are labelled with plain numbers.
+    Each run has its own colour, marker and line style; markers are hollow so
+    that runs on top of each other (DGC and top-k) both stay visible.
+    """
+    from matplotlib.figure import Figure
+
+    header = results["header"]
+    runs = results["runs"]
+    emulated = header["emulated"]
+    clock = "measured_wall_s" if emulated else "modelled_s"
+    panels = (
+        ("accuracy_vs_time.png", "measured wall-clock time on the emulated links (s)" if emulated
+         else "modelled time (s): measured local time + link model", lambda ep: ep[clock], False),
+        ("accuracy_vs_bytes.png", "MB sent per worker (" + ("interface counters, TCP/IP headers included)" if emulated
+                                                            else "gcomp's counters; ring model for the baselines)"),
+         _mb_per_worker, True),
+    )
+    target = header["target_accuracy"]
+    lowest = min([target] + [ep["accuracy"] for run in runs for ep in run["epochs"]])
+    styles = _line_styles(runs)
+    title = (f"{header['model']} on {header.get('dataset', 'digits')}, {header['workers']} workers, "
+             f"links {_links_text(header)} ({'emulated' if emulated else 'link model'})")
+    figures = {}
+    for name, xlabel, xfn, bytes_axis in panels:
+        series = [[xfn(ep) for ep in run["epochs"]] for run in runs]
+        fig = Figure(figsize=(8.4, 4.4), dpi=110)
+        ax = fig.add_subplot()
+        for i, (run, xs) in enumerate(zip(runs, series, strict=True)):
+            marker, linestyle = styles[i]
+            ax.plot(xs, [ep["accuracy"] for ep in run["epochs"]], label=run["compressor"], color=f"C{i % 10}",
+                    marker=marker, markersize=6, markerfacecolor="none", markeredgewidth=1.3, linestyle=linestyle,
+                    linewidth=1.3 if run["kind"] == "baseline" else 1.8)
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
+        if _log_scale(series, always=bytes_axis):
+            ax.set_xscale("log")
+            _plain_log_ticks(ax)
+            xlabel += ", log scale"
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(max(0.0, int(20 * lowest - 0.5) / 20), 1.0)  # from a multiple of 0.05 at least 0.025 under all
+        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.12, which="minor")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        figures[name] = fig
+    return figures
 
 
 def plot_results(results, out_dir):
-    """Write accuracy_vs_time.png and accuracy_vs_bytes.png; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    emulated = results["header"]["emulated"]
-    clock = "measured_wall_s" if emulated else "modelled_s"
-    target = results["header"]["target_accuracy"]
+    """Write accuracy_vs_time.png and accuracy_vs_bytes.png (see :func:`build_figures`) into ``out_dir``; return their paths."""
     paths = []
-    for name, xlabel, xfn in (
-        ("accuracy_vs_time.png", f"{'measured' if emulated else 'modelled'} wall-clock time (s)", lambda ep: ep[clock]),
-        ("accuracy_vs_bytes.png", "MB sent per worker", lambda ep: sum(ep["bytes_sent_per_worker"]) / len(
-            ep["bytes_sent_per_worker"]) / 1e6),
-    ):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        for run in results["runs"]:
-            xs = [0.0] + [xfn(ep) for ep in run["epochs"]]
-            ys = [0.1] + [ep["accuracy"] for ep in run["epochs"]]
-            ax.plot(xs, ys, marker="o", markersize=3, label=run["compressor"],
-                    linestyle="--" if run["kind"] == "baseline" else "-")
-        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy")
-        if name == "accuracy_vs_bytes.png":
-            ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_ylim(0, 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        h = results["header"]
-        ax.set_title(f"{h['model']} on digits, {h['workers']} workers, {','.join(sorted(set(h['links'])))}", fontsize=9)
-        fig.tight_layout()
+    for name, fig in build_figures(results).items():
         path = os.path.join(out_dir, name)
         fig.savefig(path)
-        plt.close(fig)
         paths.append(path)
     return paths
 
 
+def _time_split(run, header, decimals):
+    """``(compute, compress or None, comm, other, total)`` seconds, rounded to ``decimals``, summing exactly.
+
+    ``other`` is the remainder, taken after rounding so that the printed columns add up to the printed total.
+    ``compress`` is None where nothing measured it: ``none`` does not compress, torch's hooks compress inside
+    their communication.
+    """
+    split = run["time_split_s"]
+    if header["emulated"]:
+        total, comm = run["measured_wall_s"], split["communication"]
+    else:
+        total, comm = run["modelled_s"], run["modelled_comm_s"]
+    compress = round(split["compression"], decimals) if run["kind"] == "gcomp" else None
+    compute, comm, total = (round(x, decimals) for x in (split["compute"], comm, total))
+    other = round(total - compute - (compress or 0.0) - comm, decimals)
+    return compute, compress, comm, other, total
+
+
+def _ratio(run, header):
+    """Dense float32 bytes over the bytes gcomp counted (the ring model's for the baselines), or None if unknown.
+
+    When emulated, ``compression_ratio`` divides by the interface counters (TCP/IP headers included, so ``none``
+    would show 0.9); the counted ratio then comes from ``counted_compression_ratio`` where the runner provides it.
+    """
+    if header["emulated"]:
+        return run.get("counted_compression_ratio")
+    return run["compression_ratio"]
+
+
+def _cells(texts):
+    return " ".join(f"{text:>{width}}" for text, (_, width) in zip(texts, _COLUMNS, strict=True))
+
+
+def _legend(header, runs):
+    """The paragraphs under the table: what each column holds, measured or modelled, in this mode."""
+    steps = ("compute: the median local forward+backward+step, times the steps.  compress: gcomp's hook (compression "
+             "and decompression).")
+    if header["emulated"]:
+        paragraphs = [
+            "Seconds on rank 0, all measured (meas.) on the emulated links: total = compute + compress + comm + other.",
+            steps,
+            "comm: the rest of each step (transfers through the shaped links; torch's hooks' compression).  "
+            "other: the remainder of the total (evaluation, data loading).",
+            "KB/step: bytes sent per worker per step, from the interface counters (TCP/IP headers included).  "
+            "ratio: dense float32 ring allreduce / the bytes gcomp counted (ring model for the baselines).",
+        ]
+        if any(_ratio(run, header) is None for run in runs):
+            paragraphs.append("ratio -: these results lack gcomp's own byte counts (the interface counters include "
+                              "TCP/IP headers, so they cannot give it).")
+    else:
+        paragraphs = [
+            "Seconds on rank 0: total = compute + compress + comm + other.  meas.: measured here; model: modelled; "
+            "rest: measured remainder.",
+            steps,
+            f"comm: the bytes sent, through the link model ({_links_text(header)}).  other: the rest of the measured "
+            "local time (loopback transfers, DDP and hook overhead, torch's hooks' compression, evaluation).  "
+            "total: measured local time + comm.",
+            "KB/step: bytes sent per worker per step (gcomp's counters; ring model for the baselines).  "
+            "ratio: dense float32 ring allreduce / KB/step.",
+        ]
+    paragraphs.append("compress -: not measured (none does not compress; torch's hooks compress inside their "
+                      "communication).  energy: modelled (docs/energy.md).")
+    return paragraphs
+
+
 def summary_table(results) -> str:
-    """A fixed-width table of the runs (the end of ``gcomp train``)."""
-    h = results["header"]
-    clock = "measured" if h["emulated"] else "modelled"
-    lines = [f"gcomp train: {h['workers']} workers, {h['backend']}, {h['model']}, links {','.join(sorted(set(h['links'])))}"
-             f"{' (emulated)' if h['emulated'] else ' (link model)'}, target accuracy {h['target_accuracy']:.2f}",
-             f"{'compressor':<26} {'final acc':>9} {'to target':>10} {'total':>9} {'KB/step':>9} {'ratio':>7} "
-             f"{'compute':>8} {'compress':>8} {'comm':>8} {'energy J':>9}",
-             f"{'':<26} {'':>9} {clock + ' s':>10} {clock + ' s':>9} {'per wkr':>9} {'':>7} {'s':>8} {'s':>8} {'s':>8} {'total':>9}"]
-    for r in results["runs"]:
-        ttt = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
-        total = r["measured_wall_s"] if h["emulated"] else r["modelled_s"]
-        split = r["time_split_s"]
-        ratio = f"{r['compression_ratio']:.1f}" if r["compression_ratio"] else "-"
-        lines.append(f"{r['compressor']:<26} {100 * r['final_accuracy']:>8.1f}% {ttt:>10} {total:>9.1f} "
-                     f"{r['bytes_sent_per_worker_per_step'] / 1024:>9.1f} {ratio:>7} {split['compute']:>8.2f} "
-                     f"{split['compression']:>8.2f} {split['communication']:>8.2f} {r['energy_joules_total']:>9.1f}")
+    """The end of ``gcomp train``: one row per run, columns labelled measured or modelled, at most 100 characters wide.
+
+    The time columns add up to the total (see :func:`_time_split`); a legend under the table says what each
+    column holds and how it was obtained in this mode.  A compressor name longer than its column gets a line of
+    its own above its numbers.
+    """
+    header = results["header"]
+    runs = results["runs"]
+    emulated = header["emulated"]
+    clock, tag = ("measured", "meas.") if emulated else ("modelled", "model")
+    longest = max([run["measured_wall_s"] if emulated else run["modelled_s"] for run in runs], default=0.0)
+    decimals = max(0, 2 - max(0, len(f"{longest:.0f}") - 4))  # at most 7 characters up to 9,999,999 s
+    title = (f"gcomp train: {header['workers']} workers, {header['backend']}, {header['model']}, links "
+             f"{_links_text(header)} ({'emulated' if emulated else 'link model'}), target accuracy "
+             f"{header['target_accuracy']:.2f}")
+    lines = textwrap.wrap(title, TABLE_WIDTH)
+    lines.append(f"{'compressor':<{_NAME_WIDTH}} " + _cells([heading for heading, _ in _COLUMNS]))
+    lines.append(f"{'':<{_NAME_WIDTH}} " + _cells(["%", f"{clock} s", "meas. s", "meas. s", f"{tag} s", "rest s",
+                                                    f"{tag} s", "per wkr", "", "J"]))
+    for run in runs:
+        compute, compress, comm, other, total = _time_split(run, header, decimals)
+        ratio = _ratio(run, header)
+        to_target = run["time_to_target_s"]
+        name = run["compressor"]
+        if len(name) > _NAME_WIDTH:
+            lines.extend(textwrap.wrap(name, TABLE_WIDTH, break_on_hyphens=False))
+            name = ""
+        lines.append(f"{name:<{_NAME_WIDTH}} " + _cells([
+            f"{100 * run['final_accuracy']:.1f}%",
+            "not reached" if to_target is None else f"{to_target:.{decimals}f}",
+            f"{compute:.{decimals}f}",
+            "-" if compress is None else f"{compress:.{decimals}f}",
+            f"{comm:.{decimals}f}",
+            f"{other:.{decimals}f}",
+            f"{total:.{decimals}f}",
+            f"{run['bytes_sent_per_worker_per_step'] / 1024:.1f}",
+            "-" if ratio is None else f"{ratio:.{1 if ratio < 100 else 0}f}",
+            f"{run['energy_joules_total']:.{1 if run['energy_joules_total'] < 1000 else 0}f}",
+        ]))
+    lines.append("")
+    for paragraph in _legend(header, runs):
+        lines.extend(textwrap.wrap(paragraph, TABLE_WIDTH))
     return "\n".join(lines)
