@@ -312,13 +312,18 @@ class CompressionState:
         # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
         raw = torch.futures.Future()
         fut = raw.then(lambda f: f.value())
-        self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step)
+        # a CPU float32 bucket receives the result in place: no fresh dense output, no copy back
+        in_place = x if host.data_ptr() == tensor.data_ptr() and x.dtype == np.float32 else None
+        self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step, in_place)
         return fut
 
-    def _communicate(self, raw, tensor, numel, pendings, key, step):
+    def _communicate(self, raw, tensor, numel, pendings, key, step, in_place=None):
         try:
             try:
-                if len(pendings) == 1 and pendings[0][1] is None:
+                if len(pendings) == 1 and pendings[0][1] is None and in_place is not None:
+                    self.engine.complete(pendings[0][0], out=in_place)
+                    out = None
+                elif len(pendings) == 1 and pendings[0][1] is None:
                     out = self.engine.complete(pendings[0][0])
                 else:
                     out = np.empty(numel, np.float32)
@@ -327,7 +332,8 @@ class CompressionState:
                         for lo, hi in slices:
                             out[lo:hi] = part[offset: offset + hi - lo]
                             offset += hi - lo
-                tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
+                if out is not None:
+                    tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
             finally:
                 self._bucket_done(step)
             raw.set_result(tensor)

@@ -56,7 +56,7 @@ from .errors import (
 )
 from .kernels import index_coding
 
-__all__ = ["encode", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
+__all__ = ["encode", "encode_array", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
 
 MAGIC = b"GCMP"
 MAJOR = 1
@@ -126,44 +126,65 @@ class Header:
 
 def encode(c: Compressed, *, zstd: bool = False, zstd_level: int = 1) -> bytes:
     """The bytes of ``c``; with ``zstd=True`` a zstd stage is applied where it shrinks the payload."""
+    return encode_array(c, zstd=zstd, zstd_level=zstd_level).tobytes()
+
+
+def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_level: int = 1) -> np.ndarray:
+    """:func:`encode` into one fresh uint8 array, written once; the packet starts at offset ``reserve``.
+
+    The first ``reserve`` bytes are left for the caller (uninitialised): the
+    collectives put a sequence prefix there, so a packet is never copied to be
+    framed.  Without zstd the index section and the arrays are written straight
+    into place.
+    """
     if not isinstance(c, Compressed):
         raise TypeError(f"expected a Compressed, found {type(c).__name__}")
+    if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+        raise ValueError(f"expected reserve a non-negative int, found {reserve!r}")
     codec = _codec_for(c.codec)
     if c.dtype not in DTYPES:
         raise CodecError(f"expected dtype in {DTYPES}, found {c.dtype!r}")
     params = {name: int(c.params[name]) for name in codec.params}
     codec.validate(c.numel, c.count, params)
     flags = 0
-    sections = []
-    index_len = 0
+    index_kind, index_len = None, 0
     if codec.sparse:
-        idx = c.arrays["indices"]
-        kind, nbytes = index_coding.best_index_coding(idx, c.numel)
-        if kind == "bitmap":
+        index_kind, index_len = index_coding.best_index_coding(c.arrays["indices"], c.numel)
+        if index_kind == "bitmap":
             flags |= FLAG_BITMAP
-            sections.append(index_coding.bitmap_encode(idx, c.numel))
-        else:
-            sections.append(index_coding.varint_encode(idx))
-        index_len = nbytes
+    arrays = []
     for name, dtype, length in codec.arrays(c.numel, c.count, params):
         a = np.ascontiguousarray(c.arrays[name], dtype=dtype).reshape(-1)
         if a.shape[0] != length:
             raise SizeError(f"expected array {name!r} of {length} entries for codec {codec.name!r}, found {a.shape[0]}")
-        sections.append(a)
-    raw = b"".join(memoryview(s).cast("B") for s in sections)
-    payload = raw
-    if zstd and raw:
+        arrays.append(a)
+    raw_len = index_len + sum(a.nbytes for a in arrays)
+    start = int(reserve) + HEADER_SIZE
+    out = np.empty(start + raw_len, np.uint8)
+    pos = start
+    if index_kind == "bitmap":
+        index_coding.bitmap_encode(c.arrays["indices"], c.numel, out=out[pos: pos + index_len])
+    elif index_kind == "varint":
+        index_coding.varint_encode(c.arrays["indices"], out=out[pos: pos + index_len])
+    pos += index_len
+    for a in arrays:
+        out[pos: pos + a.nbytes] = a.view(np.uint8)
+        pos += a.nbytes
+    payload_len = raw_len
+    if zstd and raw_len:
         import zstandard
 
-        packed = zstandard.ZstdCompressor(level=zstd_level).compress(raw)
-        if len(packed) < len(raw):
-            payload = packed
+        packed = zstandard.ZstdCompressor(level=zstd_level).compress(out[start:])
+        if len(packed) < raw_len:
+            payload_len = len(packed)
             flags |= FLAG_ZSTD
+            out = np.concatenate([out[:start], np.frombuffer(packed, np.uint8)])
     p = [params.get(name, 0) for name in codec.params] + [0] * (4 - len(codec.params))
-    header = HEADER.pack(MAGIC, MAJOR, codec.since, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel, c.count,
-                         int(c.step), int(c.seed), *p, index_len, len(raw), len(payload), 0)
-    crc = zlib.crc32(payload, zlib.crc32(header))
-    return header[:CRC_OFFSET] + struct.pack("<I", crc) + payload
+    HEADER.pack_into(out, reserve, MAGIC, MAJOR, codec.since, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel,
+                     c.count, int(c.step), int(c.seed), *p, index_len, raw_len, payload_len, 0)
+    crc = zlib.crc32(out[start:], zlib.crc32(out[reserve:start]))
+    struct.pack_into("<I", out, reserve + CRC_OFFSET, crc)
+    return out
 
 
 def _as_buffer(buf):

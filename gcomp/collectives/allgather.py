@@ -22,19 +22,24 @@ class AllgatherAlgorithm(Algorithm):
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()
-        packet = wire.encode(self.feedback.compress(x, key=key, step=step))
+        # the packet is written once, behind room for the call's sequence prefix
+        framed = wire.encode_array(self.feedback.compress(x, key=key, step=step), reserve=sequence.PREFIX_SIZE)
         stats.compress_s += t.lap()
-        stats.packet_bytes = len(packet)
-        return Pending(x, key, step, stats, payload=sequence.frame(packet, key, step), average=average)
+        stats.packet_bytes = framed.nbytes - sequence.PREFIX_SIZE
+        return Pending(x, key, step, stats, payload=sequence.stamp(framed, key, step), average=average)
 
-    def complete(self, pending):
+    def complete(self, pending, out=None):
         if pending.fault:
-            pending.payload = sequence.frame(pending.payload[sequence.PREFIX_SIZE:], pending.key, pending.step, True)
+            sequence.stamp(pending.payload, pending.key, pending.step, True)
         framed = self._counted(pending, self.transport.allgatherv, pending.payload)
         packets = sequence.unframe(framed, pending.key, pending.step, self.transport.rank, pending.fault)
         t = Timer()
         n = pending.x.shape[0]
-        acc = np.zeros(n, np.float32)
+        if out is None:
+            acc = np.zeros(n, np.float32)
+        else:
+            acc = out
+            acc[:] = 0.0
         for buf in packets:
             self.compressor.decompress_add(wire.decode(buf, expected_numel=n), acc)
         if pending.average and self.size > 1:

@@ -69,9 +69,13 @@ class LinearAllreduce(Algorithm):
         return sequence.check_tail(whole, pending.key, pending.step, self.size, self.transport.rank,
                                    pending.fault).reshape(array.shape)
 
-    def complete(self, pending):
+    def complete(self, pending, out=None):
         if self.compressor.phased:
-            return self._phases(pending)
+            result = self._phases(pending)
+            if out is not None:
+                out[:] = result
+                return out
+            return result
         c, sums = pending.payload
         for i, (name, arr) in enumerate(sums.items()):
             if i == 0:
@@ -79,7 +83,8 @@ class LinearAllreduce(Algorithm):
             else:
                 self._counted(pending, self.transport.allreduce_, arr)
         t = Timer()
-        out = np.asarray(self.compressor.decompress(self.compressor.with_sums(c, sums)), dtype=np.float32)
+        summed = self.compressor.with_sums(c, sums)
+        out = np.asarray(self.compressor.decompress(summed, out=out), dtype=np.float32)
         pending.stats.decompress_s += t.lap()
         return out
 

@@ -5,7 +5,8 @@ rank: the mean (or the sum) of what the ranks' compressed forms decode to.  It
 is split in two so adapters can overlap communication with computation:
 
 * :meth:`Algorithm.prepare` - local work only (error feedback, compression);
-* :meth:`Algorithm.complete` - communication and decoding, on any thread.
+* :meth:`Algorithm.complete` - communication and decoding, on any thread,
+  into a caller's buffer when given (``out=``: no fresh dense output per call).
 
 Algorithms talk to a :class:`gcomp.transports.Transport` and to the error
 feedback memories the engine hands them; nothing here knows about DDP or MPI.
@@ -108,7 +109,10 @@ class Algorithm:
     def prepare(self, x, key, step, average=True) -> Pending:
         raise NotImplementedError
 
-    def complete(self, pending: Pending) -> np.ndarray:
+    def complete(self, pending: Pending, out=None) -> np.ndarray:
+        """The result, written into ``out`` (a float32 vector of the input's size) when given, which the algorithm
+        may use as scratch first; ``out`` may be the input's own memory (``pending.x`` is not read after
+        prepare(), except for its size)."""
         raise NotImplementedError
 
     def memory_keys(self, key):

@@ -242,8 +242,23 @@ class CompressedAllreduce:
         pending.dtype = dtype
         return pending
 
-    def complete(self, pending) -> np.ndarray:
-        """Communication and decoding of a prepared call; the result is identical on every rank."""
+    def complete(self, pending, out=None) -> np.ndarray:
+        """Communication and decoding of a prepared call; the result is identical on every rank.
+
+        ``out``: a float32 vector of the call's size to write the result into
+        (returned); it may be the input's own memory (the DDP hook passes the
+        bucket), so no fresh dense output is allocated per call.  An unusable
+        ``out`` is a ConfigError on this rank after the call has completed on
+        every rank (so nobody waits and the ranks stay paired).
+        """
+        bad_out = None
+        if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1
+                                or out.shape[0] != pending.x.shape[0] or not out.flags.c_contiguous
+                                or not out.flags.writeable):
+            bad_out = ConfigError(f"expected out a writable contiguous float32 vector of {pending.x.shape[0]} "
+                                  f"entries, found {getattr(out, 'dtype', type(out).__name__)} "
+                                  f"{getattr(out, 'shape', '')}")
+            out = None
         algorithm = self._algorithms[pending.algorithm]
         # The agreement check is communication, so it runs here (on the thread that communicates).
         # verify="always" checks every call (keys may differ across ranks); True/"first" once per key.
@@ -260,9 +275,13 @@ class CompressedAllreduce:
             if self._steps.get(pending.key) == pending.step + 1:
                 self._steps[pending.key] = pending.step
             raise
-        out = algorithm.complete(pending)
+        dest = out
+        out = algorithm.complete(pending, out=dest)
         if algorithm.uses_feedback:
             out = self.feedback.after_reduce(pending.key, out)
+        if dest is not None and out is not dest:
+            dest[:] = out  # an algorithm kept float64, or the feedback returned its own aggregate
+            out = dest
         if (count_nonfinite(out) if out.dtype == np.float32 else not np.isfinite(out).all()):
             pending.stats.nonfinite = True
             self._reset_keys({*algorithm.memory_keys(pending.key), pending.key})
@@ -275,6 +294,8 @@ class CompressedAllreduce:
             if self.nonfinite == "zero":
                 out[:] = 0.0
         self._record(pending.stats)
+        if bad_out is not None:
+            raise bad_out
         return out
 
     def reset(self, key):
@@ -329,8 +350,8 @@ class CompressedAllreduce:
         run_local(2, one_rank)
         return time.perf_counter() - start
 
-    def __call__(self, x, key=0, step=None, *, average=True, dtype="float32"):
-        return self.complete(self.prepare(x, key, step, average=average, dtype=dtype))
+    def __call__(self, x, key=0, step=None, *, average=True, dtype="float32", out=None):
+        return self.complete(self.prepare(x, key, step, average=average, dtype=dtype), out=out)
 
     def _record(self, stats: CallStats):
         self.stats.append(stats)

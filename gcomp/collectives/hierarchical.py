@@ -76,7 +76,7 @@ class HierarchicalAllreduce(Algorithm):
         whole = sequence.with_tail(x, key, step, self.intra.size)
         return Pending(whole[: x.shape[0]], key, step, stats, payload=whole, average=average)
 
-    def complete(self, pending):
+    def complete(self, pending, out=None):
         total, whole, stats = pending.x, pending.payload, pending.stats
         key, step = pending.key, pending.step
         before = (stats.bytes_sent, stats.bytes_received)
@@ -118,4 +118,7 @@ class HierarchicalAllreduce(Algorithm):
             t = Timer()
             total /= total.dtype.type(self.size)
             stats.decompress_s += t.lap()
+        if out is not None and total.dtype == out.dtype:
+            out[:] = total
+            return out
         return total

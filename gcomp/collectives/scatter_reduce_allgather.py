@@ -47,19 +47,19 @@ class ScatterReduceAllgather(Algorithm):
         bounds = chunk_bounds(x.shape[0], self.size)
         # each packet behind the call's sequence prefix (the alltoall is the call's first collective)
         packets = [
-            sequence.frame(wire.encode(self.feedback.compress(x[bounds[j]: bounds[j + 1]], key=f"{key}/chunk{j}", step=step)),
-                           key, step)
+            sequence.stamp(wire.encode_array(self.feedback.compress(x[bounds[j]: bounds[j + 1]], key=f"{key}/chunk{j}",
+                                                                    step=step), reserve=sequence.PREFIX_SIZE), key, step)
             for j in range(self.size)
         ]
         stats.compress_s += t.lap()
         stats.packet_bytes = sum(p.nbytes - sequence.PREFIX_SIZE for p in packets)
         return Pending(x, key, step, stats, payload=(bounds, packets), average=average)
 
-    def complete(self, pending):
+    def complete(self, pending, out=None):
         bounds, packets = pending.payload
         rank, size, key = self.transport.rank, self.size, pending.key
         if pending.fault:
-            packets = [sequence.frame(p[sequence.PREFIX_SIZE:], key, pending.step, True) for p in packets]
+            packets = [sequence.stamp(p, key, pending.step, True) for p in packets]
         received = self._counted(pending, self.transport.alltoallv, packets)
         received = sequence.unframe(received, key, pending.step, rank, pending.fault)
         t = Timer()
@@ -71,11 +71,12 @@ class ScatterReduceAllgather(Algorithm):
             acc /= np.float32(size)
         pending.stats.decompress_s += t.lap()
         server = self.server_feedback.compress(acc, key=f"{key}/server", step=pending.step)
-        server_packet = np.frombuffer(wire.encode(server), np.uint8)
+        server_packet = wire.encode_array(server)
         pending.stats.compress_s += t.lap()
         gathered = self._counted(pending, self.transport.allgatherv, server_packet)
         t = Timer()
-        out = np.empty(pending.x.shape[0], np.float32)
+        if out is None:
+            out = np.empty(pending.x.shape[0], np.float32)
         for j, buf in enumerate(gathered):
             n = bounds[j + 1] - bounds[j]
             self.compressor.decompress(wire.decode(buf, expected_numel=n), out=out[bounds[j]: bounds[j + 1]])

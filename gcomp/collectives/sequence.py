@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, SequenceError
 
-__all__ = ["TAIL", "PREFIX_SIZE", "key_code", "frame", "unframe", "with_tail", "check_tail"]
+__all__ = ["TAIL", "PREFIX_SIZE", "key_code", "stamp", "frame", "unframe", "with_tail", "check_tail"]
 
 PREFIX = struct.Struct("<IHBB")
 PREFIX_SIZE = PREFIX.size
@@ -69,12 +69,18 @@ def _where(key, step):
 
 
 # -- packets --------------------------------------------------------------------
+def stamp(framed, key, step, fault=False) -> np.ndarray:
+    """Write this call's prefix into the first :data:`PREFIX_SIZE` bytes of ``framed`` (a uint8 array whose packet
+    starts after them, e.g. ``wire.encode_array(c, reserve=PREFIX_SIZE)``); returns it."""
+    PREFIX.pack_into(framed, 0, key_code(key), int(step) & 0xFFFF, FAULT if fault else 0, 0)
+    return framed
+
+
 def frame(packet, key, step, fault=False) -> np.ndarray:
-    """``packet`` (bytes) behind this call's 8-byte prefix, as one uint8 array."""
+    """``packet`` (bytes) behind this call's 8-byte prefix, as one new uint8 array."""
     out = np.empty(PREFIX_SIZE + len(packet), np.uint8)
-    PREFIX.pack_into(out, 0, key_code(key), int(step) & 0xFFFF, FAULT if fault else 0, 0)
     out[PREFIX_SIZE:] = np.frombuffer(packet, np.uint8)
-    return out
+    return stamp(out, key, step, fault)
 
 
 def unframe(buffers, key, step, rank, fault=False) -> list:

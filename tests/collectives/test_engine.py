@@ -209,7 +209,7 @@ def test_feedback_on_another_compressor_is_refused():
     with pytest.raises(ConfigError, match="compressor"):
         CompressedAllreduce(t, "topk:ratio=0.1", error_feedback=ResidualFeedback(gcomp.compressor("topk", ratio=0.2)))
     with pytest.raises(ConfigError):
-        CompressedAllreduce(t, "topk:ratio=0.1", error_feedback=ResidualFeedback(gcomp.compressor("threshold")))
+        CompressedAllreduce(t, "topk:ratio=0.1", error_feedback=ResidualFeedback(gcomp.compressor("threshold:tau=1.5")))
     # the same configuration (another instance) is accepted, and the feedback's instance is the one used
     fb = ResidualFeedback(gcomp.compressor("powersgd", rank=2))
     engine = CompressedAllreduce(t, gcomp.compressor("powersgd", rank=2), error_feedback=fb)
@@ -415,3 +415,53 @@ def test_one_rank_is_the_identity(name, algorithm):
     for out in outs:
         np.testing.assert_array_equal(out, x)
     assert used == "dense" and sent == 0
+
+
+# ---------------------------------------------------------------------------
+# out=: the result written into the caller's buffer (issue 11: no fresh dense output per call)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("spec,algorithm", [("none", "dense"), ("topk:ratio=0.1", "allgather"),
+                                            ("sign", "scatter-reduce-allgather"), ("fp16", "allreduce"),
+                                            ("powersgd", "allreduce"), ("ef21:topk", "allgather")])
+def test_out_receives_the_same_bits_even_as_the_input_itself(spec, algorithm):
+    """``out`` may be the input's own memory (DDP's bucket): the bits equal a call without out."""
+    feedback = "auto"
+    if spec.startswith("ef21:"):
+        spec, feedback = spec.split(":", 1)[1], "ef21"
+    xs = inputs(3, 1000, steps=3, seed=95)
+
+    def fn(t):
+        plain = CompressedAllreduce(t, fresh(spec.split(":")[0]) if ":" not in spec else spec, algorithm=algorithm,
+                                    error_feedback=feedback)
+        into = CompressedAllreduce(t, fresh(spec.split(":")[0]) if ":" not in spec else spec, algorithm=algorithm,
+                                   error_feedback=feedback)
+        outs = []
+        for step in range(3):
+            want = plain(xs[step][t.rank].copy(), key="k")
+            buf = xs[step][t.rank].copy()
+            got = into(buf, key="k", out=buf)
+            assert got is buf
+            outs.append((want, got.copy()))
+        return outs
+
+    for rank_outs in run_local_results(3, fn):
+        for want, got in rank_outs:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_an_unusable_out_raises_on_its_rank_after_the_call():
+    def fn(t):
+        engine = CompressedAllreduce(t, "topk:ratio=0.1")
+        x = np.ones(100, np.float32)
+        out = np.empty(100 if t.rank else 99, np.float32)
+        try:
+            engine(x, key="k", out=out)
+        except ConfigError as exc:
+            result = str(exc)
+        else:
+            result = "ok"
+        return result, engine(x, key="k").shape  # still paired: the next call works on every rank
+
+    results = run_local_results(3, fn)
+    assert "writable contiguous float32 vector of 100" in results[0][0]
+    assert [r[0] for r in results[1:]] == ["ok", "ok"] and all(r[1] == (100,) for r in results)
