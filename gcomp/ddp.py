@@ -313,7 +313,7 @@ class CompressionState:
         raw = torch.futures.Future()
         fut = raw.then(lambda f: f.value())
         # a CPU float32 bucket receives the result in place: no fresh dense output, no copy back
-        in_place = x if host.data_ptr() == tensor.data_ptr() and x.dtype == np.float32 else None
+        in_place = x if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous() else None
         self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step, in_place)
         return fut
 

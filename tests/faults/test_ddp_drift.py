@@ -35,13 +35,13 @@ def drift_worker(rank, world_size, spec):
     engine = state.engine
     complete, calls, sizes = engine.complete, [0], set()
 
-    def failing(pending):
+    def failing(pending, out=None):
         calls[0] += 1
         sizes.add(pending.x.shape[0])
         # DDP rebuilds its buckets after the first (dense) step; bucket 0 of step FAIL_AT:
         if rank == 1 and calls[0] == 2 * (FAIL_AT - 1) + 1:
             raise RuntimeError("injected: the communication thread fails before its collective")
-        return complete(pending)
+        return complete(pending, out=out)
 
     engine.complete = failing
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
