@@ -165,11 +165,11 @@ def run_drift(h, comm):
             cc = gcomp.mpi.CompressedComm(comm, spec, **options)
             complete, calls = cc.engine.complete, [0]
 
-            def failing(pending, complete=complete, calls=calls):
+            def failing(pending, out=None, complete=complete, calls=calls):
                 calls[0] += 1
                 if rank == 1 and calls[0] == 5:
                     raise RuntimeError("injected: the communication thread fails before its collective")
-                return complete(pending)
+                return complete(pending, out=out)
 
             cc.engine.complete = failing
             # rank 1 makes one call more, so that every rank communicates as often and the job ends
