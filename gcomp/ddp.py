@@ -264,6 +264,9 @@ class CompressionState:
                 # this key belong to other tensors now, so they start over rather than mix.
                 log.warning("gcomp: bucket %s changed its parameters; resetting its error-feedback memory", key)
                 self.engine.reset(key)
+            if previous != layout:
+                # per-tensor compressors (PowerSGD) factorize each parameter of the bucket on its own
+                self.engine.set_layout(key, [tuple(p.shape) for p in bucket.parameters()])
             self._layouts[key] = layout
             return [(key, None)]
         if all(isinstance(i, int) for i in layout) and all(all(isinstance(i, int) for i in v) for v in saved.values()):
@@ -274,7 +277,10 @@ class CompressionState:
             members = sorted(k for k, v in saved.items() if set(v) <= set(layout))
             covered = [i for k in members for i in saved[k]]
             if sorted(covered) == sorted(layout):
+                shapes = {i: tuple(p.shape) for i, p in zip(layout, bucket.parameters(), strict=True)}
                 for k in members:
+                    if self._layouts.get(k) != saved[k]:
+                        self.engine.set_layout(k, [shapes[i] for i in saved[k]])
                     self._layouts[k] = saved[k]
                 return [(k, [offsets[i] for i in saved[k]]) for k in members]
         raise StateError(

@@ -298,6 +298,13 @@ class CompressedAllreduce:
             raise bad_out
         return out
 
+    def set_layout(self, key, shapes):
+        """The shapes of the tensors that make up ``key``'s vector (see :meth:`gcomp.compressors.Compressor.set_layout`).
+
+        Identical on every rank (the same model); local, nothing is sent.
+        """
+        self.compressor.set_layout(key, shapes)
+
     def reset(self, key):
         """Forget every memory of ``key`` (worker, chunk and server feedback, compressor state)."""
         keys = {key}

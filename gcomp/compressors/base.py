@@ -319,6 +319,13 @@ class Compressor:
         """``c`` with its summable arrays replaced by the summed :meth:`summands`."""
         return dataclasses.replace(c, arrays={**c.arrays, **sums})
 
+    def set_layout(self, key, shapes) -> None:
+        """The shapes of the tensors that make up ``key``'s vector, in order (the DDP hook tells it per bucket).
+
+        A compressor that works per tensor (PowerSGD factorizes each weight
+        matrix) uses it; the default ignores it.
+        """
+
     def phases(self, x: np.ndarray, key=0):
         """Generator for ``phased`` compressors: yields float32 arrays to sum over ranks, is sent each sum,
         and returns the dense result (the sum over ranks of what the inputs compress to)."""

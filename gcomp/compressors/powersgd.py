@@ -1,9 +1,19 @@
-"""``powersgd``: rank-r PowerSGD (Vogels et al., NeurIPS 2019) on a matrix view of the vector.
+"""``powersgd``: rank-r PowerSGD (Vogels et al., NeurIPS 2019), per weight matrix or on a matrix view.
 
-The flat vector of ``n`` entries is viewed as a ``rows x cols`` matrix M
-(``rows = floor(sqrt(n))``, zero-padded).  One power-iteration step with a
-warm-started ``Q`` (``cols x r``, initialised from the seed, identical on every
-rank):
+**Per tensor** (the DDP hook, which tells the compressor each bucket's
+parameter shapes through :meth:`PowerSGD.set_layout`), as published and as
+torch's ``powerSGD_hook`` does it: each tensor of two or more dimensions is
+viewed as ``shape[0] x (numel / shape[0])`` and factorized on its own when
+that pays (``(rows + cols) r < rows cols``); the other tensors (biases, small
+matrices) travel uncompressed, summed with the first phase.  No copy: the
+matrices are views of the bucket.
+
+**Flat** (a vector with no layout: ``gcomp.mpi``, and :meth:`PowerSGD.compress`
+always): the ``n`` entries are viewed as one ``rows x cols`` matrix M (``rows =
+floor(sqrt(n))``, zero-padded).
+
+Each matrix gets one power-iteration step with a warm-started ``Q`` (``cols x
+r``, initialised from the seed, identical on every rank):
 
 1. ``P = M Q``  (linear in M: the collective sums P over ranks);
 2. ``P_hat = orthonormalize(P)``;
@@ -97,6 +107,50 @@ class PowerSGD(Compressor):
         super().__init__(**params)
         self._q = {}
         self._p_hat = {}
+        self._layouts = {}  # key -> tensor shapes
+        self._segments = {}  # (key, numel) -> [(offset, size, rows, cols, r)], r = 0: sent uncompressed
+        self._dense_sums = {}  # key -> the summed uncompressed entries, from the first phase to finish()
+
+    def set_layout(self, key, shapes):
+        """Factorize each tensor of ``key``'s vector on its own (see the module docstring); ``None``: flat."""
+        layout = None if shapes is None else tuple(tuple(int(d) for d in shape) for shape in shapes)
+        previous = self._layouts.get(key)
+        if previous != layout:
+            self._layouts[key] = layout
+            self._segments = {k: v for k, v in self._segments.items() if k[0] != key}
+            if previous is not None:  # other tensors now: their warm starts start over (a first layout keeps a
+                self.reset(key)       # restored checkpoint's)
+
+    def _plan(self, key, numel):
+        """The per-tensor segments of ``key`` (None: flat)."""
+        layout = self._layouts.get(key)
+        if layout is None:
+            return None
+        plan = self._segments.get((key, numel))
+        if plan is None:
+            plan, offset = [], 0
+            for shape in layout:
+                size = math.prod(shape)
+                rows = shape[0] if len(shape) >= 2 and size else 0
+                cols = size // rows if rows else 0
+                r = min(self.rank, rows, cols)
+                if rows and (rows + cols) * r < rows * cols:
+                    plan.append((offset, size, rows, cols, r))
+                else:
+                    plan.append((offset, size, 0, 0, 0))
+                offset += size
+            if offset != numel:
+                raise ConfigError(f"expected {offset} entries for the layout of key {key!r} ({len(layout)} tensors), "
+                                  f"found {numel}")
+            self._segments[(key, numel)] = plan
+        return plan
+
+    def _segment_q(self, key, i, cols, r):
+        name = f"{key}/t{i}"
+        q = self._q.get(name) if self.warm_start else None
+        if q is None or q.shape != (cols, r):
+            q = orthonormalize(seeded_uniform((cols, r), derive_seed(self.seed, i + 1, key_to_int(key))))
+        return q
 
     def effective_rank(self, numel):
         rows, cols = matrix_shape(numel)
@@ -125,20 +179,46 @@ class PowerSGD(Compressor):
             q = orthonormalize(seeded_uniform((cols, r), derive_seed(self.seed, 0, key_to_int(key))))
         return q
 
-    def p_phase(self, x, key=0):
-        """``P = M Q`` for this rank's vector (sum it over ranks)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return self._matrix(x) @ self._current_q(key, x.shape[0])
+    def p_phase(self, x, key=0, *, flat=False):
+        """``P = M Q`` for this rank's vector (sum it over ranks).
 
-    def q_phase(self, x, p_sum, key=0):
+        Per tensor: one flat array, the uncompressed tensors' entries, then each matrix's ``P``.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        plan = None if flat else self._plan(key, x.shape[0])
+        if plan is None:
+            return self._matrix(x) @ self._current_q(key, x.shape[0])
+        parts = [x[o: o + s] for o, s, _, _, r in plan if not r]
+        parts += [(x[o: o + s].reshape(rows, cols) @ self._segment_q(key, i, cols, r)).reshape(-1)
+                  for i, (o, s, rows, cols, r) in enumerate(plan) if r]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def q_phase(self, x, p_sum, key=0, *, flat=False):
         """``Q' = M^T orthonormalize(P_sum)`` (sum it over ranks); remembers P_hat for :meth:`finish`."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
-        self._p_hat[key] = p_hat
-        return (p_hat.T @ self._matrix(x)).T  # row-major friendly form of M^T P_hat
+        plan = None if flat else self._plan(key, x.shape[0])
+        if plan is None:
+            p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
+            self._p_hat[key] = p_hat
+            return (p_hat.T @ self._matrix(x)).T  # row-major friendly form of M^T P_hat
+        p_sum = np.asarray(p_sum, dtype=np.float32).reshape(-1)
+        dense = sum(s for _, s, _, _, r in plan if not r)
+        self._dense_sums[key] = np.array(p_sum[:dense], copy=True)
+        at, p_hats, qs = dense, [], []
+        for o, s, rows, cols, r in plan:
+            if r:
+                p_hat = orthonormalize(np.array(p_sum[at: at + rows * r].reshape(rows, r), copy=True))
+                at += rows * r
+                p_hats.append(p_hat)
+                qs.append((p_hat.T @ x[o: o + s].reshape(rows, cols)).T.reshape(-1))
+        self._p_hat[key] = p_hats
+        return np.concatenate(qs) if qs else np.zeros(0, np.float32)
 
-    def finish(self, q_sum, numel, key=0, out=None):
+    def finish(self, q_sum, numel, key=0, out=None, *, flat=False):
         """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start."""
+        plan = None if flat else self._plan(key, numel)
+        if plan is not None:
+            return self._finish_per_tensor(plan, q_sum, numel, key, out)
         p_hat = self._p_hat.pop(key)
         q_sum = np.array(q_sum, dtype=np.float32, copy=True)
         if self.warm_start and np.isfinite(q_sum).all():
@@ -149,6 +229,26 @@ class PowerSGD(Compressor):
         if out is None:
             return np.ascontiguousarray(dense)
         out[:] = dense
+        return out
+
+    def _finish_per_tensor(self, plan, q_sum, numel, key, out):
+        p_hats, dense = self._p_hat.pop(key), self._dense_sums.pop(key)
+        q_sum = np.asarray(q_sum, dtype=np.float32).reshape(-1)
+        out = np.empty(numel, np.float32) if out is None else out
+        at_dense = at_q = 0
+        for i, (o, s, rows, cols, r) in enumerate(plan):
+            if not r:
+                out[o: o + s] = dense[at_dense: at_dense + s]
+                at_dense += s
+                continue
+            q = np.array(q_sum[at_q: at_q + cols * r].reshape(cols, r), copy=True)
+            at_q += cols * r
+            p_hat = p_hats.pop(0)
+            np.matmul(p_hat, q.T, out=out[o: o + s].reshape(rows, cols))
+            if self.warm_start and np.isfinite(q).all():
+                self._q[f"{key}/t{i}"] = q
+            elif not np.isfinite(q).all():
+                self._q.pop(f"{key}/t{i}", None)  # a non-finite factor must not poison later warm starts
         return out
 
     def phases(self, x, key=0):
@@ -170,8 +270,8 @@ class PowerSGD(Compressor):
             return Compressed(self.name, 0, "float32", {"p": np.zeros((0, 0), np.float32), "q": np.zeros((0, 0), np.float32)},
                               {"rows": 0, "cols": 0, "rank": 0})
         key = self._active_key
-        p = self.p_phase(x, key)
-        q = self.q_phase(x, p, key)
+        p = self.p_phase(x, key, flat=True)  # a packet is always the flat matrix view (its codec's form)
+        q = self.q_phase(x, p, key, flat=True)
         p_hat = self._p_hat.pop(key)
         if self.warm_start:
             self._q[key] = q.copy()
@@ -195,9 +295,12 @@ class PowerSGD(Compressor):
         if key is None:
             self._q.clear()
             self._p_hat.clear()
+            self._dense_sums.clear()
         else:
-            self._q.pop(key, None)
+            for name in [k for k in self._q if k == key or (isinstance(k, str) and k.startswith(f"{key}/t"))]:
+                del self._q[name]
             self._p_hat.pop(key, None)
+            self._dense_sums.pop(key, None)
 
     # -- state ---------------------------------------------------------
     def state_dict(self):
