@@ -127,9 +127,10 @@ class ErrorFeedback:
         raise NotImplementedError
 
     # -- around the collective ---------------------------------------------
-    def before_phases(self, x, key):
-        """The vector a phased compressor (PowerSGD) runs on for ``key``: ``x`` itself unless the memory adds to it."""
-        return x
+    def before_phases(self, x, key, scale=1.0):
+        """The vector a phased compressor (PowerSGD) runs on for ``key``: ``x * scale`` (a new array unless the
+        scale is 1), plus whatever the memory adds."""
+        return x * np.float32(scale) if scale != 1.0 else x
 
     def after_phases(self, key, v, result, size):
         """After a phased allreduce: ``v`` was this rank's input, ``result`` the sum over ``size`` ranks."""
@@ -226,12 +227,17 @@ class ResidualFeedback(ErrorFeedback):
         residual = self._entry(key, x.shape[0])["residual"]
         return self.compressor.compress_with_residual(x, residual, step=step, key=key)
 
-    def before_phases(self, x, key):
-        return x + self._entry(key, x.shape[0])["residual"]
+    def before_phases(self, x, key, scale=1.0):
+        v = x * np.float32(scale)  # one new array: scaled, then the residual added in place
+        v += self._entry(key, x.shape[0])["residual"]
+        return v
 
     def after_phases(self, key, v, result, size):
-        # result approximates the sum over ranks of v; this rank keeps v - result / P (torch's M - mean, scaled).
-        np.subtract(v, result / np.float32(size), out=self._entry(key, v.shape[0])["residual"])
+        # result approximates the sum over ranks of v; this rank keeps v - result / P (torch's M - mean, scaled),
+        # computed in the residual itself (no temporary)
+        residual = self._entry(key, v.shape[0])["residual"]
+        np.divide(result, np.float32(size), out=residual)
+        np.subtract(v, residual, out=residual)
 
 
 class EF21Feedback(ErrorFeedback):

@@ -42,7 +42,7 @@ class LinearAllreduce(Algorithm):
         t = Timer()
         scale = np.float32(1.0 / self.size) if average else np.float32(1.0)
         if self.compressor.phased:
-            v = self.feedback.before_phases(x * scale, key)
+            v = self.feedback.before_phases(x, key, scale)
             phases = self.compressor.phases(v, key)
             part = next(phases)
             stats.compress_s += t.lap()
