@@ -16,8 +16,8 @@ Layers, dependencies pointing down only::
 
 __version__ = "0.1.0"
 
-# gcomp.wire works after `import gcomp` alone
-from . import errors, wire  # noqa: E402
+# gcomp.wire and gcomp.decentralized work after `import gcomp` alone (decentralized imports torch only when used)
+from . import decentralized, errors, wire  # noqa: E402
 from .compressors import Compressed, Compressor, compressor, list_compressors, register  # noqa: E402
 
-__all__ = ["__version__", "errors", "wire", "compressor", "list_compressors", "register", "Compressor", "Compressed"]
+__all__ = ["__version__", "decentralized", "errors", "wire", "compressor", "list_compressors", "register", "Compressor", "Compressed"]

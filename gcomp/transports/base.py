@@ -11,13 +11,20 @@ same order):
   receives one buffer from each rank (sizes may differ);
 * :meth:`Transport.broadcast_` - copy root's buffer to every rank.
 
-one point-to-point operation, called only by the ranks involved:
+two point-to-point operations, called only by the ranks involved:
 
 * :meth:`Transport.exchange` - send ``sends[peer]`` to each listed peer and
   receive one buffer from each rank in ``recv_from`` (sizes may differ per
   pair: they are exchanged first).  The caller's contract: every send a -> b
   is matched by b listing a in its ``recv_from`` (and vice versa), and every
   pair of ranks calls its exchanges in the same order;
+* :meth:`Transport.neighbor_exchange` - the same pattern on a channel of its
+  own (it never pairs with ``exchange``), for gossip between neighbours: a
+  deadline on the whole call (``timeout``), receives completed before sends
+  are waited for, and a ``check`` of what was received that may abandon the
+  sends (a rank that finds a fault raises at once instead of waiting for a
+  neighbour that will never receive).  :meth:`Transport.neighbor_post` sends
+  without waiting (the last word of a rank that is about to raise);
 
 and the group management the algorithms need (collective over the transport,
 not counted: they are setup, not traffic):
@@ -38,36 +45,56 @@ and receives ``2 (P - 1) / P * S``; allgatherv sends its own buffer to the
 ``j != rank``; broadcast counts ``(P - 1) S`` sent at the root and ``S``
 received elsewhere; exchange counts the buffers it sends and receives; the
 size exchanges count 8 bytes per peer (allgatherv and alltoallv: ``8 (P - 1)``
-each way; exchange: ``8 * len(sends)`` sent and ``8 * len(recv_from)``
-received).  Nothing about compression lives here.
+each way; exchange and neighbor_exchange: ``8 * len(sends)`` sent and
+``8 * len(recv_from)`` received).  ``exchange``, ``neighbor_exchange`` and
+``neighbor_post`` also count per peer (``bytes_by_peer()``: ``{peer: (sent,
+received)}``, the same model, the 8-byte size included): what a gossip
+round costs on each link.  Nothing about compression lives here.
 """
 
 import socket
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CollectiveError, ConfigError
 
-__all__ = ["Transport", "ByteCounter"]
+__all__ = ["Transport", "ByteCounter", "NoPending", "TIMED_OUT"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _BAD_COLOR, _BAD_KEY = 1, 2
 
 
 class ByteCounter:
-    """Bytes a rank sent and received, under the model in the module docstring."""
+    """Bytes a rank sent and received, under the model in the module docstring.
+
+    ``sent`` / ``received`` are the totals; ``peers`` holds the point-to-point
+    traffic per peer (``{peer: [sent, received]}``, only the peers this rank
+    exchanged with), which :meth:`add_peer` adds to (the totals are added to
+    separately, with :meth:`add`).
+    """
 
     def __init__(self):
         self.sent = 0
         self.received = 0
+        self.peers = {}
 
     def add(self, sent, received):
         self.sent += int(sent)
         self.received += int(received)
 
+    def add_peer(self, peer, sent, received):
+        entry = self.peers.setdefault(int(peer), [0, 0])
+        entry[0] += int(sent)
+        entry[1] += int(received)
+
     def snapshot(self):
         return self.sent, self.received
+
+    def by_peer(self) -> dict:
+        """``{peer: (sent, received)}``, in peer order (a copy)."""
+        return {peer: (s, r) for peer, (s, r) in sorted(self.peers.items())}
 
 
 class Transport:
@@ -76,9 +103,12 @@ class Transport:
     rank: int = 0
     size: int = 1
     name = "transport"
+    #: seconds :meth:`neighbor_exchange` waits when not given a timeout (subclasses set their own)
+    neighbor_timeout: float = 300.0
 
     def __init__(self):
         self.counter = ByteCounter()
+        self._unfinished = []  # sends neighbor_exchange/neighbor_post left running (see _reap_sends)
 
     @property
     def bytes_sent(self):
@@ -87,6 +117,10 @@ class Transport:
     @property
     def bytes_received(self):
         return self.counter.received
+
+    def bytes_by_peer(self) -> dict:
+        """Point-to-point bytes per peer: ``{peer: (sent, received)}`` (see the module docstring)."""
+        return self.counter.by_peer()
 
     # -- public, counted --------------------------------------------------
     def allreduce_(self, array: np.ndarray) -> np.ndarray:
@@ -150,28 +184,77 @@ class Transport:
         ``recv_from`` must not repeat a rank.  Counted as documented in the
         module docstring: ``bytes_sent`` grows by the bytes sent plus
         ``8 * len(sends)``, ``bytes_received`` by the bytes received plus
-        ``8 * len(recv_from)``.
+        ``8 * len(recv_from)`` (and per peer, :meth:`bytes_by_peer`).
         """
-        if not isinstance(sends, Mapping):
-            raise TypeError(f"expected sends to be a mapping peer -> buffer, found {type(sends).__name__}")
-        if isinstance(recv_from, (str, bytes)) or not isinstance(recv_from, Iterable):
-            raise TypeError(f"expected recv_from to be an iterable of ranks, found {type(recv_from).__name__}")
-        buffers = {}
-        for peer, buf in sends.items():
-            buffers[self._check_peer(peer, "send to")] = _as_bytes(buf)
-        sources = []
-        for peer in recv_from:
-            peer = self._check_peer(peer, "receive from")
-            if peer in sources:
-                raise ValueError(f"exchange: rank {peer} appears more than once in recv_from (expected distinct ranks)")
-            sources.append(peer)
+        buffers, sources = self._check_pattern(sends, recv_from)
         if not buffers and not sources:
             return {}
         out = self._exchange(buffers, sources)
         out = {peer: out[peer] for peer in sources}
-        self.counter.add(sum(b.nbytes for b in buffers.values()) + 8 * len(buffers),
-                         sum(b.nbytes for b in out.values()) + 8 * len(sources))
+        self._count(buffers, out)
         return out
+
+    def neighbor_exchange(self, sends: Mapping, recv_from: Iterable, *, timeout: float | None = None,
+                          check: Callable | None = None) -> dict:
+        """Send ``sends[peer]`` to each neighbour and receive one buffer from each rank in ``recv_from``.
+
+        The gossip primitive.  The pattern and the caller's contract are those
+        of :meth:`exchange` (sizes may differ per pair and travel first; every
+        send a -> b matched by b listing a; pairs call in the same order), on a
+        channel of its own: its messages never pair with ``exchange``'s.  On
+        top of it:
+
+        * ``timeout`` (seconds; None: the transport's ``neighbor_timeout``)
+          bounds the whole call: a neighbour that is dead, or never calls,
+          makes this rank raise :class:`~gcomp.errors.CollectiveError` naming
+          it within about ``timeout``, never hang (gloo: a dead peer's closed
+          connection is reported at once; on a timeout gloo closes that pair,
+          so treat the transport's links to that peer as broken);
+        * the sends are started first and the receives completed before the
+          sends are waited for; ``check(received)``, if given, is then called
+          with ``{peer: uint8 array}``.  If it raises, the exception propagates
+          at once and the sends are left to finish in the background (a
+          neighbour that stopped receiving would otherwise hold this rank until
+          the timeout); otherwise the sends are waited for (same deadline) and
+          the received buffers returned (writable copies, in ``recv_from``
+          order).
+
+        Counted like :meth:`exchange` (plus per peer, :meth:`bytes_by_peer`).
+        """
+        buffers, sources = self._check_pattern(sends, recv_from)
+        timeout = self._timeout(timeout)
+        self._reap_sends()
+        if not buffers and not sources:
+            return {}
+        deadline = time.monotonic() + timeout
+        out, pending = self._neighbor_exchange(buffers, sources, deadline, timeout)
+        out = {peer: out[peer] for peer in sources}
+        self._count(buffers, out)
+        if check is not None:
+            try:
+                check(out)
+            except BaseException:
+                self._unfinished.append(pending)
+                raise
+        pending.wait(deadline, timeout)
+        return out
+
+    def neighbor_post(self, sends: Mapping) -> None:
+        """Start sending ``sends[peer]`` to each peer on :meth:`neighbor_exchange`'s channel and return at once.
+
+        Best effort, never waited for: what a rank sends to the neighbours of
+        its next exchange before it raises (they receive it in that exchange,
+        as that message), so they learn of the failure instead of waiting for
+        the timeout.  Counted like a send of :meth:`neighbor_exchange`.
+        """
+        buffers, _ = self._check_pattern(sends, ())
+        self._reap_sends()
+        if not buffers:
+            return
+        timeout = self._timeout(None)
+        _, pending = self._neighbor_exchange(buffers, [], time.monotonic() + timeout, timeout)
+        self._count(buffers, {})
+        self._unfinished.append(pending)
 
     def barrier(self):
         self._barrier()
@@ -206,6 +289,12 @@ class Transport:
         """Release what this transport owns (see the module docstring); a no-op unless a subclass owns something."""
 
     # -- primitives ---------------------------------------------------------
+    def _neighbor_exchange(self, sends: dict, recv_from: list, deadline: float, timeout: float):
+        """Start the sends, complete the receives by ``deadline`` (``time.monotonic()``); returns
+        ``({peer: owned uint8 array}, pending)`` where ``pending.wait(deadline, timeout)`` completes the sends
+        (raising CollectiveError past the deadline) and ``pending.done()`` tells whether they have completed."""
+        raise NotImplementedError(f"{type(self).__name__} has no neighbor exchange")
+
     def _allreduce(self, array):
         raise NotImplementedError
 
@@ -230,6 +319,43 @@ class Transport:
         raise NotImplementedError
 
     # -- helpers --------------------------------------------------------------
+    def _check_pattern(self, sends, recv_from):
+        if not isinstance(sends, Mapping):
+            raise TypeError(f"expected sends to be a mapping peer -> buffer, found {type(sends).__name__}")
+        if isinstance(recv_from, (str, bytes)) or not isinstance(recv_from, Iterable):
+            raise TypeError(f"expected recv_from to be an iterable of ranks, found {type(recv_from).__name__}")
+        buffers = {}
+        for peer, buf in sends.items():
+            buffers[self._check_peer(peer, "send to")] = _as_bytes(buf)
+        sources = []
+        for peer in recv_from:
+            peer = self._check_peer(peer, "receive from")
+            if peer in sources:
+                raise ValueError(f"exchange: rank {peer} appears more than once in recv_from (expected distinct ranks)")
+            sources.append(peer)
+        return buffers, sources
+
+    def _count(self, buffers, received):
+        self.counter.add(sum(b.nbytes for b in buffers.values()) + 8 * len(buffers),
+                         sum(b.nbytes for b in received.values()) + 8 * len(received))
+        for peer, b in buffers.items():
+            self.counter.add_peer(peer, b.nbytes + 8, 0)
+        for peer, b in received.items():
+            self.counter.add_peer(peer, 0, b.nbytes + 8)
+
+    def _timeout(self, timeout):
+        if timeout is None:
+            timeout = self.neighbor_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"expected timeout a positive number of seconds or None, found {timeout!r}")
+        return float(timeout)
+
+    def _reap_sends(self):
+        """Forget the background sends that have completed (those still running stay referenced: their buffers
+        must live until they complete)."""
+        if self._unfinished:
+            self._unfinished = [p for p in self._unfinished if not _done(p)]
+
     def _check_peer(self, peer, what):
         if isinstance(peer, (bool, np.bool_)) or not isinstance(peer, (int, np.integer)):
             raise ValueError(f"exchange: cannot {what} peer {peer!r}: expected an int rank in [0, {self.size})")
@@ -270,6 +396,33 @@ class Transport:
             raise ConfigError(f"split: expected every rank's color to be a non-negative int or None and its key an "
                               f"int or None; rank(s) {bad} passed something else{own}")
         return [(None if row[0] < 0 else int(row[0]), int(row[1])) for row in rows]
+
+
+class NoPending:
+    """Sends that completed when they were started (the in-process transport)."""
+
+    def wait(self, deadline, timeout):
+        return None
+
+    def done(self):
+        return True
+
+
+def _done(pending):
+    try:
+        return pending.done()
+    except Exception:  # noqa: BLE001 - a send that failed (its peer died) is over too
+        return True
+
+
+#: how a neighbor exchange's timeout is reported (the tests match on it)
+TIMED_OUT = "timed out"
+
+
+def timed_out(rank, timeout, waiting):
+    return CollectiveError(f"neighbor exchange: rank {rank} {TIMED_OUT} after {timeout:g} s waiting for {waiting}; "
+                           "expected every neighbour to call its exchange (a neighbour failed, hangs, or the patterns "
+                           "do not match)")
 
 
 def split_members(entries, color):

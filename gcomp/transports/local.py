@@ -6,7 +6,9 @@ copies through a shared slot table between two barriers, so the semantics
 (and the byte counters) match the real transports.  :meth:`Transport.exchange`
 is truly point-to-point: one FIFO queue per (source, destination) pair, a
 receive waits at most the group's ``timeout`` and then raises
-:class:`~gcomp.errors.CollectiveError`.
+:class:`~gcomp.errors.CollectiveError`.  :meth:`Transport.neighbor_exchange`
+has queues of its own (its channel) and waits at most its ``timeout`` (by
+default the group's); a send is complete once queued.
 """
 
 import queue
@@ -14,7 +16,7 @@ import threading
 import time
 
 from ..errors import CollectiveError
-from .base import Transport, split_members
+from .base import NoPending, Transport, split_members, timed_out
 
 __all__ = ["LocalGroup", "LocalTransport", "run_local"]
 
@@ -41,12 +43,14 @@ class LocalGroup:
         self._barrier.wait()
         return values
 
-    def queue(self, src, dst):
-        """The FIFO of buffers sent by rank ``src`` to rank ``dst`` (point-to-point)."""
+    def queue(self, src, dst, channel=None):
+        """The FIFO of buffers sent by rank ``src`` to rank ``dst`` (point-to-point) on ``channel``
+        (None: ``exchange``'s; ``"neighbor"``: ``neighbor_exchange``'s)."""
+        name = (src, dst) if channel is None else (channel, src, dst)
         with self._queues_lock:
-            q = self._queues.get((src, dst))
+            q = self._queues.get(name)
             if q is None:
-                q = self._queues[(src, dst)] = queue.SimpleQueue()
+                q = self._queues[name] = queue.SimpleQueue()
             return q
 
 
@@ -95,6 +99,22 @@ class LocalTransport(Transport):
                     f"came; expected rank {peer} to list rank {self.rank} in its sends (a peer failed or the exchange "
                     f"patterns do not match)") from None
         return out
+
+    @property
+    def neighbor_timeout(self):
+        return self.group.timeout
+
+    def _neighbor_exchange(self, sends, recv_from, deadline, timeout):
+        for peer, buf in sends.items():
+            self.group.queue(self.rank, peer, "neighbor").put(buf.copy())
+        out = {}
+        for peer in recv_from:
+            try:
+                out[peer] = self.group.queue(peer, self.rank, "neighbor").get(
+                    timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise timed_out(self.rank, timeout, f"a buffer from rank {peer}") from None
+        return out, NoPending()
 
     def _split(self, entries):
         color = entries[self.rank][0]

@@ -12,6 +12,17 @@ receive waits at most the group's timeout; gloo's error (a timeout, a peer
 that closed its connection) is raised as :class:`~gcomp.errors.CollectiveError`,
 after which the group should be considered broken.
 
+:meth:`~gcomp.transports.Transport.neighbor_exchange` posts ``dist.isend`` /
+``dist.irecv`` on tags of its own (:data:`NEIGHBOR_SIZE_TAG`,
+:data:`NEIGHBOR_DATA_TAG`): the sizes and the payloads of its sends and the
+receives of the sizes at once, then the receives of the payloads, each
+waited for with ``work.wait(remaining time)`` against the call's deadline
+(``neighbor_timeout``: the transport's ``timeout``, else 300 s).  A gloo
+send completes only once the peer has posted the matching receive, which is
+why the receives are completed (and checked) before the sends are waited
+for.  A peer that died is reported at once (its connection closed); a wait
+that times out makes gloo close that pair.
+
 :meth:`~TorchTransport.split` gathers every rank's (color, key) through the
 transport and creates one gloo group per color with ``dist.new_group``, its
 ranks in (key, rank) order (``sort_ranks=False``), passing the transport's
@@ -30,21 +41,24 @@ count on some ranks only); they live until ``destroy_process_group()``.
 
 import datetime
 import inspect
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..errors import CollectiveError, ConfigError
-from .base import Transport, split_members
+from .base import TIMED_OUT, Transport, split_members, timed_out
 
-__all__ = ["TorchTransport", "SIZE_TAG", "DATA_TAG"]
+__all__ = ["TorchTransport", "SIZE_TAG", "DATA_TAG", "NEIGHBOR_SIZE_TAG", "NEIGHBOR_DATA_TAG"]
 
 # torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns).
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 #: tags of exchange's point-to-point messages: the int64 sizes, then the payloads
 SIZE_TAG, DATA_TAG = 26467, 26468
+#: tags of neighbor_exchange's messages (a channel of its own)
+NEIGHBOR_SIZE_TAG, NEIGHBOR_DATA_TAG = 26469, 26470
 
 _SORT_RANKS = "sort_ranks" in inspect.signature(dist.new_group).parameters
 
@@ -64,6 +78,8 @@ class TorchTransport(Transport):
         if timeout is not None and not isinstance(timeout, datetime.timedelta):
             timeout = datetime.timedelta(seconds=float(timeout))
         self.timeout = timeout
+        if timeout is not None:
+            self.neighbor_timeout = self._timeout(timeout.total_seconds())
 
     def _allreduce(self, array):
         t = torch.from_numpy(array)
@@ -137,6 +153,52 @@ class TorchTransport(Transport):
         self._p2p(payloads, [(peer, t) for peer, t in out.items() if t.numel()], DATA_TAG)
         return {peer: t.numpy() for peer, t in out.items()}
 
+    def _neighbor_exchange(self, sends, recv_from, deadline, timeout):
+        keep, send_works = [], []
+        in_sizes = {peer: torch.zeros(1, dtype=torch.int64) for peer in recv_from}
+        try:
+            recv_works = [(peer, dist.irecv(in_sizes[peer], self._global(peer), group=self.group, tag=NEIGHBOR_SIZE_TAG))
+                          for peer in recv_from]
+            for peer, buf in sends.items():
+                size = torch.tensor([buf.nbytes], dtype=torch.int64)
+                keep.append(size)
+                send_works.append(dist.isend(size, self._global(peer), group=self.group, tag=NEIGHBOR_SIZE_TAG))
+                if buf.nbytes:
+                    payload = torch.from_numpy(buf if buf.flags.writeable else buf.copy())
+                    keep.append(payload)
+                    send_works.append(dist.isend(payload, self._global(peer), group=self.group, tag=NEIGHBOR_DATA_TAG))
+        except RuntimeError as exc:
+            raise self._p2p_error(exc, list(sends), recv_from) from exc
+        pending = _TorchSends(self, send_works, keep, list(sends))
+        self._wait(recv_works, deadline, timeout, "the size of a buffer from rank {}")
+        out = {peer: torch.empty(int(in_sizes[peer][0]), dtype=torch.uint8) for peer in recv_from}
+        try:
+            recv_works = [(peer, dist.irecv(t, self._global(peer), group=self.group, tag=NEIGHBOR_DATA_TAG))
+                          for peer, t in out.items() if t.numel()]
+        except RuntimeError as exc:
+            raise self._p2p_error(exc, [], recv_from) from exc
+        self._wait(recv_works, deadline, timeout, "a buffer from rank {}")
+        return {peer: t.numpy() for peer, t in out.items()}, pending
+
+    def _wait(self, works, deadline, timeout, what):
+        for peer, work in works:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0 and not work.is_completed():
+                    raise RuntimeError(TIMED_OUT)
+                # timedelta(0) would mean: no limit.  gloo raises on a timeout; a backend that returns False instead
+                if work.wait(datetime.timedelta(seconds=max(remaining, 0.001))) is False:
+                    raise RuntimeError(TIMED_OUT)
+            except RuntimeError as exc:
+                if time.monotonic() >= deadline or "timeout" in str(exc).lower() or TIMED_OUT in str(exc):
+                    raise timed_out(self.rank, timeout, what.format(peer)) from exc
+                raise CollectiveError(f"neighbor exchange: rank {self.rank} failed waiting for {what.format(peer)}: "
+                                      f"{exc}; expected every neighbour alive and calling its exchange") from exc
+
+    def _p2p_error(self, exc, sends, recv_from):
+        return CollectiveError(f"neighbor exchange: rank {self.rank} could not start sending to {sends} / receiving from "
+                               f"{recv_from}: {exc}")
+
     # -- groups -------------------------------------------------------------------
     def _split(self, entries):
         color = entries[self.rank][0]
@@ -178,3 +240,14 @@ class TorchTransport(Transport):
                               f"locally, from the number of process groups each member knows; its ranks know "
                               f"{counts} groups, which would give different names and hang.  Expected the members "
                               f"to have taken part in the same splits; split a transport over the whole world instead")
+
+
+class _TorchSends:
+    def __init__(self, transport, works, keep, peers):
+        self.transport, self.works, self.keep, self.peers = transport, works, keep, peers
+
+    def done(self):
+        return all(w.is_completed() for w in self.works)
+
+    def wait(self, deadline, timeout):
+        self.transport._wait([(self.peers, w) for w in self.works], deadline, timeout, "ranks {} to receive what it sent")

@@ -1,4 +1,4 @@
-"""MPITransport.exchange, split and split_by_node under real ``mpiexec -n 3`` and ``-n 2``.
+"""MPITransport.exchange, neighbor_exchange, split and split_by_node under real ``mpiexec -n 3`` and ``-n 2``.
 
 One launch of tests/transports/scripts/exchange_split.py per size does the
 work; each test reads one check's ``CHECK`` markers (see tests/mpi/launch.py).
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "exchange_split.py")
 SIZES = (3, 2)
 CHECKS = ["exchange/ring", "exchange/ring-both-ways", "exchange/empty-and-bytes", "exchange/asymmetric",
-          "exchange/bystander", "exchange/validation", "split/none-and-key", "split/parity-large-keys",
+          "exchange/bystander", "exchange/validation", "neighbor/ring", "neighbor/channel",
+          "neighbor/check-abandons-sends", "neighbor/post", "neighbor/timeout", "split/none-and-key", "split/parity-large-keys",
           "split/bad-color", "split_by_node", "caller-comm-not-freed", "nopickle/exchange-and-split"]
 
 

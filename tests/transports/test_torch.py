@@ -185,6 +185,84 @@ def _collectives_unchanged(t):
     assert after[1] - before[1] == moved + others + 8 * (t.size - 1)
 
 
+def _neighbor_ring(t):
+    nxt, prv = (t.rank + 1) % t.size, (t.rank - 1) % t.size
+    peers = sorted({nxt, prv})
+    before, peers_before = t.counter.snapshot(), t.bytes_by_peer()
+    out = t.neighbor_exchange({p: payload(t.rank, p) for p in peers}, list(reversed(peers)), timeout=20)
+    assert list(out) == list(reversed(peers))
+    for p in peers:
+        np.testing.assert_array_equal(out[p].view(np.float64), payload(p, t.rank))
+    after, peers_after = t.counter.snapshot(), t.bytes_by_peer()
+    assert after[0] - before[0] == sum(payload(t.rank, p).nbytes + 8 for p in peers)
+    assert after[1] - before[1] == sum(payload(p, t.rank).nbytes + 8 for p in peers)
+    for p in peers:
+        s0, r0 = peers_before.get(p, (0, 0))
+        assert peers_after[p] == (s0 + payload(t.rank, p).nbytes + 8, r0 + payload(p, t.rank).nbytes + 8), p
+
+
+def _neighbor_channel(t):
+    # a neighbour message, then an exchange message, received in the other order: the channels never pair
+    if t.rank == 0:
+        t.neighbor_post({1: b"neighbor"})
+        t.exchange({1: b"exchange"}, [])
+    elif t.rank == 1:
+        assert bytes(t.exchange({}, [0])[0]) == b"exchange"
+        assert bytes(t.neighbor_exchange({}, [0], timeout=20)[0]) == b"neighbor"
+
+
+def _neighbor_check_abandons_sends(t):
+    # rank 1 receives rank 0's buffer only later: rank 0's check raises and returns without waiting for that send
+    import time
+
+    if t.rank == 0:
+        start = time.monotonic()
+        try:
+            t.neighbor_exchange({1: np.zeros(1 << 18, np.uint8)}, [1], timeout=20,
+                                check=lambda bufs: (_ for _ in ()).throw(ValueError("refused")))
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("expected the check's ValueError")
+        assert time.monotonic() - start < 1.5, time.monotonic() - start
+        t.barrier()
+    elif t.rank == 1:
+        t.neighbor_exchange({0: b"x"}, [], timeout=20)
+        t.barrier()
+        import time as _t
+
+        _t.sleep(0.1)
+        assert t.neighbor_exchange({}, [0], timeout=20)[0].nbytes == 1 << 18
+    else:
+        t.barrier()
+
+
+def _neighbor_post(t):
+    if t.rank == 0:
+        t.neighbor_post({p: bytes([p]) * 3 for p in range(1, t.size)})
+    else:
+        assert bytes(t.neighbor_exchange({}, [0], timeout=20)[0]) == bytes([t.rank]) * 3
+
+
+def _neighbor_timeout(t):
+    # the last check, with no barrier after it: a gloo wait that times out closes links of the process
+    import time
+
+    from gcomp.errors import CollectiveError
+
+    if t.rank == 0:
+        start = time.monotonic()
+        try:
+            t.neighbor_exchange({}, [1], timeout=1.0)
+        except CollectiveError as exc:
+            assert "timed out" in str(exc) and "rank 1" in str(exc), str(exc)
+        else:
+            raise AssertionError("expected CollectiveError")
+        assert time.monotonic() - start < 10
+    else:
+        time.sleep(3.0)  # alive (a dead peer is reported at once, as a closed connection) but never sending
+
+
 CHECKS = {
     "ring": _ring,
     "ring-both-ways": _ring_both_ways,
@@ -199,6 +277,11 @@ CHECKS = {
     "bad-color": _bad_color,
     "split-by-node": _split_by_node,
     "collectives-unchanged": _collectives_unchanged,
+    "neighbor-ring": _neighbor_ring,
+    "neighbor-channel": _neighbor_channel,
+    "neighbor-check-abandons-sends": _neighbor_check_abandons_sends,
+    "neighbor-post": _neighbor_post,
+    "neighbor-timeout": _neighbor_timeout,  # last: it breaks a pair of its own group
 }
 
 
@@ -209,7 +292,8 @@ def worker(rank, world_size):
     results = {}
     for name, check in CHECKS.items():
         results[name] = capture(check, t)
-        t.barrier()  # a failed check must not leave its peers mid-exchange in the next one
+        if name != "neighbor-timeout":
+            t.barrier()  # a failed check must not leave its peers mid-exchange in the next one
     return results
 
 

@@ -20,9 +20,9 @@ from mpi4py import MPI
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "mpi", "scripts"))
 import _harness  # noqa: E402  (the CHECK/DONE markers tests/mpi/launch.py parses)
 
-from gcomp.errors import ConfigError
+from gcomp.errors import CollectiveError, ConfigError
 from gcomp.transports import Transport
-from gcomp.transports.mpi import EXCHANGE_TAG, MPITransport
+from gcomp.transports.mpi import EXCHANGE_TAG, NEIGHBOR_TAG, MPITransport
 
 
 class Checks(_harness.Checks):
@@ -103,6 +103,70 @@ def main():
         expect_raises(ValueError, lambda: t.exchange({}, [nxt, nxt]), "more than once")
         assert not world.Iprobe(source=MPI.ANY_SOURCE, tag=EXCHANGE_TAG)  # nothing was sent
 
+    with h.check("neighbor/ring"):
+        peers = sorted({nxt, prv})
+        before, peers_before = t.counter.snapshot(), t.bytes_by_peer()
+        out = t.neighbor_exchange({p: payload(rank, p) for p in peers}, list(reversed(peers)), timeout=20)
+        assert list(out) == list(reversed(peers))
+        for p in peers:
+            np.testing.assert_array_equal(out[p].view(np.float64), payload(p, rank))
+        after, peers_after = t.counter.snapshot(), t.bytes_by_peer()
+        assert after[0] - before[0] == sum(payload(rank, p).nbytes + 8 for p in peers)
+        assert after[1] - before[1] == sum(payload(p, rank).nbytes + 8 for p in peers)
+        for p in peers:
+            s0, r0 = peers_before.get(p, (0, 0))
+            assert peers_after[p] == (s0 + payload(rank, p).nbytes + 8, r0 + payload(p, rank).nbytes + 8), p
+
+    with h.check("neighbor/channel"):
+        # a neighbour message, then an exchange message, received in the other order: the channels never pair
+        if rank == 0:
+            t.neighbor_post({1: b"neighbor"})
+            t.exchange({1: b"exchange"}, [])
+        elif rank == 1:
+            assert bytes(t.exchange({}, [0])[0]) == b"exchange"
+            assert bytes(t.neighbor_exchange({}, [0], timeout=20)[0]) == b"neighbor"
+
+    with h.check("neighbor/check-abandons-sends"):
+        # a large (rendezvous) send that rank 1 receives only later: rank 0's check raises and it returns at once
+        big = np.zeros(1 << 20, np.uint8)
+        if rank == 0:
+            start = MPI.Wtime()
+            try:
+                t.neighbor_exchange({1: big}, [1], timeout=20, check=lambda bufs: (_ for _ in ()).throw(ValueError("no")))
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("expected the check's ValueError")
+            assert MPI.Wtime() - start < 1.0, MPI.Wtime() - start
+            world.Barrier()
+            assert len(t._unfinished) == 1
+            t.neighbor_exchange({}, [], timeout=20)  # reaps what has completed meanwhile (nothing to do here)
+        elif rank == 1:
+            t.neighbor_exchange({0: b"x"}, [], timeout=20)
+            world.Barrier()
+            assert t.neighbor_exchange({}, [0], timeout=20)[0].nbytes == big.nbytes
+        else:
+            world.Barrier()
+
+    with h.check("neighbor/post"):
+        if rank == 0:
+            t.neighbor_post({p: bytes([p]) * 3 for p in range(1, size)})
+        else:
+            assert bytes(t.neighbor_exchange({}, [0], timeout=20)[0]) == bytes([rank]) * 3
+
+    with h.check("neighbor/timeout"):
+        # rank 1 never sends: rank 0 raises naming it after about the timeout, its receive cancelled
+        if rank == 0:
+            start = MPI.Wtime()
+            try:
+                t.neighbor_exchange({}, [1], timeout=0.5)
+            except CollectiveError as exc:
+                assert "timed out after 0.5 s" in str(exc) and "rank 1" in str(exc), str(exc)
+            else:
+                raise AssertionError("expected CollectiveError")
+            assert 0.4 < MPI.Wtime() - start < 5
+        assert not world.Iprobe(source=MPI.ANY_SOURCE, tag=NEIGHBOR_TAG)  # nothing left in flight
+
     with h.check("split/none-and-key"):
         color = None if rank == size - 1 else 0
         sub = t.split(color, key=-rank)
@@ -163,6 +227,8 @@ def main():
         with h.check("nopickle/exchange-and-split"):
             expect_raises(PickleCalled, lambda: MPI.COMM_SELF.allgather(1), "pickle was called")  # the patch works
             out = t.exchange({nxt: payload(rank, nxt)}, [prv])
+            np.testing.assert_array_equal(out[prv].view(np.float64), payload(prv, rank))
+            out = t.neighbor_exchange({nxt: payload(rank, nxt)}, [prv], timeout=20)
             np.testing.assert_array_equal(out[prv].view(np.float64), payload(prv, rank))
             sub = t.split(None if rank == 0 else 1)
             assert (sub is None) == (rank == 0)
