@@ -11,7 +11,7 @@ measured local time (:func:`gcomp.train.links.modelled_comm_seconds`).
 import os
 import textwrap
 
-__all__ = ["build_figures", "plot_results", "summary_table"]
+__all__ = ["build_figures", "plot_results", "summary_table", "run_label"]
 
 #: The summary table's width limit, in characters.
 TABLE_WIDTH = 100
@@ -28,6 +28,13 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _GCOMP_STYLES = ("-", (0, (8, 2)), (0, (8, 2, 1, 2)), (0, (8, 2, 1, 2, 1, 2)), (0, (14, 3)))
 #: Line styles of the baselines (none and torch's hooks): short dashes, dots, dash-dots.
 _BASELINE_STYLES = ((0, (4, 2)), (0, (1, 1.5)), (0, (4, 1.5, 1, 1.5)), (0, (2, 2)))
+
+
+def run_label(run):
+    """A run's name in the table and the plots: ``ring/topk:ratio=0.01`` when decentralized, else the compressor."""
+    if run.get("architecture", "centralized") == "decentralized":
+        return f"{run.get('topology') or 'gossip'}/{run['compressor']}"
+    return run["compressor"]
 
 
 def _links_text(header):
@@ -109,7 +116,7 @@ def build_figures(results):
         ax = fig.add_subplot()
         for i, (run, xs) in enumerate(zip(runs, series, strict=True)):
             marker, linestyle = styles[i]
-            ax.plot(xs, [ep["accuracy"] for ep in run["epochs"]], label=run["compressor"], color=f"C{i % 10}",
+            ax.plot(xs, [ep["accuracy"] for ep in run["epochs"]], label=run_label(run), color=f"C{i % 10}",
                     marker=marker, markersize=6, markerfacecolor="none", markeredgewidth=1.3, linestyle=linestyle,
                     linewidth=1.3 if run["kind"] == "baseline" else 1.8)
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
@@ -126,11 +133,30 @@ def build_figures(results):
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
         figures[name] = fig
+    gossiped = [(i, run) for i, run in enumerate(runs) if any("consensus_distance" in ep for ep in run["epochs"])]
+    if gossiped:
+        fig = Figure(figsize=(8.4, 4.4), dpi=110)
+        ax = fig.add_subplot()
+        for i, run in gossiped:
+            points = [(ep["epoch"], ep["consensus_distance"]) for ep in run["epochs"] if "consensus_distance" in ep]
+            marker, linestyle = styles[i]
+            ax.plot([e for e, _ in points], [d for _, d in points], label=run_label(run), color=f"C{i % 10}",
+                    marker=marker, markerfacecolor="none", linestyle=linestyle)
+        if all(d > 0 for _, run in gossiped for ep in run["epochs"] for d in [ep.get("consensus_distance", 1.0)]):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel("consensus distance: mean_i ||x_i - mean||^2 (sketched)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        figures["consensus_distance.png"] = fig
     return figures
 
 
 def plot_results(results, out_dir):
-    """Write accuracy_vs_time.png and accuracy_vs_bytes.png (see :func:`build_figures`) into ``out_dir``; return their paths."""
+    """Write accuracy_vs_time.png, accuracy_vs_bytes.png and, for decentralized runs, consensus_distance.png
+    (see :func:`build_figures`) into ``out_dir``; return their paths."""
     paths = []
     for name, fig in build_figures(results).items():
         path = os.path.join(out_dir, name)
@@ -201,6 +227,14 @@ def _legend(header, runs):
         ]
     paragraphs.append("compress -: not measured (none does not compress; torch's hooks compress inside their "
                       "communication).  energy: modelled (docs/energy.md).")
+    gossiped = [run for run in runs if run.get("architecture") == "decentralized"]
+    if gossiped:
+        paragraphs.append("Decentralized (TOPOLOGY/COMPRESSOR): each worker gossips its parameters with its neighbours "
+                          "(CHOCO-SGD; none: exact gossip); final acc is rank 0's own model; KB/step counts the "
+                          "gossip packets; ratio compares them with a dense ring allreduce.  Final consensus "
+                          "distance (mean_i ||x_i - mean||^2): "
+                          + ", ".join(f"{run_label(run)} {run['final_consensus_distance']:.3g}" for run in gossiped
+                                      if run.get("final_consensus_distance") is not None) + ".")
     return paragraphs
 
 
@@ -217,18 +251,19 @@ def summary_table(results) -> str:
     clock, tag = ("measured", "meas.") if emulated else ("modelled", "model")
     longest = max([run["measured_wall_s"] if emulated else run["modelled_s"] for run in runs], default=0.0)
     decimals = max(0, 2 - max(0, len(f"{longest:.0f}") - 4))  # at most 7 characters up to 9,999,999 s
-    title = (f"gcomp train: {header['workers']} workers, {header['backend']}, {header['model']}, links "
+    arch = header.get("architecture", "centralized")
+    title = (f"gcomp train: {header['workers']} workers, {arch}, {header['backend']}, {header['model']}, links "
              f"{_links_text(header)} ({'emulated' if emulated else 'link model'}), target accuracy "
              f"{header['target_accuracy']:.2f}")
     lines = textwrap.wrap(title, TABLE_WIDTH)
-    lines.append(f"{'compressor':<{_NAME_WIDTH}} " + _cells([heading for heading, _ in _COLUMNS]))
+    lines.append(f"{'run' if arch == 'decentralized' else 'compressor':<{_NAME_WIDTH}} " + _cells([heading for heading, _ in _COLUMNS]))
     lines.append(f"{'':<{_NAME_WIDTH}} " + _cells(["%", f"{clock} s", "meas. s", "meas. s", f"{tag} s", "rest s",
                                                     f"{tag} s", "per wkr", "", "J"]))
     for run in runs:
         compute, compress, comm, other, total = _time_split(run, header, decimals)
         ratio = _ratio(run, header)
         to_target = run["time_to_target_s"]
-        name = run["compressor"]
+        name = run_label(run)
         if len(name) > _NAME_WIDTH:
             lines.extend(textwrap.wrap(name, TABLE_WIDTH, break_on_hyphens=False))
             name = ""

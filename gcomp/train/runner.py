@@ -33,12 +33,20 @@ import time
 from .data import TRAIN_SAMPLES
 from .links import DEFAULT_CPU_WATTS, energy_joules, modelled_comm_seconds, parse_links
 from .netns import EmulatedNetwork, can_emulate
+from .report import run_label
 from .supervise import signals_raise, supervise
 
-__all__ = ["TrainOptions", "train", "DEFAULT_COMPRESSOR", "BASELINES"]
+__all__ = ["TrainOptions", "train", "DEFAULT_COMPRESSOR", "BASELINES", "ARCHITECTURES", "DEFAULT_GOSSIP_GAMMA",
+           "gossip_gamma"]
 
 DEFAULT_COMPRESSOR = "dgc:ratio=0.01"
 BASELINES = ("none", "torch-fp16", "torch-powersgd")
+#: centralized: every step averages the gradients over all workers (DDP or MPI allreduce); decentralized: each
+#: worker trains its own model and gossips its parameters with its neighbours (gcomp.decentralized.Gossip)
+ARCHITECTURES = ("centralized", "decentralized")
+#: CHOCO's consensus step size when --gossip-gamma is not given (measured on the digits MLP with topk:ratio=0.01 on
+#: a ring of 4: docs/decentralized.md); exact gossip (--compressor none) uses 1
+DEFAULT_GOSSIP_GAMMA = 0.1
 
 
 @dataclasses.dataclass
@@ -64,6 +72,18 @@ class TrainOptions:
     technology: str | None = None
     progress: bool = True
     plots: bool = True
+    architecture: str = "centralized"
+    topology: str = "ring"
+    gossip_gamma: float | None = None  # None: 1 for exact gossip (none), DEFAULT_GOSSIP_GAMMA for CHOCO
+    gossip_every: int = 1
+
+
+def gossip_gamma(opts, spec):
+    """The consensus step size of a decentralized run of ``spec``: --gossip-gamma, else 1 (exact) or the default."""
+    if opts.gossip_gamma is not None:
+        return opts.gossip_gamma
+    return 1.0 if spec == "none" else DEFAULT_GOSSIP_GAMMA
+
 
 
 def _validate(opts):
@@ -100,6 +120,10 @@ def _validate(opts):
         raise ValueError(f"expected model mlp or cnn, found {opts.model!r}")
     if not 0.0 < opts.target_accuracy <= 1.0:
         raise ValueError(f"expected a target accuracy in (0, 1], found {opts.target_accuracy}")
+    if opts.architecture not in ARCHITECTURES:
+        raise ValueError(f"expected architecture centralized or decentralized, found {opts.architecture!r}")
+    if opts.architecture == "decentralized":
+        _validate_gossip(opts)
     for spec in opts.compressors:
         if spec in BASELINES:
             if opts.backend == "mpi" and spec != "none":
@@ -115,6 +139,26 @@ def _validate(opts):
     _check_out(opts.out)
     _check_resources(opts)
     return links
+
+
+def _validate_gossip(opts):
+    import math
+
+    import gcomp.decentralized as gd
+    from gcomp.errors import ConfigError
+
+    hooks = [spec for spec in opts.compressors if spec in BASELINES and spec != "none"]
+    if hooks:
+        raise ValueError(f"{hooks[0]} is a torch DDP hook; --architecture decentralized takes gcomp compressors "
+                         "(CHOCO-SGD) or none (exact gossip)")
+    if opts.gossip_gamma is not None and not (math.isfinite(opts.gossip_gamma) and 0 < opts.gossip_gamma <= 1):
+        raise ValueError(f"expected --gossip-gamma in (0, 1], found {opts.gossip_gamma}")
+    if opts.gossip_every < 1:
+        raise ValueError(f"expected --gossip-every >= 1, found {opts.gossip_every}")
+    try:
+        gd.topology(opts.topology, opts.workers)
+    except ConfigError as exc:
+        raise ValueError(f"--topology {opts.topology}: {exc}") from None
 
 
 def _check_out(out):
@@ -225,12 +269,14 @@ def _launch(opts, cfg, cfg_path, links, progress):
             progress.update(int(done), float(acc))
 
     with contextlib.ExitStack() as stack:
+        decentralized = cfg.get("architecture") == "decentralized"
         if opts.backend == "mpi":
-            cmds = [["mpiexec", "-n", str(opts.workers), sys.executable, "-m", "mpi4py", "-m", "gcomp.train.worker_mpi",
-                     cfg_path]]
+            module = "gcomp.train.worker_gossip" if decentralized else "gcomp.train.worker_mpi"
+            cmds = [["mpiexec", "-n", str(opts.workers), sys.executable, "-m", "mpi4py", "-m", module, cfg_path]]
             envs = [env]
         else:
-            argv = [sys.executable, "-m", "gcomp.train.worker", cfg_path]
+            module = "gcomp.train.worker_gossip" if decentralized else "gcomp.train.worker"
+            argv = [sys.executable, "-m", module, cfg_path]
             if opts.emulate:
                 network = stack.enter_context(EmulatedNetwork(links))
                 cfg["master_addr"], cfg["ifname"] = network.addresses[0], network.ifname
@@ -279,8 +325,11 @@ def _run_one(opts, spec, index, links, out_dir):
     cfg = {"compressor": spec, "workers": opts.workers, "epochs": opts.epochs, "model": opts.model, "hidden": opts.hidden,
            "batch_size": opts.batch_size, "lr": opts.lr, "momentum": opts.momentum, "seed": opts.seed,
            "start_iter": _start_iter(opts, spec), "error_feedback": opts.error_feedback, "timeout": opts.timeout,
-           "master_addr": "127.0.0.1", "master_port": _free_port(), "run_dir": run_dir, "ifname": None}
-    progress = _Progress(opts.progress, spec, opts.epochs)
+           "master_addr": "127.0.0.1", "master_port": _free_port(), "run_dir": run_dir, "ifname": None,
+           "backend": opts.backend, "architecture": opts.architecture}
+    if opts.architecture == "decentralized":
+        cfg.update(topology=opts.topology, gossip_gamma=gossip_gamma(opts, spec), gossip_every=opts.gossip_every)
+    progress = _Progress(opts.progress, run_label({"compressor": spec, **cfg}), opts.epochs)
     try:
         _launch(opts, cfg, os.path.join(run_dir, "config.json"), links, progress)
     finally:
@@ -298,7 +347,9 @@ def _kpis(opts, spec, ranks, links):
     epochs = []
     modelled_total = modelled_comm = 0.0
     world = len(ranks)
-    rounds = 2 * (world - 1)
+    decentralized = opts.architecture == "decentralized"
+    # latencies per step: a ring allreduce's 2 (P-1) rounds, or one neighbour exchange per gossip round
+    rounds = 1.0 / opts.gossip_every if decentralized else 2 * (world - 1)
     prev_steps, prev_sent, prev_wall = 0, [0.0] * world, 0.0
     for e, rec in enumerate(r0["epochs"]):
         per_worker = [rank["epochs"][e] for rank in ranks]
@@ -314,6 +365,8 @@ def _kpis(opts, spec, ranks, links):
         epochs.append({"epoch": rec["epoch"], "accuracy": rec["accuracy"], "loss": rec["loss"],
                        "measured_wall_s": rec["wall_s"], "modelled_s": modelled_total,
                        "bytes_sent_per_worker": sent, "bytes_received_per_worker": [w["bytes_received"] for w in per_worker]})
+        if "consensus_distance" in rec:
+            epochs[-1]["consensus_distance"] = rec["consensus_distance"]
         prev_steps, prev_sent, prev_wall = rec["steps"], sent, wall
     clock = "measured_wall_s" if opts.emulate else "modelled_s"
     time_to_target = next((ep[clock] for ep in epochs if ep["accuracy"] >= opts.target_accuracy), None)
@@ -326,8 +379,16 @@ def _kpis(opts, spec, ranks, links):
     bytes_per_step = sum(sent_last) / world / max(1, total_steps)
     counted = sum(rank["epochs"][-1]["bytes_sent"] for rank in ranks) / world / max(1, total_steps)
     w0 = r0["epochs"][-1]
+    gossip = {}
+    if decentralized:
+        gossip = {"topology": opts.topology, "gossip_gamma": gossip_gamma(opts, spec), "gossip_every": opts.gossip_every,
+                  "algorithm": "exact gossip" if spec == "none" else "CHOCO-SGD",
+                  "final_consensus_distance": epochs[-1].get("consensus_distance"),
+                  "accuracy_of": "rank 0's local model",
+                  "final_accuracy_per_rank": [rank["epochs"][-1]["accuracy"] for rank in ranks]}
     return {
         "compressor": spec, "kind": "baseline" if spec in BASELINES else "gcomp",
+        "architecture": opts.architecture, "topology": opts.topology if decentralized else None, **gossip,
         "final_accuracy": last["accuracy"], "best_accuracy": max(ep["accuracy"] for ep in epochs),
         "time_to_target_s": time_to_target, "clock": "measured (emulated network)" if opts.emulate else "modelled (link model)",
         "measured_wall_s": last["measured_wall_s"], "modelled_s": last["modelled_s"],
@@ -365,7 +426,9 @@ def _train(opts):
             print(f"gcomp train: cannot emulate the network here ({reason}); using the link model instead",
                   file=sys.stderr)
             opts = dataclasses.replace(opts, emulate=False)
-    print(f"gcomp train: {opts.workers} workers, {opts.backend}, {opts.model}, links "
+    arch = (f"decentralized ({opts.topology}, gossip every {opts.gossip_every})" if opts.architecture == "decentralized"
+            else "centralized")
+    print(f"gcomp train: {opts.workers} workers, {arch}, {opts.backend}, {opts.model}, links "
           f"{','.join(sorted({link.spec for link in links}))}{' (emulated)' if opts.emulate else ' (link model)'}, "
           f"target accuracy {opts.target_accuracy:.2f}; {len(opts.compressors)} run(s): {', '.join(opts.compressors)}",
           flush=True)
@@ -376,7 +439,8 @@ def _train(opts):
 
     header = {"gcomp": gcomp.__version__, "torch": torch.__version__, "date": datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec="seconds"), "workers": opts.workers, "backend": opts.backend,
-        "model": opts.model, "hidden": opts.hidden, "epochs": opts.epochs, "links": [link.spec for link in links],
+        "model": opts.model, "hidden": opts.hidden, "epochs": opts.epochs, "architecture": opts.architecture,
+        "topology": opts.topology if opts.architecture == "decentralized" else None, "links": [link.spec for link in links],
         "emulated": opts.emulate, "target_accuracy": opts.target_accuracy, "seed": opts.seed,
         "options": dataclasses.asdict(opts)}
     runs = []
