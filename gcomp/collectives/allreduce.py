@@ -59,9 +59,7 @@ class LinearAllreduce(Algorithm):
         if self.size == 1:
             return array
         if self.compressor.identity:
-            token = sequence.with_tail(array[:0], pending.key, pending.step, self.size, pending.fault)
-            self._counted(pending, self.transport.allreduce_, token)
-            sequence.check_tail(token, pending.key, pending.step, self.size, self.transport.rank, pending.fault)
+            self._sum_token(pending, array.dtype)
             self._counted(pending, self.transport.allreduce_, array)
             return array
         whole = sequence.with_tail(array, pending.key, pending.step, self.size, pending.fault)

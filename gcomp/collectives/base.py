@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from . import sequence
+
 __all__ = ["Algorithm", "Pending", "CallStats", "Timer"]
 
 
@@ -118,6 +120,17 @@ class Algorithm:
     def memory_keys(self, key):
         """Every feedback key this algorithm uses for ``key`` (to reset them together)."""
         return [key]
+
+    def _sum_token(self, pending, dtype):
+        """The call's sequence token in a small sum of its own, checked on every rank (gcomp.collectives.sequence).
+
+        For sums that must equal a plain allreduce bit for bit: appended to the
+        values, the token would move the transport's chunk boundaries, and with
+        them the order of a float sum at P = 3.
+        """
+        token = sequence.with_tail(np.empty(0, dtype), pending.key, pending.step, self.size, pending.fault)
+        self._counted(pending, self.transport.allreduce_, token)
+        sequence.check_tail(token, pending.key, pending.step, self.size, self.transport.rank, pending.fault)
 
     def _counted(self, pending, fn, *args, transport=None):
         """Run ``fn(*args)`` (an operation of ``transport``, default this algorithm's), adding its time and bytes."""

@@ -31,12 +31,9 @@ class DenseAllreduce(Algorithm):
             buf *= buf.dtype.type(1.0 / self.size)  # in the buffer's own precision, as DDP scales
         pending.stats.decompress_s += t.lap()
         if self.size > 1:
-            # The call's sequence token travels in its own small sum, before the values: appended to them it would
-            # move the transport's chunk boundaries, and with them the order of a float sum at P = 3 (`none` must
-            # stay bit-identical to DDP without a hook and to comm.Allreduce).
-            token = sequence.with_tail(buf[:0], pending.key, pending.step, self.size, pending.fault)
-            self._counted(pending, self.transport.allreduce_, token)
-            sequence.check_tail(token, pending.key, pending.step, self.size, self.transport.rank, pending.fault)
+            # the token before the values, in a sum of its own: `none` stays bit-identical to DDP without a hook
+            # and to comm.Allreduce
+            self._sum_token(pending, buf.dtype)
         self._counted(pending, self.transport.allreduce_, buf)
         if average and not self.scale_first:
             t = Timer()
