@@ -36,6 +36,11 @@ Conventions (every module):
   :func:`gcomp.kernels.random.derive_seed`); global RNGs are never touched.
 * Bucket sizes are positive multiples of 8, so every bucket starts on a byte
   boundary of the packed codes whatever the code width.
+* Threads: selection, every quantizer encoder and decoder, packing and the
+  error-feedback steps have parallel kernels, used for large vectors when the
+  calling thread has more than one Numba thread (``NUMBA_NUM_THREADS``,
+  ``numba.set_num_threads``).  They give the same bytes as the serial kernels
+  for every thread count (see :mod:`gcomp.kernels.config`).
 
 Non-finite values (one policy for every kernel): NaN and +-Inf are never
 silently turned into finite numbers and never silently dropped.

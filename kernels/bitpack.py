@@ -27,8 +27,9 @@ The argument checks shared by the quantizer wrappers (``check_bits``,
 This module also holds two bitcast intrinsics, :func:`_f32_bits` /
 :func:`_bits_f32` (numba has no scalar ``view``): integer min/max reductions
 over bit patterns vectorize where float ones cannot (without ``nnan``, LLVM
-keeps a float min/max reduction scalar), and the per-element uniform draws the
-quantizers share,
+keeps a float min/max reduction scalar), an explicit fused multiply-add,
+:func:`_fma_f32` (uniform's ``offset + scale * code``), and the per-element
+uniform draws the quantizers share,
 :func:`_uniform01_u32` and :func:`_rand32_u32`: bit-identical to
 :func:`gcomp.kernels.random.uniform01` / :func:`~gcomp.kernels.random.rand32`
 at element index ``i`` (the counter is ``uint32(i)``, exactly as there), but
@@ -39,11 +40,12 @@ integer multiplies halve the throughput of the whole quantization loop.
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.extending import intrinsic
 
+from . import config
 from ._checks import check_int, out_array
-from .config import kernel
+from .config import PAR_CHUNK, kernel
 from .random import _lowbias32
 
 __all__ = ["BITS", "packed_size", "pack_bits", "unpack_bits"]
@@ -262,6 +264,34 @@ def _unpack_from(packed, byte_offset, count, bits, out, start):
         _unpack_tail(packed, byte_offset + nw * bits, count & 7, bits, out, start + 8 * nw)
 
 
+@kernel(parallel=True)
+def _pack_par(codes, bits, out):
+    """:func:`_pack_into` of all of ``codes`` in :data:`PAR_CHUNK` units (each starts on a byte)."""
+    n = codes.shape[0]
+    for u in prange((n + PAR_CHUNK - 1) // PAR_CHUNK):
+        s = u * PAR_CHUNK
+        e = min(s + PAR_CHUNK, n)
+        _pack_into(codes, s, e - s, bits, out, (s * bits) >> 3)
+
+
+@kernel
+def _pack_all(codes, bits, out):
+    _pack_into(codes, 0, codes.shape[0], bits, out, 0)
+
+
+@kernel(parallel=True)
+def _unpack_par(packed, bits, n, out):
+    for u in prange((n + PAR_CHUNK - 1) // PAR_CHUNK):
+        s = u * PAR_CHUNK
+        e = min(s + PAR_CHUNK, n)
+        _unpack_from(packed, (s * bits) >> 3, e - s, bits, out, s)
+
+
+@kernel
+def _unpack_all(packed, bits, n, out):
+    _unpack_from(packed, 0, n, bits, out, 0)
+
+
 @intrinsic
 def _f32_bits(typingctx, x):
     """The IEEE bit pattern of a float32 as an int32 (a register bitcast, vectorizable)."""
@@ -284,6 +314,18 @@ def _bits_f32(typingctx, b):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _fma_f32(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma.f32``): the same bits whatever the compiler fuses or not."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(args[0], args[1], args[2])
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 @kernel
@@ -317,7 +359,7 @@ def pack_bits(codes, bits, out=None):
     n = codes.shape[0]
     size = (n * bits + 7) // 8
     out = out_array(out, size, np.uint8)
-    _pack_into(codes, 0, n, bits, out, 0)
+    config.run(n, _pack_all, _pack_par, codes, bits, out)
     return out if out.shape[0] == size else out[:size]
 
 
@@ -327,5 +369,5 @@ def unpack_bits(packed, bits, n, out=None):
     n = check_int(n, "n", 0)
     packed = check_packed(packed, (n * bits + 7) // 8)
     out = out_array(out, n, np.uint8)
-    _unpack_from(packed, 0, n, bits, out, 0)
+    config.run(n, _unpack_all, _unpack_par, packed, bits, n, out)
     return out if out.shape[0] == n else out[:n]

@@ -30,8 +30,11 @@ never silently finite).  ``x`` itself is never modified.
 """
 
 import numpy as np
+from numba import prange
 
+from . import config
 from ._checks import as_f32, check_int, check_seed
+from ._units import chunk_count
 from .bitpack import (
     _pack_tail,
     _pack_words,
@@ -43,7 +46,7 @@ from .bitpack import (
     check_residual,
     decode_out,
 )
-from .config import kernel
+from .config import PAR_CHUNK, kernel
 from .random import seed_key32
 
 __all__ = ["natural_encode", "natural_decode"]
@@ -84,14 +87,12 @@ def _residual_update(vbuf, dec, rc):
 
 
 @kernel
-def _natural_encode(x, residual, seed, exps, signs, sw, vbuf, dbits):
-    n = x.shape[0]
+def _encode_range(x, residual, key, exps, signs, p16, p32, p64, sw, vbuf, dbits, s, e):
+    """Entries ``s:e`` (``s`` a multiple of 8), :data:`_CHUNK` at a time."""
     sgn = sw.view(np.uint8)
-    p16, p32, p64 = _word_views(signs)
-    key = seed_key32(np.uint64(seed))
     dec = dbits.view(np.float32)
-    for cs in range(0, n, _CHUNK):
-        ce = min(cs + _CHUNK, n)
+    for cs in range(s, e, _CHUNK):
+        ce = min(cs + _CHUNK, e)
         m = ce - cs
         c0 = np.uint32(cs & 0xFFFFFFFF)
         if residual is None:
@@ -107,6 +108,24 @@ def _natural_encode(x, residual, seed, exps, signs, sw, vbuf, dbits):
 
 
 @kernel
+def _natural_encode(x, residual, seed, exps, signs, sw, vbuf, dbits):
+    p16, p32, p64 = _word_views(signs)
+    _encode_range(x, residual, seed_key32(np.uint64(seed)), exps, signs, p16, p32, p64, sw, vbuf, dbits, 0, x.shape[0])
+
+
+@kernel(parallel=True)
+def _natural_encode_par(x, residual, seed, exps, signs, sw, vbuf, dbits):
+    """:func:`_natural_encode` on Numba's threads, :data:`PAR_CHUNK` entries per unit (same bits)."""
+    n = x.shape[0]
+    key = seed_key32(np.uint64(seed))
+    for u in prange(chunk_count(n)):
+        p16, p32, p64 = _word_views(signs)
+        _encode_range(x, residual, key, exps, signs, p16, p32, p64, np.empty(sw.shape[0], np.uint64),
+                      np.empty(vbuf.shape[0], np.float32), np.empty(dbits.shape[0], np.uint32),
+                      u * PAR_CHUNK, min(n, (u + 1) * PAR_CHUNK))
+
+
+@kernel
 def _patterns(ec, sgn, dbits):
     for i in range(ec.shape[0]):
         e = np.uint32(ec[i])
@@ -115,12 +134,11 @@ def _patterns(ec, sgn, dbits):
 
 
 @kernel
-def _natural_decode(exps, signs, n, out, accumulate, sw, dbits):
+def _decode_range(exps, signs, p16, p32, p64, out, accumulate, sw, dbits, s, e):
     sgn = sw.view(np.uint8)
-    p16, p32, p64 = _word_views(signs)
     dec = dbits.view(np.float32)
-    for cs in range(0, n, _CHUNK):
-        ce = min(cs + _CHUNK, n)
+    for cs in range(s, e, _CHUNK):
+        ce = min(cs + _CHUNK, e)
         m = ce - cs
         nw = m >> 3
         _unpack_words(signs, p16, p32, p64, cs >> 3, nw, 1, sw)
@@ -133,6 +151,20 @@ def _natural_decode(exps, signs, n, out, accumulate, sw, dbits):
                 oc[i] += dec[i]
         else:
             _patterns(exps[cs:ce], sgn, out[cs:ce].view(np.uint32))
+
+
+@kernel
+def _natural_decode(exps, signs, n, out, accumulate, sw, dbits):
+    p16, p32, p64 = _word_views(signs)
+    _decode_range(exps, signs, p16, p32, p64, out, accumulate, sw, dbits, 0, n)
+
+
+@kernel(parallel=True)
+def _natural_decode_par(exps, signs, n, out, accumulate, sw, dbits):
+    for u in prange(chunk_count(n)):
+        p16, p32, p64 = _word_views(signs)
+        _decode_range(exps, signs, p16, p32, p64, out, accumulate, np.empty(sw.shape[0], np.uint64),
+                      np.empty(dbits.shape[0], np.uint32), u * PAR_CHUNK, min(n, (u + 1) * PAR_CHUNK))
 
 
 def natural_encode(x, seed, residual=None):
@@ -152,7 +184,7 @@ def natural_encode(x, seed, residual=None):
     with_res = residual is not None
     vbuf = np.empty(chunk if with_res else 0, dtype=np.float32)
     dbits = np.empty(chunk if with_res else 0, dtype=np.uint32)
-    _natural_encode(x, residual, np.uint64(seed), exps, signs, sw, vbuf, dbits)
+    config.run(n, _natural_encode, _natural_encode_par, x, residual, np.uint64(seed), exps, signs, sw, vbuf, dbits)
     return exps, signs
 
 
@@ -168,5 +200,5 @@ def natural_decode(exponents, signs, n, out=None, accumulate=False):
     chunk = min(_CHUNK, n)
     sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     dbits = np.empty(chunk if accumulate else 0, dtype=np.uint32)
-    _natural_decode(exponents, signs, n, out, bool(accumulate), sw, dbits)
+    config.run(n, _natural_decode, _natural_decode_par, exponents, signs, n, out, bool(accumulate), sw, dbits)
     return out if out.shape[0] == n else out[:n]

@@ -11,7 +11,8 @@ reads the input in full only once:
    ``mu = m k / n``: a threshold a little *below* the k-th largest magnitude,
    so that the candidates cover the true top k with high probability;
 2. one pass collects every element at or above the threshold (at most
-   ``2k + 1024`` are kept);
+   ``2k + 1024`` are kept; 64-entry compare masks walked with ``tzcnt``, see
+   :mod:`gcomp.kernels.topk`, in parallel for large vectors);
 3. if at least k were collected, the exact top-k among them is returned:
    then the result equals :func:`gcomp.kernels.topk.topk_exact` (same tie
    rule).  If fewer, the threshold is lowered (``r`` doubled) and the pass
@@ -30,89 +31,75 @@ import math
 
 import numpy as np
 
+from . import config
 from ._checks import as_f32, check_int, check_seed
-from .config import kernel
-from .random import rand32, seed_key32
-from .topk import _finish, _kth_key, _topk_into
+from .random import seed_key32
+from .topk import (
+    _collect_ge_par,
+    _collect_ge_ser,
+    _finish,
+    _finish_par,
+    _histogram_par,
+    _histogram_top,
+    _kth_from_hist,
+    _margin_rank,
+    _sample_keys,
+    _sample_keys_par,
+    _topk_into_par,
+    _topk_into_ser,
+    _variants,
+)
 
 __all__ = ["topk_sampled", "sample_size"]
 
 
-@kernel
-def _collect_capped(bits, x, t, out_idx, out_val, cap):
-    """Indices/values of keys >= t, ascending, keeping at most ``cap``; returns the total count."""
-    n = bits.shape[0]
-    mask = np.uint32(0x7FFFFFFF)
-    c = 0
-    nfull = n - (n & 15)
-    for i0 in range(0, nfull, 16):
-        s = np.uint32(0)
-        for j in range(16):
-            s |= np.uint32((bits[i0 + j] & mask) >= t)
-        if s:
-            for i in range(i0, i0 + 16):
-                if (bits[i] & mask) >= t:
-                    if c < cap:
-                        out_idx[c] = i
-                        out_val[c] = x[i]
-                    c += 1
-    for i in range(nfull, n):
-        if (bits[i] & mask) >= t:
-            if c < cap:
-                out_idx[c] = i
-                out_val[c] = x[i]
-            c += 1
-    return c
+def _make_sampled_into(par):
+    def _sampled_into(x, k, seed, m, min_count, out_idx, out_val):
+        n = x.shape[0]
+        bits = x.view(np.uint32)
+        # Stratified sample in runs of 16 consecutive elements (one cache line):
+        # one random run per stratum, so sampling costs m / 16 cache misses.
+        if par:
+            sample = _sample_keys_par(bits, m, seed_key32(seed))
+            hist = _histogram_par(sample)
+        else:
+            sample = _sample_keys(bits, m, seed_key32(seed))
+            hist = _histogram_top(sample)
+        m = sample.shape[0]
+        r = _margin_rank(m, k, n)
+        cap = 2 * k + 1024
+        cand_idx = np.empty(cap, np.int64)
+        cand_val = np.empty(cap, np.float32)
+        total = 0
+        for _attempt in range(3):
+            t, _ = _kth_from_hist(sample, hist, r)
+            if par:
+                total = _collect_ge_par(bits, x, t, cand_idx, cand_val, cap)
+            else:
+                total = _collect_ge_ser(bits, x, t, cand_idx, cand_val, cap)
+            if total > cap:
+                break
+            if total >= k:
+                if par:
+                    return _finish_par(cand_idx, cand_val, total, k, out_idx, out_val)
+                else:
+                    return _finish(cand_idx, cand_val, total, k, out_idx, out_val)
+            if r == m:
+                break
+            r = min(2 * r, m)
+        if 0 < total <= cap and total >= min_count:
+            out_idx[:total] = cand_idx[:total]
+            out_val[:total] = cand_val[:total]
+            return total
+        if par:
+            return _topk_into_par(x, k, out_idx, out_val)
+        else:
+            return _topk_into_ser(x, k, out_idx, out_val)
+
+    return _sampled_into
 
 
-@kernel
-def _sampled_into(x, k, seed, m, min_count, out_idx, out_val):
-    n = x.shape[0]
-    bits = x.view(np.uint32)
-    mask = np.uint32(0x7FFFFFFF)
-    key = seed_key32(seed)
-    # Stratified sample in runs of 16 consecutive elements (one cache line):
-    # one random run per stratum, so sampling costs m / 16 cache misses.
-    runs = (m + 15) // 16
-    sample = np.empty(runs * 16, np.uint32)
-    stride = n / runs
-    c = 0
-    for s in range(runs):
-        lo = np.int64(s * stride)
-        hi = np.int64((s + 1) * stride)
-        if hi > n:
-            hi = n
-        width = hi - lo - 15
-        if width < 1:
-            width = 1
-        j = lo + np.int64((np.uint64(rand32(key, s)) * np.uint64(width)) >> np.uint64(32))
-        for q in range(j, min(j + 16, n)):
-            sample[c] = bits[q] & mask
-            c += 1
-    m = c
-    sample = sample[:m]
-    mu = m * (k / n)
-    r = np.int64(mu + 3.0 * math.sqrt(mu) + 1.0)
-    if r > m:
-        r = m
-    cap = 2 * k + 1024
-    cand_idx = np.empty(cap, np.int64)
-    cand_val = np.empty(cap, np.float32)
-    for _attempt in range(3):
-        t, _ = _kth_key(sample, r)
-        total = _collect_capped(bits, x, t, cand_idx, cand_val, cap)
-        if total > cap:
-            break
-        if total >= k:
-            return _finish(cand_idx, cand_val, total, k, out_idx, out_val)
-        if r == m:
-            break
-        r = min(2 * r, m)
-    if 0 < total <= cap and total >= min_count:
-        out_idx[:total] = cand_idx[:total]
-        out_val[:total] = cand_val[:total]
-        return total
-    return _topk_into(x, k, out_idx, out_val)
+_sampled_into_ser, _sampled_into_par = _variants(_make_sampled_into)
 
 
 def sample_size(n, sample_fraction=0.01):
@@ -143,5 +130,6 @@ def topk_sampled(x, k, seed, sample_fraction=0.01, min_fraction=0.5):
     val = np.empty(k + 1, np.float32)
     m = sample_size(n, sample_fraction)
     min_count = max(1, math.ceil(min_fraction * k))
-    c = _sampled_into(x, k, np.uint64(seed), m, min_count, idx, val)
+    c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), m, min_count, idx, val,
+                   at_least=config.PARALLEL_MIN_SELECTION)
     return idx[:c], val[:c]

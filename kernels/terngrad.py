@@ -25,8 +25,11 @@ silently finite).  ``x`` itself is never modified.
 """
 
 import numpy as np
+from numba import prange
 
+from . import config
 from ._checks import as_f32, check_int, check_seed
+from ._units import piece_count, piece_range, unit_count, unit_range
 from .bitpack import (
     _pack_tail,
     _pack_words,
@@ -40,7 +43,7 @@ from .bitpack import (
     check_scales,
     decode_out,
 )
-from .config import kernel
+from .config import PAR_CHUNK, kernel
 from .random import seed_key32
 from .uniform import _absmax
 
@@ -70,46 +73,82 @@ def _codes(xc, rc, c0, key, s2, m2, codes, vbuf):
         c = np.uint32(c + np.uint32(1))
 
 
-@kernel
+@kernel(exact=True)
 def _residual_update(vc, codes, rc, scale):
     """``rc = vc - decode(code)`` for one chunk.
 
-    Two loops: the decoded values are rounded to float32 (stored) before the
-    subtraction, so no fused multiply-add makes the residual differ from
-    ``v - terngrad_decode(...)``.
+    Strict IEEE (:data:`~gcomp.kernels.config.EXACT_MATH`): the decoded value is
+    rounded to float32 before the subtraction, as ``terngrad_decode`` stores it.
     """
     for i in range(rc.shape[0]):
-        rc[i] = scale * (np.float32(codes[i]) - np.float32(1.0))
-    for i in range(rc.shape[0]):
-        rc[i] = vc[i] - rc[i]
+        rc[i] = vc[i] - scale * (np.float32(codes[i]) - np.float32(1.0))
+
+
+@kernel(exact=True)
+def _dequant(codes, scale, oc, accumulate):
+    """``oc (+)= scale * (code - 1)``, rounded to float32 before any accumulation."""
+    if accumulate:
+        for i in range(oc.shape[0]):
+            oc[i] += scale * (np.float32(codes[i]) - np.float32(1.0))
+    else:
+        for i in range(oc.shape[0]):
+            oc[i] = scale * (np.float32(codes[i]) - np.float32(1.0))
+
+
+@kernel(exact=True)
+def _thresholds(scale):
+    """``(s2, m2)``: keep iff ``k * s2 < |v| * m2`` (module docstring), strict IEEE."""
+    if scale >= _TINY:
+        return scale * np.float32(2.0**-24), np.float32(1.0)
+    return scale, np.float32(2.0**24)
 
 
 @kernel
-def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
+def _encode_range(x, residual, s, e, scale, key, packed, p16, p32, p64, cw, codes, vbuf):
+    """Codes (and the residual update) of entries ``s:e`` (``s`` a multiple of 8) of one bucket."""
+    if not (scale == scale):
+        packed[(2 * s) >> 3 : (2 * e + 7) >> 3] = 0
+        if residual is not None:
+            residual[s:e] = _F32_NAN
+        return
+    s2, m2 = _thresholds(scale)
+    for cs in range(s, e, _CHUNK):
+        ce = min(cs + _CHUNK, e)
+        m = ce - cs
+        c0 = np.uint32(cs & 0xFFFFFFFF)
+        if residual is None:
+            _codes(x[cs:ce], None, c0, key, s2, m2, codes, vbuf)
+        else:
+            _codes(x[cs:ce], residual[cs:ce], c0, key, s2, m2, codes, vbuf)
+            _residual_update(vbuf[:m], codes, residual[cs:ce], scale)
+        nw = m >> 3
+        off = (2 * cs) >> 3
+        _pack_words(cw, nw, 2, packed, p16, p32, p64, off)
+        if m & 7:
+            _pack_tail(codes, 8 * nw, m & 7, 2, packed, off + nw * 2)
+
+
+@kernel
+def _encode_buckets(x, residual, bucket_size, key, packed, scales, cw, vbuf, b0, b1):
+    """Buckets ``b0:b1`` (each at most :data:`PAR_CHUNK` entries): max ``|v|``, then codes, bucket by bucket."""
     n = x.shape[0]
-    codes = cw.view(np.uint8)
     p16, p32, p64 = _word_views(packed)
-    key = seed_key32(np.uint64(seed))
-    for b in range(scales.shape[0]):
+    codes = cw.view(np.uint8)
+    for b in range(b0, b1):
         s = b * bucket_size
         e = min(s + bucket_size, n)
         if residual is None:
             scale, finite = _absmax(x[s:e], None)
         else:
             scale, finite = _absmax(x[s:e], residual[s:e])
-        if not finite:
-            scales[b] = _F32_NAN
+        scale = scale if finite else _F32_NAN
+        scales[b] = scale
+        if not (scale == scale):
             packed[(2 * s) >> 3 : (2 * e + 7) >> 3] = 0
             if residual is not None:
                 residual[s:e] = _F32_NAN
             continue
-        scales[b] = scale
-        if scale >= _TINY:
-            s2 = scale * np.float32(2.0**-24)
-            m2 = np.float32(1.0)
-        else:
-            s2 = scale
-            m2 = np.float32(2.0**24)
+        s2, m2 = _thresholds(scale)
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
             m = ce - cs
@@ -127,12 +166,100 @@ def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
 
 
 @kernel
-def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, cw):
+def _piece_absmax(x, residual, bucket_size, q, pieces):
+    """max ``|v|`` of piece ``q`` (NaN if it holds a NaN or +-Inf; 0 if empty)."""
+    s, e = piece_range(x.shape[0], bucket_size, q, pieces)
+    if s >= e:
+        return np.float32(0.0)
+    if residual is None:
+        scale, finite = _absmax(x[s:e], None)
+    else:
+        scale, finite = _absmax(x[s:e], residual[s:e])
+    return scale if finite else _F32_NAN
+
+
+@kernel
+def _big_scales(parts, pieces, scales):
+    for b in range(scales.shape[0]):
+        scale = np.float32(0.0)
+        for q in range(b * pieces, (b + 1) * pieces):
+            p = parts[q]
+            scale = p if (p > scale or p != p) and scale == scale else scale
+        scales[b] = scale
+
+
+@kernel
+def _piece_encode(x, residual, bucket_size, key, packed, scales, q, pieces, cw, vbuf):
+    s, e = piece_range(x.shape[0], bucket_size, q, pieces)
+    if s < e:
+        p16, p32, p64 = _word_views(packed)
+        codes = cw.view(np.uint8)
+        _encode_range(x, residual, s, e, scales[q // pieces], key, packed, p16, p32, p64, cw, codes, vbuf)
+
+
+@kernel
+def _terngrad_encode(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
+    """Buckets of at most :data:`PAR_CHUNK` entries, one pass each (:func:`_encode_buckets`)."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    _encode_buckets(x, residual, bucket_size, key, packed, scales, cw, vbuf, 0, nb)
+
+
+@kernel
+def _terngrad_encode_big(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
+    """Buckets larger than :data:`PAR_CHUNK`: statistics per piece, combined in piece order, then codes per piece.
+
+    A separate kernel so that the usual small buckets never compile this path.
+    """
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    pieces = piece_count(bucket_size)
+    parts = np.empty(nb * pieces, np.float32)
+    for q in range(nb * pieces):
+        parts[q] = _piece_absmax(x, residual, bucket_size, q, pieces)
+    _big_scales(parts, pieces, scales)
+    for q in range(nb * pieces):
+        _piece_encode(x, residual, bucket_size, key, packed, scales, q, pieces, cw, vbuf)
+
+
+@kernel(parallel=True)
+def _terngrad_encode_par(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
+    """:func:`_terngrad_encode` on Numba's threads: the same work units (groups of whole buckets), the same bits."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    g = PAR_CHUNK // bucket_size
+    for u in prange((nb + g - 1) // g):
+        _encode_buckets(x, residual, bucket_size, key, packed, scales, np.empty(cw.shape[0], np.uint64),
+                        np.empty(vbuf.shape[0], np.float32), u * g, min(nb, (u + 1) * g))
+
+
+@kernel(parallel=True)
+def _terngrad_encode_big_par(x, residual, bucket_size, seed, packed, scales, cw, vbuf):
+    """:func:`_terngrad_encode_big` on Numba's threads: the same pieces, the same bits."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    pieces = piece_count(bucket_size)
+    parts = np.empty(nb * pieces, np.float32)
+    for q in prange(nb * pieces):
+        parts[q] = _piece_absmax(x, residual, bucket_size, q, pieces)
+    _big_scales(parts, pieces, scales)
+    for q in prange(nb * pieces):
+        _piece_encode(x, residual, bucket_size, key, packed, scales, q, pieces, np.empty(cw.shape[0], np.uint64),
+                      np.empty(vbuf.shape[0], np.float32))
+
+
+_ENCODERS = (_terngrad_encode, _terngrad_encode_par)
+_BIG_ENCODERS = (_terngrad_encode_big, _terngrad_encode_big_par)
+
+
+@kernel
+def _decode_unit(packed, scales, bucket_size, n, out, accumulate, cw, u):
     codes = cw.view(np.uint8)
     p16, p32, p64 = _word_views(packed)
-    for b in range(scales.shape[0]):
-        s = b * bucket_size
-        e = min(s + bucket_size, n)
+    b0, b1, s0, e0 = unit_range(n, bucket_size, u)
+    for b in range(b0, b1):
+        s = max(b * bucket_size, s0)
+        e = min(b * bucket_size + bucket_size, e0)
         scale = scales[b]
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
@@ -142,13 +269,19 @@ def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, cw):
             _unpack_words(packed, p16, p32, p64, off, nw, 2, cw)
             if m & 7:
                 _unpack_tail(packed, off + nw * 2, m & 7, 2, codes, 8 * nw)
-            oc = out[cs:ce]
-            if accumulate:
-                for i in range(oc.shape[0]):
-                    oc[i] += scale * (np.float32(codes[i]) - np.float32(1.0))
-            else:
-                for i in range(oc.shape[0]):
-                    oc[i] = scale * (np.float32(codes[i]) - np.float32(1.0))
+            _dequant(codes, scale, out[cs:ce], accumulate)
+
+
+@kernel
+def _terngrad_decode(packed, scales, bucket_size, n, out, accumulate, cw):
+    for u in range(unit_count(n, bucket_size)):
+        _decode_unit(packed, scales, bucket_size, n, out, accumulate, cw, u)
+
+
+@kernel(parallel=True)
+def _terngrad_decode_par(packed, scales, bucket_size, n, out, accumulate, cw):
+    for u in prange(unit_count(n, bucket_size)):
+        _decode_unit(packed, scales, bucket_size, n, out, accumulate, np.empty(cw.shape[0], np.uint64), u)
 
 
 def terngrad_encode(x, bucket_size, seed, residual=None):
@@ -170,7 +303,8 @@ def terngrad_encode(x, bucket_size, seed, residual=None):
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
-    _terngrad_encode(x, residual, bucket_size, np.uint64(seed), packed, scales, cw, vbuf)
+    encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, *encoders, x, residual, bucket_size, np.uint64(seed), packed, scales, cw, vbuf)
     return packed, scales
 
 
@@ -185,5 +319,5 @@ def terngrad_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
     scales = check_scales(scales, -(-n // bucket_size), "scales")
     out = decode_out(out, n, accumulate)
     cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
-    _terngrad_decode(packed, scales, bucket_size, n, out, bool(accumulate), cw)
+    config.run(n, _terngrad_decode, _terngrad_decode_par, packed, scales, bucket_size, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]

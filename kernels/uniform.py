@@ -2,7 +2,8 @@
 
 Each bucket of ``bucket_size`` entries (the last one may be partial) sends one
 float32 ``scale``, one float32 ``offset`` and a ``bits``-bit code per entry;
-decoding is, for both modes, ``value = offset + scale * code``.
+decoding is, for both modes, ``value = offset + scale * code`` (one fused
+multiply-add, rounded once).
 
 With ``v = x`` (or ``v = x + residual``, see below):
 
@@ -40,11 +41,15 @@ silently finite).  ``x`` itself is never modified.
 """
 
 import numpy as np
+from numba import prange
 
+from . import config
 from ._checks import as_f32, check_int, check_seed
+from ._units import piece_count, piece_range, unit_count, unit_range
 from .bitpack import (
     _bits_f32,
     _f32_bits,
+    _fma_f32,
     _pack_tail,
     _pack_words,
     _uniform01_u32,
@@ -58,7 +63,7 @@ from .bitpack import (
     check_scales,
     decode_out,
 )
-from .config import kernel
+from .config import PAR_CHUNK, kernel
 from .random import seed_key32
 
 __all__ = ["MODES", "ROUNDINGS", "uniform_encode", "uniform_decode"]
@@ -168,62 +173,160 @@ def _codes_stochastic(xc, rc, c0, key, off, inv, top, codes, vbuf):
         c = np.uint32(c + np.uint32(1))
 
 
-@kernel
+@kernel(exact=True)
 def _residual_update(vc, codes, rc, scale, offset):
-    """``rc = vc - (offset + scale * code)`` for one chunk.
+    """``rc = vc - decode(code)`` for one chunk, the decoded value exactly as :func:`uniform_decode` makes it
+    (:func:`_dequant`): strict IEEE around an explicit fused multiply-add."""
+    for i in range(rc.shape[0]):
+        rc[i] = vc[i] - _fma_f32(scale, np.float32(codes[i]), offset)
 
-    Two loops: the decoded values are rounded to float32 (stored) before the
-    subtraction, as :func:`uniform_decode` stores them.
+
+@kernel(exact=True)
+def _dequant(codes, scale, offset, oc, accumulate):
+    """``oc (+)= offset + scale * code``, the value rounded once (``fma``), then added (accumulate).
+
+    The fused multiply-add is explicit, so the bits do not depend on what the
+    compiler fuses where (earlier releases got the same ``fma`` from fast-math's
+    ``contract``; the frozen wire fixtures pin those bits).
     """
-    for i in range(rc.shape[0]):
-        rc[i] = offset + scale * np.float32(codes[i])
-    for i in range(rc.shape[0]):
-        rc[i] = vc[i] - rc[i]
+    if accumulate:
+        for i in range(oc.shape[0]):
+            oc[i] += _fma_f32(scale, np.float32(codes[i]), offset)
+    else:
+        for i in range(oc.shape[0]):
+            oc[i] = _fma_f32(scale, np.float32(codes[i]), offset)
+
+
+@kernel(exact=True)
+def _params(lo, hi, finite, bits, absmax):
+    """``(scale, offset, inv, inv64, ok)`` of a bucket from its statistic, each rounded as written.
+
+    ``lo, hi`` are (min, max) for max-min and (unused, max |v|) for abs-max.
+    ``ok`` is False for a non-finite bucket (NaN scale and offset, zero codes).
+    Strict IEEE, so fast-math cannot rewrite ``x * (1 / h)`` as ``x / h``.
+    """
+    h = (1 << (bits - 1)) - 1
+    if absmax:
+        scale = np.float32(np.float64(hi) * (1.0 / np.float64(h)))
+        offset = -(scale * np.float32(h))
+    else:
+        top64 = np.float64((1 << bits) - 1)
+        scale = np.float32((np.float64(hi) - np.float64(lo)) * (1.0 / top64))
+        offset = lo
+    inv, inv64 = _inverses(scale)
+    return scale, offset, inv, inv64, finite and scale < _F32_INF
+
+
+@kernel(exact=True)
+def _inverses(scale):
+    """``(1 / scale, 1 / float64(scale))`` (0 for a zero scale in float32), strict IEEE."""
+    inv = np.float32(1.0) / scale if scale > np.float32(0.0) else np.float32(0.0)
+    return inv, 1.0 / np.float64(scale)
 
 
 @kernel
-def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
-    n = x.shape[0]
-    codes = cw.view(np.uint8)
-    p16, p32, p64 = _word_views(packed)
-    key = seed_key32(np.uint64(seed))
+def _stats(x, residual, s, e, absmax):
+    """``(lo, hi, finite)`` of ``v = x (+ residual)`` over ``s:e``: (min, max) or (0, max |v|)."""
+    if absmax:
+        if residual is None:
+            amax, finite = _absmax(x[s:e], None)
+        else:
+            amax, finite = _absmax(x[s:e], residual[s:e])
+        return np.float32(0.0), amax, finite
+    if residual is None:
+        return _minmax(x[s:e], None)
+    return _minmax(x[s:e], residual[s:e])
+
+
+@kernel
+def _encode_range(x, residual, s, e, scale, offset, inv, inv64, ok, bits, absmax, stochastic, key, packed,
+                  p16, p32, p64, cw, codes, vbuf):
+    """Codes (and the residual update) of entries ``s:e`` (``s`` a multiple of 8) of one bucket."""
+    if not ok:
+        # NaN/Inf in the bucket (or a max-min range beyond float32): NaN scale and offset, zero codes.
+        packed[(s * bits) >> 3 : (e * bits + 7) >> 3] = 0
+        if residual is not None:
+            residual[s:e] = _F32_NAN
+        return
     h = (1 << (bits - 1)) - 1
     qtop = 2 * h if absmax else (1 << bits) - 1
     top = np.float32(qtop)
     top64 = np.float64(qtop)
-    rtop = 1.0 / top64
-    rh = 1.0 / np.float64(h)
-    for b in range(scales.shape[0]):
+    wide = not (inv < _F32_INF)
+    off64 = np.float64(offset)
+    for cs in range(s, e, _CHUNK):
+        ce = min(cs + _CHUNK, e)
+        m = ce - cs
+        c0 = np.uint32(cs & 0xFFFFFFFF)
+        # (each case calls its loop directly: a dispatching helper would not be inlined)
+        if residual is None:
+            if wide:
+                if stochastic:
+                    _codes_stochastic(x[cs:ce], None, c0, key, off64, inv64, top64, codes, vbuf)
+                else:
+                    _codes_nearest(x[cs:ce], None, off64, inv64, top64, codes, vbuf)
+            elif stochastic:
+                _codes_stochastic(x[cs:ce], None, c0, key, offset, inv, top, codes, vbuf)
+            else:
+                _codes_nearest(x[cs:ce], None, offset, inv, top, codes, vbuf)
+        else:
+            if wide:
+                if stochastic:
+                    _codes_stochastic(x[cs:ce], residual[cs:ce], c0, key, off64, inv64, top64, codes, vbuf)
+                else:
+                    _codes_nearest(x[cs:ce], residual[cs:ce], off64, inv64, top64, codes, vbuf)
+            elif stochastic:
+                _codes_stochastic(x[cs:ce], residual[cs:ce], c0, key, offset, inv, top, codes, vbuf)
+            else:
+                _codes_nearest(x[cs:ce], residual[cs:ce], offset, inv, top, codes, vbuf)
+            _residual_update(vbuf[:m], codes, residual[cs:ce], scale, offset)
+        nw = m >> 3
+        off = (cs * bits) >> 3
+        _pack_words(cw, nw, bits, packed, p16, p32, p64, off)
+        if m & 7:
+            _pack_tail(codes, 8 * nw, m & 7, bits, packed, off + nw * bits)
+
+
+@kernel
+def _store_params(scales, offsets, b, scale, offset, ok):
+    scales[b] = scale if ok else _F32_NAN
+    offsets[b] = offset if ok else _F32_NAN
+
+
+@kernel
+def _encode_buckets(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets, cw, vbuf,
+                    b0, b1):
+    """Buckets ``b0:b1`` (each at most :data:`PAR_CHUNK` entries): statistic, then codes, bucket by bucket."""
+    n = x.shape[0]
+    p16, p32, p64 = _word_views(packed)
+    codes = cw.view(np.uint8)
+    for b in range(b0, b1):
         s = b * bucket_size
         e = min(s + bucket_size, n)
         if absmax:
             if residual is None:
-                amax, finite = _absmax(x[s:e], None)
+                hi, finite = _absmax(x[s:e], None)
             else:
-                amax, finite = _absmax(x[s:e], residual[s:e])
-            scale = np.float32(np.float64(amax) * rh)
-            offset = -(scale * np.float32(h))
+                hi, finite = _absmax(x[s:e], residual[s:e])
+            lo = np.float32(0.0)
+        elif residual is None:
+            lo, hi, finite = _minmax(x[s:e], None)
         else:
-            if residual is None:
-                lo, hi, finite = _minmax(x[s:e], None)
-            else:
-                lo, hi, finite = _minmax(x[s:e], residual[s:e])
-            scale = np.float32((np.float64(hi) - np.float64(lo)) * rtop)
-            offset = lo
-        if not finite or not (scale < _F32_INF):
+            lo, hi, finite = _minmax(x[s:e], residual[s:e])
+        scale, offset, inv, inv64, ok = _params(lo, hi, finite, bits, absmax)
+        _store_params(scales, offsets, b, scale, offset, ok)
+        if not ok:
             # NaN/Inf in the bucket (or a max-min range beyond float32): NaN scale and offset, zero codes.
-            scales[b] = _F32_NAN
-            offsets[b] = _F32_NAN
             packed[(s * bits) >> 3 : (e * bits + 7) >> 3] = 0
             if residual is not None:
                 residual[s:e] = _F32_NAN
             continue
-        scales[b] = scale
-        offsets[b] = offset
-        inv = np.float32(1.0) / scale if scale > np.float32(0.0) else np.float32(0.0)
+        h = (1 << (bits - 1)) - 1
+        qtop = 2 * h if absmax else (1 << bits) - 1
+        top = np.float32(qtop)
+        top64 = np.float64(qtop)
         wide = not (inv < _F32_INF)
         off64 = np.float64(offset)
-        inv64 = 1.0 / np.float64(scale)
         for cs in range(s, e, _CHUNK):
             ce = min(cs + _CHUNK, e)
             m = ce - cs
@@ -258,12 +361,116 @@ def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, pa
 
 
 @kernel
-def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw):
+def _piece_stats(x, residual, bucket_size, absmax, q, pieces, plo, phi, pfin):
+    s, e = piece_range(x.shape[0], bucket_size, q, pieces)
+    if s < e:
+        plo[q], phi[q], pfin[q] = _stats(x, residual, s, e, absmax)
+    else:  # an empty trailing piece of the last bucket: neutral
+        plo[q], phi[q], pfin[q] = np.float32(np.inf), np.float32(-np.inf), True
+
+
+@kernel
+def _big_params(plo, phi, pfin, pieces, bits, absmax, scales, offsets):
+    """Per-bucket parameters from the per-piece statistics (min/max: order-free)."""
+    for b in range(scales.shape[0]):
+        lo = plo[b * pieces]
+        hi = phi[b * pieces]
+        finite = pfin[b * pieces]
+        for q in range(b * pieces + 1, (b + 1) * pieces):
+            lo = min(lo, plo[q])
+            hi = max(hi, phi[q])
+            finite = finite and pfin[q]
+        if absmax:
+            lo = np.float32(0.0)
+        scale, offset, _, _, ok = _params(lo, hi, finite, bits, absmax)
+        _store_params(scales, offsets, b, scale, offset, ok)
+
+
+@kernel
+def _piece_encode(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets, q, pieces,
+                  cw, vbuf):
+    s, e = piece_range(x.shape[0], bucket_size, q, pieces)
+    if s < e:
+        b = q // pieces
+        scale = scales[b]
+        inv, inv64 = _inverses(scale)
+        p16, p32, p64 = _word_views(packed)
+        codes = cw.view(np.uint8)
+        _encode_range(x, residual, s, e, scale, offsets[b], inv, inv64, scale == scale, bits, absmax, stochastic,
+                      key, packed, p16, p32, p64, cw, codes, vbuf)
+
+
+@kernel
+def _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
+    """Buckets of at most :data:`PAR_CHUNK` entries, one pass each (:func:`_encode_buckets`)."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    _encode_buckets(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets, cw, vbuf,
+                    0, nb)
+
+
+@kernel
+def _uniform_encode_big(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
+    """Buckets larger than :data:`PAR_CHUNK`: statistics per piece, combined in piece order, then codes per piece.
+
+    A separate kernel so that the usual small buckets never compile this path.
+    """
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    pieces = piece_count(bucket_size)
+    plo = np.empty(nb * pieces, np.float32)
+    phi = np.empty(nb * pieces, np.float32)
+    pfin = np.empty(nb * pieces, np.bool_)
+    for q in range(nb * pieces):
+        _piece_stats(x, residual, bucket_size, absmax, q, pieces, plo, phi, pfin)
+    _big_params(plo, phi, pfin, pieces, bits, absmax, scales, offsets)
+    for q in range(nb * pieces):
+        _piece_encode(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets, q, pieces,
+                      cw, vbuf)
+
+
+@kernel(parallel=True)
+def _uniform_encode_par(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
+    """:func:`_uniform_encode` on Numba's threads: the same work units (groups of whole buckets), the same bits."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    g = PAR_CHUNK // bucket_size
+    for u in prange((nb + g - 1) // g):
+        _encode_buckets(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets,
+                        np.empty(cw.shape[0], np.uint64), np.empty(vbuf.shape[0], np.float32),
+                        u * g, min(nb, (u + 1) * g))
+
+
+@kernel(parallel=True)
+def _uniform_encode_big_par(x, residual, bits, bucket_size, absmax, stochastic, seed, packed, scales, offsets, cw, vbuf):
+    """:func:`_uniform_encode_big` on Numba's threads: the same pieces, the same bits."""
+    key = seed_key32(np.uint64(seed))
+    nb = scales.shape[0]
+    pieces = piece_count(bucket_size)
+    plo = np.empty(nb * pieces, np.float32)
+    phi = np.empty(nb * pieces, np.float32)
+    pfin = np.empty(nb * pieces, np.bool_)
+    for q in prange(nb * pieces):
+        _piece_stats(x, residual, bucket_size, absmax, q, pieces, plo, phi, pfin)
+    _big_params(plo, phi, pfin, pieces, bits, absmax, scales, offsets)
+    for q in prange(nb * pieces):
+        _piece_encode(x, residual, bits, bucket_size, absmax, stochastic, key, packed, scales, offsets, q, pieces,
+                      np.empty(cw.shape[0], np.uint64), np.empty(vbuf.shape[0], np.float32))
+
+
+_ENCODERS = (_uniform_encode, _uniform_encode_par)
+_BIG_ENCODERS = (_uniform_encode_big, _uniform_encode_big_par)
+
+
+@kernel
+def _decode_unit(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw, u):
+    """Work unit ``u`` of a decode (:func:`~gcomp.kernels._units.unit_range`)."""
     codes = cw.view(np.uint8)
     p16, p32, p64 = _word_views(packed)
-    for b in range(scales.shape[0]):
-        s = b * bucket_size
-        e = min(s + bucket_size, n)
+    b0, b1, s0, e0 = unit_range(n, bucket_size, u)
+    for b in range(b0, b1):
+        s = max(b * bucket_size, s0)
+        e = min(b * bucket_size + bucket_size, e0)
         scale = scales[b]
         offset = offsets[b]
         for cs in range(s, e, _CHUNK):
@@ -274,13 +481,20 @@ def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumula
             _unpack_words(packed, p16, p32, p64, off, nw, bits, cw)
             if m & 7:
                 _unpack_tail(packed, off + nw * bits, m & 7, bits, codes, 8 * nw)
-            oc = out[cs:ce]
-            if accumulate:
-                for i in range(oc.shape[0]):
-                    oc[i] += offset + scale * np.float32(codes[i])
-            else:
-                for i in range(oc.shape[0]):
-                    oc[i] = offset + scale * np.float32(codes[i])
+            _dequant(codes, scale, offset, out[cs:ce], accumulate)
+
+
+@kernel
+def _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw):
+    for u in range(unit_count(n, bucket_size)):
+        _decode_unit(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw, u)
+
+
+@kernel(parallel=True)
+def _uniform_decode_par(packed, scales, offsets, bits, bucket_size, n, out, accumulate, cw):
+    for u in prange(unit_count(n, bucket_size)):
+        _decode_unit(packed, scales, offsets, bits, bucket_size, n, out, accumulate,
+                     np.empty(cw.shape[0], np.uint64), u)
 
 
 def _check_choice(value, name, choices):
@@ -318,7 +532,9 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
     absmax, stochastic = mode == "absmax", rounding == "stochastic"
-    _uniform_encode(x, residual, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, vbuf)
+    encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, *encoders,
+               x, residual, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, vbuf)
     return packed, scales, offsets
 
 
@@ -336,5 +552,6 @@ def uniform_decode(packed, scales, offsets, bits, bucket_size, n, out=None, accu
     offsets = check_scales(offsets, nb, "offsets")
     out = decode_out(out, n, accumulate)
     cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
-    _uniform_decode(packed, scales, offsets, bits, bucket_size, n, out, bool(accumulate), cw)
+    config.run(n, _uniform_decode, _uniform_decode_par,
+               packed, scales, offsets, bits, bucket_size, n, out, bool(accumulate), cw)
     return out if out.shape[0] == n else out[:n]
