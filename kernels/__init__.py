@@ -17,6 +17,7 @@ module                 what it does
 ``sign``               scaled sign: 1 bit plus one scale per bucket
 ``terngrad``           TernGrad: stochastic ternary codes
 ``natural``            natural compression: stochastic rounding to powers of 2
+``cast``               float32 <-> float16 / bfloat16 casts (numpy's rounding, vectorized)
 ``bitpack``            packing and unpacking 1, 2, 4 and 8-bit codes
 ``index_coding``       sparse indices as delta+varint or as a bitmap
 ``scatter``            scatter-add, gather, non-finite counting

@@ -4,23 +4,19 @@ import dataclasses
 
 import numpy as np
 
+from ..kernels.cast import from_bfloat16_bits, to_bfloat16_bits
 from .base import Compressed, Compressor
 from .codec import U16, Codec
 
 
 def to_bf16_bits(x):
-    """float32 -> bfloat16 bit patterns (uint16), round to nearest even; NaN stays NaN."""
-    bits = x.view(np.uint32)
-    rounding = ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
-    out = ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        out[nan] = np.uint16(0x7FC0)
-    return out
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even; NaN becomes ``0x7FC0``."""
+    return to_bfloat16_bits(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
 
 
 def from_bf16_bits(b):
-    return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    """bfloat16 bit patterns (uint16) -> float32, exactly."""
+    return from_bfloat16_bits(b)
 
 
 class BF16(Compressor):
@@ -43,7 +39,7 @@ class BF16(Compressor):
         return 4 * numel
 
     def summands(self, c):
-        return {"values": np.array(from_bf16_bits(c.arrays["values"]), copy=True)}
+        return {"values": from_bf16_bits(c.arrays["values"])}
 
     def with_sums(self, c, sums):
         return super().with_sums(c, {"values": to_bf16_bits(sums["values"])})

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..kernels.cast import add_float16, from_float16, to_float16
 from .base import Compressed, Compressor
 from .codec import F16, Codec
 
@@ -18,7 +19,9 @@ class FP16(Compressor):
         return 2 * numel
 
     def _compress(self, x, *, step, seed):
-        return Compressed(self.name, x.shape[0], "float32", {"values": x.astype(self.wire_dtype)})
+        return Compressed(self.name, x.shape[0], "float32", {"values": to_float16(x)})
 
-    def _decompress(self, c):
-        return c.arrays["values"].astype(np.float32)
+    def _decode(self, c, out=None, accumulate=False):
+        if accumulate:
+            return add_float16(c.arrays["values"], out)
+        return from_float16(c.arrays["values"], out=out)
