@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from . import statecodec
+from .adapt import build_policy, is_adaptive
 from .collectives import CallStats, CompressedAllreduce
 from .compressors import with_seed
 from .errors import CollectiveError, ConfigError, GcompError, NonFiniteError, StateError
@@ -77,19 +78,43 @@ class CompressionState:
     :mod:`gcomp.collectives.engine`); ``timeout`` for the communication group
     (a ``datetime.timedelta``; a dead peer makes the others raise after it);
     ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger;
-    ``hierarchical`` (None, "node", an int color for this rank, or a callable
-    rank -> color): dense inside each group, compressed between the group
-    leaders (:mod:`gcomp.collectives.hierarchical`); ``transport`` a
-    :class:`gcomp.transports.Transport` over the same ranks in the same order
-    to carry the compressed traffic instead of a dedicated gloo group.
+    ``hierarchical`` (None, "node", an int color for this rank, a callable
+    rank -> color, or a list of groups the same on every rank, ``[[0, 1], [2, 3]]``,
+    or of colors per rank, ``[0, 0, 1, 1]``): dense inside each group,
+    compressed between the group leaders (:mod:`gcomp.collectives.hierarchical`);
+    ``hierarchical_dense`` ("flat", the default: a bucket whose leaders' hop
+    would be dense, as with ``none``, goes through one plain allreduce over every
+    rank, bit-identical to DDP without a hook; "groups": it stays hierarchical,
+    fewer bytes between groups, another float summation order);
+    ``transport`` a :class:`gcomp.transports.Transport` over the same ranks in
+    the same order to carry the compressed traffic instead of a dedicated gloo
+    group.
+
+    ``compressor="adaptive"`` (options as ``"adaptive:budget=0.5,every=5,dwell=10"``)
+    or a :class:`gcomp.adapt.AdaptivePolicy` lets the policy pick the setting
+    from its ladder step by step (docs/hybrid.md); ``state.policy`` is the
+    policy (``policy.switches``, ``policy.summary()``), each :class:`StepStats`
+    names the ``setting`` it used.  It needs ``algorithm="auto"`` and residual
+    (or no) error feedback.
     """
 
     def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
                  min_numel=1024, seed=None, nonfinite="propagate", timeout=None, log_every=0, keep_steps=1000,
-                 hierarchical=None, transport=None):
+                 hierarchical=None, transport=None, hierarchical_dense="flat"):
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("expected torch.distributed to be initialised (dist.init_process_group) before CompressionState")
-        comp = with_seed(compressor, seed)
+        self.policy = None
+        if is_adaptive(compressor):
+            self.policy = build_policy(compressor, seed)
+            if error_feedback == "auto":
+                error_feedback = "residual"
+            if error_feedback not in ("residual", "none") or algorithm != "auto":
+                raise ConfigError(f"expected error_feedback 'residual' or 'none' and algorithm 'auto' with the adaptive "
+                                  f"policy, because only residual memories carry over a switch and each setting takes "
+                                  f"its own algorithm; found {error_feedback!r} and {algorithm!r}")
+            comp = self.policy.compressor
+        else:
+            comp = with_seed(compressor, seed)
         for name, value in (("start_iter", start_iter), ("min_numel", min_numel), ("log_every", log_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"expected {name} a non-negative integer, found {value!r}")
@@ -113,10 +138,14 @@ class CompressionState:
         self.min_numel = min_numel
         # The engine's construction checks that every rank has the same options, these included.
         self.engine = CompressedAllreduce(self.transport, comp, algorithm=algorithm, error_feedback=error_feedback,
-                                          nonfinite=nonfinite, groups=hierarchical,
+                                          nonfinite=nonfinite, groups=hierarchical, hierarchical_dense=hierarchical_dense,
                                           agree_extra={"start_iter": start_iter, "hook_min_numel": min_numel,
-                                                       "world_size": self.world_size})
-        self.compressor = self.engine.compressor
+                                                       "world_size": self.world_size,
+                                                       "adaptive": self.policy.config() if self.policy else None})
+        if self.policy is not None:
+            self.policy.attach(self.engine)
+        self._policy_step = None  # the future of the policy's end of step, run on the communication thread
+        self._settings = {}  # step -> the setting its compressed buckets used (adaptive)
         self.log_every = log_every
         self.keep_steps = keep_steps
         self.iter = 0
@@ -129,9 +158,15 @@ class CompressionState:
         self._open = {}  # step -> [buckets launched, buckets done, last bucket launched]
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-comm")
 
+    @property
+    def compressor(self):
+        """The compressor the next bucket uses; with the adaptive policy, its current setting."""
+        return self.engine.compressor
+
     # -- configuration agreement -----------------------------------------
     def config(self):
-        return {"compressor": self.compressor.get_config(), "error_feedback": self.engine.feedback.kind,
+        return {"compressor": self.policy.config() if self.policy else self.compressor.get_config(),
+                "error_feedback": self.engine.feedback.kind,
                 "feedback_options": self.engine.feedback.options(),
                 "algorithm": self.engine.algorithm, "start_iter": self.start_iter, "min_numel": self.min_numel,
                 "nonfinite": self.engine.nonfinite, "world_size": self.world_size,
@@ -161,7 +196,11 @@ class CompressionState:
             compress_s=sum(s.compress_s for s in calls), decompress_s=sum(s.decompress_s for s in calls),
             comm_s=sum(s.comm_s for s in calls), algorithms=sorted({s.algorithm for s in calls}),
             nonfinite=any(s.nonfinite for s in calls),
+            intra_bytes_sent=sum(s.intra_bytes_sent for s in calls),
+            intra_bytes_received=sum(s.intra_bytes_received for s in calls),
         )
+        if self.policy is not None:
+            summary["setting"] = self._settings.pop(step, None)
         self.steps.append(summary)
         del self.steps[: max(0, len(self.steps) - self.keep_steps)]
         del self._dense_stats[: max(0, len(self._dense_stats) - 4 * self.keep_steps)]
@@ -174,6 +213,7 @@ class CompressionState:
         self.wait()
         return {"version": STATE_VERSION, "iter": self.iter, "rank": self.rank, "world_size": self.world_size,
                 "config": self.config(), "engine": self.engine.state_dict(),
+                **({"policy": self.policy.state_dict()} if self.policy is not None else {}),
                 "layouts": {k: [list(i) if isinstance(i, tuple) else i for i in v] for k, v in self._layouts.items()}}
 
     def gathered_state_dict(self):
@@ -199,13 +239,15 @@ class CompressionState:
             raise StateError(f"expected the hook's iter a non-negative integer, found {str(iteration)[:200]}")
         if state.get("config") != self.config():
             raise StateError(f"expected a state saved with configuration {self.config()}, found {state.get('config')}")
+        if self.policy is not None:
+            self.policy.load_state_dict(state.get("policy"))  # first: the engine's memories belong to its setting
         self.engine.load_state_dict(state["engine"])
         self.iter = int(state["iter"])
         self._saved_layouts = {k: tuple(tuple(i) if isinstance(i, list) else i for i in v)
                                for k, v in state.get("layouts", {}).items()}
 
     def wait(self):
-        """Block until every launched bucket has completed."""
+        """Block until every launched bucket (and the adaptive policy's end of step) has completed."""
         self._executor.submit(lambda: None).result()
 
     def close(self):
@@ -217,7 +259,8 @@ class CompressionState:
 
         ``numel`` defaults to the attached model's trainable parameter count (one
         bucket holding the whole model).  Local: no communication, so ranks need
-        not call it together.  Returns the seconds it took
+        not call it together.  With the adaptive policy, every setting of its
+        ladder.  Returns the seconds it took
         (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
         """
         if numel is None:
@@ -225,7 +268,7 @@ class CompressionState:
             if sizes is None:
                 raise ConfigError("expected numel, or a state attached to a model (gcomp.ddp.register or attach())")
             numel = sum(sizes)
-        return self.engine.warm_up(numel)
+        return self.policy.warm_up(numel) if self.policy is not None else self.engine.warm_up(numel)
 
     # -- the per-bucket work ---------------------------------------------------
     def attach(self, ddp_model):
@@ -294,10 +337,15 @@ class CompressionState:
         """Launch one bucket (the body of :func:`compression_hook`); returns the Future of its averaged values."""
         tensor = bucket.buffer()
         step = self.iter
+        if self._policy_step is not None:
+            # the previous step's decision (taken on the communication thread) applies from this step on
+            pending, self._policy_step = self._policy_step, None
+            pending.result()
         self._bucket_launched(step, bucket.is_last())
         # sparse buckets (e.g. EmbeddingBag(sparse=True)) take DDP's own sparse allreduce: there is no sparse codec
         if step < self.start_iter or tensor.numel() < self.min_numel or tensor.numel() == 0 or tensor.is_sparse:
             fut = self._dense(bucket, tensor)
+            self._end_policy_step(bucket, step)
             self._finish_iteration(bucket)
             return fut.then(lambda f: (self._bucket_done(step), f.value())[1])
         key = bucket.index()
@@ -314,32 +362,40 @@ class CompressionState:
             pending = self.engine.prepare(part, key=engine_key, dtype=dtype)
             pending.stats.step = step
             pendings.append((pending, slices))
-        self._finish_iteration(bucket)
+        if self.policy is not None:
+            self._settings.setdefault(step, self.policy.setting)
+            self.policy.launched()
         # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
         raw = torch.futures.Future()
         fut = raw.then(lambda f: f.value())
         # a CPU float32 bucket receives the result in place: no fresh dense output, no copy back
         in_place = x if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous() else None
         self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step, in_place)
+        self._end_policy_step(bucket, step)
+        self._finish_iteration(bucket)
         return fut
+
+    def _end_policy_step(self, bucket, step):
+        """After a step's last bucket, the policy closes the step on the communication thread (its small allgather
+        pairs there on every rank, after the step's buckets); the next step's first bucket waits for it."""
+        if self.policy is not None and bucket.is_last() and step >= self.start_iter:
+            def end():
+                try:
+                    self.policy.end_step(self.transport)
+                except GcompError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a peer died or timed out: say so in gcomp's terms
+                    raise CollectiveError(f"the adaptive policy's end of step {step} failed on rank {self.rank}: {exc}; "
+                                          "a peer may have died or the group timed out") from None
+            self._policy_step = self._executor.submit(end)
 
     def _communicate(self, raw, tensor, numel, pendings, key, step, in_place=None):
         try:
             try:
-                if len(pendings) == 1 and pendings[0][1] is None and in_place is not None:
-                    self.engine.complete(pendings[0][0], out=in_place)
-                    out = None
-                elif len(pendings) == 1 and pendings[0][1] is None:
-                    out = self.engine.complete(pendings[0][0])
+                if self.policy is not None:
+                    self.policy.run(lambda: self._complete(tensor, numel, pendings, in_place), numel)
                 else:
-                    out = np.empty(numel, np.float32)
-                    for pending, slices in pendings:
-                        part, offset = self.engine.complete(pending), 0
-                        for lo, hi in slices:
-                            out[lo:hi] = part[offset: offset + hi - lo]
-                            offset += hi - lo
-                if out is not None:
-                    tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
+                    self._complete(tensor, numel, pendings, in_place)
             finally:
                 self._bucket_done(step)
             raw.set_result(tensor)
@@ -350,6 +406,22 @@ class CompressionState:
                 f"compressed allreduce of bucket {key} at step {step} failed on rank {self.rank}: {exc}; "
                 "a peer may have died or the group timed out"))
             _without_frames(exc)
+
+    def _complete(self, tensor, numel, pendings, in_place):
+        """The bucket's engine calls, then the result into the bucket (on the communication thread)."""
+        if len(pendings) == 1 and pendings[0][1] is None and in_place is not None:
+            self.engine.complete(pendings[0][0], out=in_place)
+            return
+        if len(pendings) == 1 and pendings[0][1] is None:
+            out = self.engine.complete(pendings[0][0])
+        else:
+            out = np.empty(numel, np.float32)
+            for pending, slices in pendings:
+                part, offset = self.engine.complete(pending), 0
+                for lo, hi in slices:
+                    out[lo:hi] = part[offset: offset + hi - lo]
+                    offset += hi - lo
+        tensor.copy_(torch.from_numpy(out).to(device=tensor.device, dtype=tensor.dtype))
 
     def _dense(self, bucket, tensor):
         stats = CallStats(bucket.index(), self.iter, "dense", tensor.numel(), packet_bytes=tensor.numel() * tensor.element_size())

@@ -43,7 +43,21 @@ __all__ = [
 
 
 class GcompError(Exception):
-    """Root of every error gcomp raises on purpose."""
+    """Root of every error gcomp raises on purpose.
+
+    Each subclass is raised with one message (``str(exc)``) that says what was
+    expected, what was found and what to do.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> from gcomp.errors import ConfigError, GcompError
+    >>> try:
+    ...     gcomp.compressor("topk:ratio=2")
+    ... except GcompError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, ValueError), exc)
+    ConfigError True topk: expected ratio in (0, 1], found 2
+    """
 
 
 class ConfigError(GcompError, ValueError):
@@ -55,7 +69,18 @@ class StateError(GcompError, ValueError):
 
 
 class WireFormatError(GcompError, ValueError):
-    """Bytes that do not decode to a valid gcomp packet."""
+    """Bytes that do not decode to a valid gcomp packet.
+
+    Examples
+    --------
+    >>> from gcomp import wire
+    >>> from gcomp.errors import MagicError, WireFormatError
+    >>> try:
+    ...     wire.decode(b"x" * 100)
+    ... except WireFormatError as exc:
+    ...     print(isinstance(exc, MagicError))
+    True
+    """
 
 
 class TruncatedError(WireFormatError):

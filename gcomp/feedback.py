@@ -30,6 +30,7 @@ momenta, steps and the compressor's own state (PowerSGD's warm start), with a
 into a fresh memory gives bit-identical later outputs.
 """
 
+import copy
 import math
 
 import numpy as np
@@ -106,6 +107,19 @@ class ErrorFeedback:
     def memory_array(self, key, numel, name=None):
         """The live buffer ``name`` (default: the first) of ``key``, created as zeros if new."""
         return self._entry(key, numel)[name or self.buffers[0]]
+
+    def rebase(self, compressor) -> "ErrorFeedback":
+        """This memory on another compressor (the adaptive policy's switch): the same kind, options and per-key
+        state, shared with this object (which the caller drops)."""
+        clone = copy.copy(self)
+        clone.compressor = build_compressor(compressor) if not isinstance(compressor, Compressor) else compressor
+        return clone
+
+    def take(self, key):
+        """``key``'s memory as one additive term of the next input (a float32 array), forgotten here; None when
+        it has none or the kind keeps no additive memory (only ``residual`` does: EF21's estimates and DGC's
+        momenta do not carry across a compressor switch)."""
+        return None
 
     def memory(self, key, name=None):
         """A copy of ``key``'s buffer ``name`` (default: the first), or None before the first step."""
@@ -222,6 +236,10 @@ class ResidualFeedback(ErrorFeedback):
 
     kind = "residual"
     buffers = ("residual",)
+
+    def take(self, key):
+        entry = self._state.pop(key, None)
+        return None if entry is None else entry["residual"]
 
     def _compress(self, x, key, step):
         residual = self._entry(key, x.shape[0])["residual"]

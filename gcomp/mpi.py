@@ -32,11 +32,17 @@ silently); serialize the calls or give each thread its own ``CompressedComm``.
 Error feedback memories are keyed by ``key=`` (default: the buffer's length,
 so one buffer per size needs no key).  ``state_dict()`` holds this rank's.
 
-Hierarchical mode (``hierarchical="node"`` or an integer color per site, or a
-callable ``rank -> color``): a dense Allreduce inside each group of fast links,
-the compressed allreduce between the group leaders, and a broadcast back
-inside each group: the cloud-edge-device hybrid
-(:mod:`gcomp.collectives.hierarchical`, shared with the DDP hook).
+Hierarchical mode (``hierarchical="node"``, an integer color per site, a
+callable ``rank -> color``, or a list of groups the same on every rank): a
+dense Allreduce inside each group of fast links, the compressed allreduce
+between the group leaders, and a broadcast back inside each group: the
+cloud-edge-device hybrid (:mod:`gcomp.collectives.hierarchical`, shared with
+the DDP hook).
+
+``CompressedComm(comm, "adaptive")`` (or a :class:`gcomp.adapt.AdaptivePolicy`)
+lets the adaptive policy pick the setting (docs/hybrid.md).  A step ends when
+a key is called again (or at ``ccomm.end_step()``, collective); the policy's
+small allgather runs then, on every rank.
 
 An exception on one rank would leave the others waiting in a collective: run
 scripts as ``mpiexec -n 4 python -m mpi4py script.py`` so an uncaught
@@ -50,6 +56,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import statecodec
+from .adapt import build_policy, is_adaptive
 from .collectives import CompressedAllreduce
 from .compressors import Compressor, with_seed
 from .compressors import compressor as build_compressor
@@ -264,15 +271,33 @@ class CompressedComm:
     ``nonfinite`` ("propagate", "zero", "raise"), ``verify`` ("always", "first",
     False), ``min_numel`` (smaller buffers go dense), ``seed`` (None keeps the
     spec's; an integer replaces it, identically on every rank), ``hierarchical``
-    (None, "node", an int color, or a callable rank -> color), and
-    ``transport`` (a :class:`gcomp.transports.Transport` to carry the
-    compressed traffic instead of an :class:`MPITransport` over a duplicate of
-    ``comm``; it must span the same ranks in the same order).
+    (None, "node", an int color, a callable rank -> color, or a list of groups
+    the same on every rank), ``hierarchical_dense`` ("groups", the default:
+    dense calls stay hierarchical; "flat": one plain Allreduce over every rank,
+    bit-identical to ``comm.Allreduce``), and ``transport`` (a
+    :class:`gcomp.transports.Transport` to carry the compressed traffic instead
+    of an :class:`MPITransport` over a duplicate of ``comm``; it must span the
+    same ranks in the same order).  ``spec="adaptive"`` (or an
+    :class:`gcomp.adapt.AdaptivePolicy`): the policy picks the setting
+    (``ccomm.policy``); it needs residual (or no) error feedback and
+    ``algorithm="auto"``.
     """
 
     def __init__(self, comm, spec, *, error_feedback="auto", algorithm="auto", nonfinite="propagate",
-                 verify="always", min_numel=0, seed=None, hierarchical=None, transport=None):
-        comp = with_seed(spec, seed)
+                 verify="always", min_numel=0, seed=None, hierarchical=None, transport=None,
+                 hierarchical_dense="groups"):
+        self.policy = None
+        if is_adaptive(spec):
+            self.policy = build_policy(spec, seed)
+            if error_feedback == "auto":
+                error_feedback = "residual"
+            if error_feedback not in ("residual", "none") or algorithm != "auto":
+                raise ConfigError(f"expected error_feedback 'residual' or 'none' and algorithm 'auto' with the adaptive "
+                                  f"policy, because only residual memories carry over a switch and each setting takes "
+                                  f"its own algorithm; found {error_feedback!r} and {algorithm!r}")
+            comp = self.policy.compressor
+        else:
+            comp = with_seed(spec, seed)
         self.comm = comm
         self._own = comm.Dup()  # compressed traffic never mixes with the caller's collectives
         self.hierarchical = hierarchical
@@ -284,11 +309,15 @@ class CompressedComm:
                        verify=verify)
         try:
             # collective: every rank checks that every other has the same options (MismatchError otherwise)
-            self.engine = CompressedAllreduce(self.transport, comp, groups=hierarchical, dense_mean="divide-after", **options)
+            self.engine = CompressedAllreduce(
+                self.transport, comp, groups=hierarchical, dense_mean="divide-after", hierarchical_dense=hierarchical_dense,
+                agree_extra={"adaptive": self.policy.config()} if self.policy else None, **options)
         except BaseException:
             self._own.Free()
             raise
-        self.compressor = comp
+        if self.policy is not None:
+            self.policy.attach(self.engine)
+        self._step_keys = set()  # keys called in the policy's current step
         self.options = options
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcomp-mpi")
         self._guard = threading.Lock()
@@ -298,6 +327,11 @@ class CompressedComm:
     # -- pass-through ---------------------------------------------------------
     def __getattr__(self, name):
         return getattr(self.__dict__["comm"], name)
+
+    @property
+    def compressor(self):
+        """The compressor of the next call; with the adaptive policy, its current setting."""
+        return self.engine.compressor
 
     @property
     def stats(self):
@@ -321,13 +355,26 @@ class CompressedComm:
         with self._guard:
             self._in_flight -= 1
 
+    def end_step(self):
+        """Close the adaptive policy's step now (collective: every rank calls it at the same point); a no-op
+        without a policy.  Without it a step ends when a key is called again."""
+        if self.policy is not None:
+            self._step_keys = set()
+            self._executor.submit(self.policy.end_step, self.transport, blocking=True).result()
+
     def _run(self, sendbuf, recvbuf, op, key):
         self._enter()
         try:
             average = _average_of(op)
             x, recv_flat, dtype = _operands(sendbuf, recvbuf)
             key = f"n{x.shape[0]}" if key is None else key
+            if self.policy is not None:
+                if key in self._step_keys:
+                    self.end_step()  # a key called again: a new step (its decision applies from this call on)
+                self._step_keys.add(key)
             pending = self.engine.prepare(x, key=key, average=average, dtype=dtype)
+            if self.policy is not None:
+                self.policy.launched()
         except BaseException:
             self._leave()
             raise
@@ -336,12 +383,18 @@ class CompressedComm:
         direct = (isinstance(recv_flat, np.ndarray) and recv_flat.dtype == np.float32 and recv_flat.flags.c_contiguous
                   and recv_flat.flags.writeable)
 
+        def call():
+            if direct:
+                self.engine.complete(pending, out=recv_flat)
+            else:
+                _write(recv_flat, dtype, self.engine.complete(pending))
+
         def work():
             try:
-                if direct:
-                    self.engine.complete(pending, out=recv_flat)
+                if self.policy is not None:
+                    self.policy.run(call, x.shape[0])
                 else:
-                    _write(recv_flat, dtype, self.engine.complete(pending))
+                    call()
             finally:
                 self._leave()
 
@@ -363,14 +416,15 @@ class CompressedComm:
         Local: nothing is sent.  Returns the seconds it took
         (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
         """
-        return self.engine.warm_up(numel)
+        return self.policy.warm_up(numel) if self.policy is not None else self.engine.warm_up(numel)
 
     # -- checkpointing ------------------------------------------------------------
     def state_dict(self):
         """This rank's error-feedback memories and steps (never the communicator)."""
         self._executor.submit(lambda: None).result()
         return {"version": STATE_VERSION, "rank": self._own.Get_rank(), "size": self._own.Get_size(),
-                "engine": self.engine.state_dict()}
+                "engine": self.engine.state_dict(),
+                **({"policy": self.policy.state_dict()} if self.policy is not None else {})}
 
     def gathered_state_dict(self):
         """Every rank's :meth:`state_dict` in one dict (collective); save it on rank 0, load it on every rank."""
@@ -384,6 +438,8 @@ class CompressedComm:
         if (state.get("rank"), state.get("size")) != (self._own.Get_rank(), self._own.Get_size()):
             raise StateError(f"expected the state of rank {self._own.Get_rank()} of {self._own.Get_size()}, found rank "
                              f"{state.get('rank')} of {state.get('size')}: save and load one file per rank")
+        if self.policy is not None:
+            self.policy.load_state_dict(state.get("policy"))  # first: the engine's memories belong to its setting
         if state.get("engine") is not None:
             self.engine.load_state_dict(state["engine"])
 

@@ -32,7 +32,34 @@ _MAX_DEPTH = 64
 
 
 def pack(state) -> bytes:
-    """The bytes of ``state`` (see the module docstring); raises TypeError for values it cannot hold."""
+    """The bytes of ``state`` (see the module docstring); raises TypeError for values it cannot hold.
+
+    Parameters
+    ----------
+    state : dict or list or tuple or scalar or numpy.ndarray or torch.Tensor
+        Nested values of the kinds the module docstring lists.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    TypeError
+        A value of another kind, a dict key that is not an int, str or bool,
+        or nesting deeper than 64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp import statecodec
+    >>> data = statecodec.pack({"step": 3, "residual": np.arange(4, dtype=np.float32)})
+    >>> data[:4]
+    b'GCST'
+    >>> state = statecodec.unpack(data)
+    >>> state["step"], state["residual"].tolist()
+    (3, [0.0, 1.0, 2.0, 3.0])
+    """
     blobs = []
     offset = [0]
 
@@ -76,7 +103,35 @@ def pack(state) -> bytes:
 
 
 def unpack(data):
-    """The state of ``pack``'s bytes; arrays come back as copies (torch tensors where they were tensors)."""
+    """The state of ``pack``'s bytes; arrays come back as copies (torch tensors where they were tensors).
+
+    Parameters
+    ----------
+    data : bytes or bytearray or memoryview or numpy.ndarray
+        What :func:`pack` returned.
+
+    Returns
+    -------
+    object
+        The state, with dict keys of their original types.
+
+    Raises
+    ------
+    gcomp.errors.StateError
+        The bytes are not a packed state, of another version, or any offset,
+        size, dtype or shape in them does not fit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gcomp import statecodec
+    >>> statecodec.unpack(statecodec.pack({1: (torch.ones(2), None)}))
+    {1: (tensor([1., 1.]), None)}
+    >>> statecodec.unpack(b"not a state")
+    Traceback (most recent call last):
+        ...
+    gcomp.errors.StateError: expected at least 16 bytes of packed state, found 11
+    """
     mv = memoryview(bytes(data) if not isinstance(data, (bytes, bytearray)) else data)
     if len(mv) < _HEAD.size:
         raise StateError(f"expected at least {_HEAD.size} bytes of packed state, found {len(mv)}")

@@ -53,7 +53,26 @@ __all__ = ["check_compressor", "gradients", "compressor_configs", "Report", "nor
 # statistics helpers
 # ----------------------------------------------------------------------------
 def normal_critical_value(alpha: float) -> float:
-    """z with P(|Z| > z) = alpha for a standard normal Z (bisection on erfc)."""
+    """z with ``P(|Z| > z) = alpha`` for a standard normal Z (bisection on erfc).
+
+    The statistical checks of :func:`check_compressor` compare their test
+    statistics with it.
+
+    Parameters
+    ----------
+    alpha : float
+        The two-sided tail probability, in (0, 1).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from gcomp.testing import normal_critical_value
+    >>> round(normal_critical_value(0.05), 3)
+    1.96
+    """
     lo, hi = 0.0, 40.0
     for _ in range(200):
         mid = (lo + hi) / 2
@@ -75,6 +94,29 @@ def _t_critical(alpha, dof):
 # ----------------------------------------------------------------------------
 @dataclasses.dataclass
 class Report:
+    """What :func:`check_compressor` checked: the properties that held and those that did not apply.
+
+    ``str(report)`` is a readable summary, one line per property.
+
+    Parameters
+    ----------
+    compressor : str
+        ``repr`` of the compressor checked.
+    passed : list of str
+        The properties that held.
+    skipped : list of str
+        The properties that do not apply to it, each with the reason.
+
+    Examples
+    --------
+    >>> from gcomp.testing import check_compressor
+    >>> report = check_compressor("fp16")
+    >>> report.compressor, len(report.passed)
+    ("gcomp.compressor('fp16')", 6)
+    >>> print(report.skipped[0])
+    contraction bound (none declared)
+    """
+
     compressor: str
     passed: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
@@ -153,7 +195,47 @@ def check_compressor(
     """Run the property battery on ``compressor`` (a Compressor or anything ``gcomp.compressor`` accepts).
 
     Raises AssertionError naming the property and the input that broke it;
-    returns a :class:`Report` of what was checked.
+    returns a :class:`Report` of what was checked.  The module docstring (and
+    docs/testing.md) lists the properties.
+
+    Parameters
+    ----------
+    compressor : gcomp.Compressor or str or dict
+        The compressor to check, or anything :func:`gcomp.compressor` accepts.
+    sizes : tuple of int, optional
+        Vector sizes of the shape, dtype, wire and contraction checks.
+    stat_size : int, optional
+        Vector size of the statistical checks (unbiasedness, variance).
+    trials : int, optional
+        Independent seeds per statistical check.
+    alpha : float, optional
+        False-failure rate of each statistical check (Bonferroni-corrected over
+        the directions tested).
+    seed : int, optional
+        Seed of the test vectors (a local generator; the global ones are untouched).
+    wire_check : bool, optional
+        Check the wire round trip and corruption when the compressor has a codec.
+    corruption_budget : int, optional
+        At most this many truncations and bit flips are tried.
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    AssertionError
+        A property does not hold; the message names it and the input.
+
+    Examples
+    --------
+    >>> from gcomp.testing import check_compressor
+    >>> report = check_compressor("topk:ratio=0.1")
+    >>> "contraction bound" in str(report)
+    True
+
+    A compressor of your own goes in as an instance:
+    ``check_compressor(HalfTopK())`` (see :class:`gcomp.Compressor`).
     """
     if not isinstance(compressor, Compressor):
         compressor = build_compressor(compressor)
@@ -412,7 +494,34 @@ def gradients(min_size=0, max_size=2048, *, dtype=np.float32, allow_nonfinite=Fa
     """Gradient-like vectors: Gaussian-times-log-normal, heavy tails, zeros, ties, float16 extremes.
 
     ``allow_nonfinite=True`` mixes in NaN and +-Inf.  Values are generated from
-    a hypothesis-drawn seed, so shrinking stays cheap for large sizes.
+    a hypothesis-drawn seed, so shrinking stays cheap for large sizes.  Needs
+    hypothesis installed.
+
+    Parameters
+    ----------
+    min_size, max_size : int, optional
+        Bounds of the vector length.
+    dtype : numpy.dtype, optional
+        The dtype of the vectors.
+    allow_nonfinite : bool, optional
+        Mix NaN, +Inf and -Inf in.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        A strategy of 1-D numpy arrays.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> from hypothesis import given, settings
+    >>> from gcomp.testing import gradients
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(gradients(max_size=256))
+    ... def test_topk_keeps_the_size(x):
+    ...     c = gcomp.compressor("topk:ratio=0.1")
+    ...     assert c.decompress(c.compress(x)).shape == x.shape
+    >>> test_topk_keeps_the_size()
     """
     from hypothesis import strategies as st
 
@@ -452,7 +561,36 @@ def compressor_configs(names=None):
     """Valid configuration dicts of registered compressors (all of them unless ``names`` is given).
 
     Each compressor's parameters come from its own ``strategy()`` classmethod,
-    so a compressor registered from another package is covered too.
+    so a compressor registered from another package is covered too.  Needs
+    hypothesis installed.
+
+    Parameters
+    ----------
+    names : iterable of str, optional
+        Registered compressor names to draw from; all of them by default.
+
+    Returns
+    -------
+    hypothesis.strategies.SearchStrategy
+        A strategy of config dicts (``{"name": ..., **params}``) that
+        :func:`gcomp.compressor` accepts.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        A name is not registered.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> from hypothesis import given, settings
+    >>> from gcomp.testing import compressor_configs
+    >>> @settings(max_examples=20, deadline=None)
+    ... @given(compressor_configs(["topk", "qsgd"]))
+    ... def test_config_round_trips(config):
+    ...     c = gcomp.compressor(config)
+    ...     assert gcomp.compressor(c.get_config()) == c
+    >>> test_config_round_trips()
     """
     from hypothesis import strategies as st
 

@@ -59,11 +59,15 @@ from .kernels import index_coding
 __all__ = ["encode", "encode_array", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
 
 MAGIC = b"GCMP"
+#: the wire format's major version, written in every header; a packet of another major version raises VersionError
 MAJOR = 1
+#: the highest minor version this gcomp writes (a packet carries the lowest minor version that can express it)
 MINOR = codec_module.MINOR
 HEADER = struct.Struct("<4sBBBBB3xQQQQ4IQQQI")
+#: bytes of the header that starts every packet (88)
 HEADER_SIZE = HEADER.size
 CRC_OFFSET = HEADER_SIZE - 4
+#: the largest ``numel`` a header may declare (2**40); larger raises SizeError before anything is allocated
 MAX_NUMEL = 1 << 40
 FLAG_ZSTD = 1
 FLAG_BITMAP = 2
@@ -95,6 +99,7 @@ class _CodecTable(Mapping):
         return sum(1 for _ in self)
 
 
+#: read-only ``{compressor name: Codec}`` of every registered compressor that has a wire codec; follows the registry
 CODECS = _CodecTable()
 
 
@@ -108,7 +113,45 @@ def _codec_for(name):
 
 @dataclasses.dataclass(frozen=True)
 class Header:
-    """A decoded, validated header."""
+    """A decoded, validated header: what :func:`peek` returns.
+
+    Parameters
+    ----------
+    codec : gcomp.compressors.Codec
+        The codec of the packet's compressor.
+    flags : int
+        Bit 0: zstd stage; bit 1: bitmap index coding.
+    dtype : str
+        The dtype name of the original vector.
+    numel : int
+        Elements of the dense vector.
+    count : int
+        Selected entries of a sparse codec, else 0.
+    step : int
+        The step the packet was compressed at.
+    seed : int
+        The 64-bit seed of its randomness.
+    params : dict
+        The codec parameters, by name.
+    index_len : int
+        Bytes of the index section.
+    raw_len : int
+        Payload bytes before the zstd stage.
+    payload_len : int
+        Payload bytes after the header.
+    checksum : int
+        The CRC-32 of the header and the payload.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> from gcomp import wire
+    >>> packet = wire.encode(gcomp.compressor("topk:ratio=0.25").compress(np.arange(8, dtype=np.float32)))
+    >>> h = wire.peek(packet)
+    >>> h.codec.name, h.numel, h.count, h.dtype, wire.HEADER_SIZE + h.payload_len == len(packet)
+    ('topk', 8, 2, 'float32', True)
+    """
 
     codec: Codec
     flags: int
@@ -125,7 +168,39 @@ class Header:
 
 
 def encode(c: Compressed, *, zstd: bool = False, zstd_level: int = 1) -> bytes:
-    """The bytes of ``c``; with ``zstd=True`` a zstd stage is applied where it shrinks the payload."""
+    """The bytes of ``c``; with ``zstd=True`` a zstd stage is applied where it shrinks the payload.
+
+    Parameters
+    ----------
+    c : gcomp.Compressed
+        A compressed form of a compressor that has a wire codec.
+    zstd : bool, optional
+        Try a zstd stage on the payload; kept only where it makes the packet smaller.
+    zstd_level : int, optional
+        The zstd compression level.
+
+    Returns
+    -------
+    bytes
+        An 88-byte header followed by the payload (docs/wire-format.md).
+
+    Raises
+    ------
+    gcomp.errors.CodecError
+        The compressor has no wire codec, or the dtype is unknown.
+    gcomp.errors.SizeError
+        An array of ``c`` does not have the length its codec prescribes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> from gcomp import wire
+    >>> x = np.array([0.5, -3.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.1], np.float32)
+    >>> packet = wire.encode(gcomp.compressor("topk:ratio=0.25").compress(x))
+    >>> packet[:4], len(packet)
+    (b'GCMP', 97)
+    """
     return encode_array(c, zstd=zstd, zstd_level=zstd_level).tobytes()
 
 
@@ -136,6 +211,32 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
     collectives put a sequence prefix there, so a packet is never copied to be
     framed.  Without zstd the index section and the arrays are written straight
     into place.
+
+    Parameters
+    ----------
+    c : gcomp.Compressed
+        A compressed form of a compressor that has a wire codec.
+    reserve : int, optional
+        Bytes left free (uninitialised) before the packet.
+    zstd : bool, optional
+        Try a zstd stage on the payload, as in :func:`encode`.
+    zstd_level : int, optional
+        The zstd compression level.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, ``reserve`` bytes followed by the packet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> from gcomp import wire
+    >>> c = gcomp.compressor("topk:ratio=0.25").compress(np.arange(8, dtype=np.float32))
+    >>> framed = wire.encode_array(c, reserve=8)
+    >>> len(framed) == 8 + len(wire.encode(c)), bytes(framed[8:12])
+    (True, b'GCMP')
     """
     if not isinstance(c, Compressed):
         raise TypeError(f"expected a Compressed, found {type(c).__name__}")
@@ -205,6 +306,32 @@ def peek(buf, expected_numel=None) -> Header:
     The magic and the major version come first; the rest of the header is read
     by the reader of that major version (``_READERS``), so a later major
     version can be added while version 1 packets keep decoding.
+
+    Parameters
+    ----------
+    buf : bytes or bytearray or memoryview or numpy.ndarray
+        A whole packet (a 1-D uint8 array for numpy).
+    expected_numel : int, optional
+        The size the receiver expects; another ``numel`` raises SizeError.
+
+    Returns
+    -------
+    Header
+
+    Raises
+    ------
+    gcomp.errors.WireFormatError
+        A subclass naming the first field that fails (truncated, magic,
+        version, codec, size, checksum).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> from gcomp import wire
+    >>> packet = wire.encode(gcomp.compressor("fp16").compress(np.ones(4, np.float32)))
+    >>> wire.peek(packet).codec.name
+    'fp16'
     """
     mv = _as_buffer(buf)
     total = len(mv)
@@ -311,7 +438,43 @@ def _unzstd(payload: bytes, raw_len: int) -> bytes:
 
 
 def decode(buf, expected_numel=None) -> Compressed:
-    """Validate ``buf`` completely and return its :class:`Compressed` (arrays are read-only views where possible)."""
+    """Validate ``buf`` completely and return its :class:`~gcomp.Compressed` (arrays are read-only views where possible).
+
+    Every field is checked before anything is allocated; see the module
+    docstring for the order.
+
+    Parameters
+    ----------
+    buf : bytes or bytearray or memoryview or numpy.ndarray
+        A whole packet (a 1-D uint8 array for numpy).
+    expected_numel : int, optional
+        The size the receiver expects; another ``numel`` raises SizeError.
+
+    Returns
+    -------
+    gcomp.Compressed
+        Its ``kind`` is ``"numpy"``: the packet carries the dtype, not the kind.
+
+    Raises
+    ------
+    gcomp.errors.WireFormatError
+        A subclass naming what failed: TruncatedError, MagicError, VersionError,
+        CodecError, SizeError, ChecksumError or ``IndexError_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> from gcomp import wire
+    >>> topk = gcomp.compressor("topk:ratio=0.25")
+    >>> packet = wire.encode(topk.compress(np.array([0.5, -3.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.1], np.float32)))
+    >>> topk.decompress(wire.decode(packet, expected_numel=8)).tolist()
+    [0.0, -3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    >>> wire.decode(packet[:-1])
+    Traceback (most recent call last):
+        ...
+    gcomp.errors.TruncatedError: expected exactly 97 bytes (header + payload), found 96
+    """
     h = peek(buf, expected_numel)
     mv = _as_buffer(buf).toreadonly()
     payload = mv[HEADER_SIZE:]

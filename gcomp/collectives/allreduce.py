@@ -37,6 +37,9 @@ class LinearAllreduce(Algorithm):
             return 2 * (self.size - 1) * self.compressor.summed_bytes(numel) // p + 2 * (self.size - 1) * 4 * sequence.TAIL // p
         return 2 * (self.size - 1) * (self.compressor.summed_bytes(numel) + 4 * sequence.TAIL) // p
 
+    def feedback_scale(self, average):
+        return np.float32(1.0 / self.size) if average else 1.0
+
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()

@@ -121,6 +121,23 @@ class Algorithm:
         """Every feedback key this algorithm uses for ``key`` (to reset them together)."""
         return [key]
 
+    def feedback_scale(self, average):
+        """The factor this algorithm applies to its input before the error feedback sees it (1: none)."""
+        return 1.0
+
+    def take_memory(self, key, numel, average):
+        """The error-feedback memories this algorithm keeps for ``key``, as one addend to the caller's next input
+        (float32, ``numel`` entries, in the input's units), forgotten here; None when there are none.
+
+        The engine adds it to the first input of ``key`` after its compressor or
+        algorithm changed (:meth:`gcomp.collectives.CompressedAllreduce.switch`).
+        """
+        memory = self.feedback.take(key) if self.feedback is not None else None
+        if memory is None or memory.shape[0] != numel:
+            return None
+        scale = self.feedback_scale(average)
+        return memory if scale == 1.0 else memory / np.float32(scale)
+
     def _sum_token(self, pending, dtype):
         """The call's sequence token in a small sum of its own, checked on every rank (gcomp.collectives.sequence).
 

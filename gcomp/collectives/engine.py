@@ -39,9 +39,22 @@ On a single rank every call is the identity (the ``dense`` algorithm, which
 sends nothing), whatever the compressor or ``algorithm``: compressing would
 only lose information.
 
-``groups`` (``"node"``, an int color for this rank, or a callable
-``rank -> color``) makes every call :mod:`hierarchical <gcomp.collectives.hierarchical>`:
-dense inside each group, the algorithm above among the group leaders.
+``groups`` (``"node"``, an int color for this rank, a callable
+``rank -> color``, or a list of groups the same on every rank: ``[[0, 1], [2, 3]]``
+or one color per rank ``[0, 0, 1, 1]``) makes every call
+:mod:`hierarchical <gcomp.collectives.hierarchical>`: dense inside each group,
+the algorithm above among the group leaders.  ``hierarchical_dense="flat"``
+sends a call whose leaders' hop would be dense through the plain ``dense``
+algorithm over every rank instead (bit-identical to an uncompressed allreduce;
+the DDP hook's default); ``"groups"`` keeps it hierarchical.
+
+:meth:`CompressedAllreduce.switch` changes the compressor between calls (the
+adaptive policy, :mod:`gcomp.adapt`).  Error-feedback memories carry over:
+the first call of a key after its compressor or algorithm changed adds the
+key's old memories (worker, chunk and server residuals, in the input's units)
+into its input and forgets them, so what the old setting dropped is sent by
+the new one (for residual feedback this is exactly ``C(x + e)``, the next
+error-feedback step).
 """
 
 import hashlib
@@ -59,7 +72,7 @@ from .allgather import AllgatherAlgorithm
 from .allreduce import LinearAllreduce
 from .base import CallStats, Pending
 from .dense import DenseAllreduce
-from .hierarchical import HierarchicalAllreduce, split_groups
+from .hierarchical import HierarchicalAllreduce, normalize_groups, split_groups
 from .scatter_reduce_allgather import ScatterReduceAllgather
 
 __all__ = ["CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]
@@ -79,14 +92,28 @@ class CompressedAllreduce:
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="auto", nonfinite="propagate",
                  min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None,
-                 dense_mean="scale-first"):
+                 dense_mean="scale-first", hierarchical_dense="groups"):
         self.transport = transport
-        self.groups = groups
+        self.groups = groups if groups is None or groups == "node" or callable(groups) else None
         if dense_mean not in ("scale-first", "divide-after"):
             raise ConfigError(f"expected dense_mean 'scale-first' (as DDP) or 'divide-after' (as Allreduce then / P), "
                               f"found {dense_mean!r}")
         self.dense_mean = dense_mean
+        self.hierarchical_dense = hierarchical_dense
+        self._generation = 0  # bumped by switch(): a key whose path changed carries its memories over
+        self._paths = {}  # key -> (generation, algorithm, inner algorithm among the leaders or None, average) of its last call
+        self._shapes = {}  # key -> tensor shapes given to set_layout (replayed on a switch)
+        self._intra = self._leaders = None
+        groups_error = None
         try:
+            self.groups = normalize_groups(groups, transport.size)
+        except ConfigError as exc:
+            # like a bad color: split() below makes every rank raise ConfigError; this rank says why
+            self.groups, groups_error = -1, exc
+        try:
+            if hierarchical_dense not in ("groups", "flat"):
+                raise ConfigError(f"expected hierarchical_dense 'groups' (dense calls stay hierarchical) or 'flat' "
+                                  f"(dense calls as one plain allreduce), found {hierarchical_dense!r}")
             self._configure(compressor, algorithm, error_feedback, nonfinite, min_numel, verify, keep_stats)
             error = None
         except (GcompError, TypeError, ValueError) as exc:
@@ -97,14 +124,26 @@ class CompressedAllreduce:
             self.check_options(error, agree_extra)
         elif error is not None:
             raise error
-        if groups is None:
-            self._algorithms = self._flat(transport)
-        else:
-            intra, leaders = split_groups(transport, groups)
-            inner = self._flat(leaders) if leaders is not None else {}
-            self._algorithms = {"hierarchical": HierarchicalAllreduce(
-                transport, self.compressor, self.feedback, self.server_feedback, intra=intra, leaders=leaders, inner=inner,
-                choose=self._choose_flat)}
+        if self.groups is not None:
+            try:
+                self._intra, self._leaders = split_groups(transport, self.groups)
+            except ConfigError:
+                if groups_error is not None:
+                    raise groups_error from None
+                raise
+        self._build()
+
+    def _build(self):
+        if self.groups is None:
+            self._algorithms = self._flat(self.transport)
+            return
+        inner = self._flat(self._leaders) if self._leaders is not None else {}
+        self._algorithms = {
+            "hierarchical": HierarchicalAllreduce(self.transport, self.compressor, self.feedback, self.server_feedback,
+                                                  intra=self._intra, leaders=self._leaders, inner=inner,
+                                                  choose=self._choose_flat),
+            "dense": self._flat(self.transport)["dense"],  # hierarchical_dense="flat"
+        }
 
     def _configure(self, compressor, algorithm, error_feedback, nonfinite, min_numel, verify, keep_stats):
         if verify not in (True, False, "first", "always"):
@@ -143,8 +182,10 @@ class CompressedAllreduce:
         return {"compressor": self.compressor.get_config(), "algorithm": self.algorithm, "feedback": self.feedback.kind,
                 "feedback_options": self.feedback.options(), "nonfinite": self.nonfinite, "min_numel": self.min_numel,
                 "verify": "first" if self.verify is True else self.verify,
-                # a color differs per rank by design: only the kind of grouping must agree
-                "groups": self.groups if self.groups in (None, "node") else "groups"}
+                # a color differs per rank by design: only the kind of grouping must agree (a list is global)
+                "groups": (self.groups if self.groups is None or self.groups == "node"
+                           else [list(g) for g in self.groups] if isinstance(self.groups, tuple) else "groups"),
+                **({"hierarchical_dense": self.hierarchical_dense} if self.groups is not None else {})}
 
     def check_options(self, error=None, extra=None):
         """Allgather a fingerprint of :meth:`options` (plus ``extra``); raise on every rank if any rank differs.
@@ -174,10 +215,17 @@ class CompressedAllreduce:
     def choose(self, numel) -> str:
         """The algorithm used for a vector of ``numel`` entries."""
         if self.groups is not None:
+            if self.hierarchical_dense == "flat" and self._leaders_dense(numel):
+                return "dense"
             return "hierarchical"
         if self.transport.size == 1:
             return "dense"  # one rank: the reduction is the identity, and nothing is lost to compression
         return self._choose_flat(numel, self._algorithms)
+
+    def _leaders_dense(self, numel, compressor=None):
+        """Whether the leaders' hop of a hierarchical call would be ``dense`` (known on every rank, leader or not)."""
+        comp = self.compressor if compressor is None else compressor
+        return numel < self.min_numel or self.algorithm == "dense" or (self.algorithm == "auto" and comp.identity)
 
     def _dense_at(self, numel, algorithm):
         """Whether a vector of ``numel`` sent with ``algorithm`` travels uncompressed everywhere (flat dense, or
@@ -187,14 +235,15 @@ class CompressedAllreduce:
         inner = self._algorithms["hierarchical"].inner
         return not inner or self._choose_flat(numel, inner) == "dense"
 
-    def _choose_flat(self, numel, algorithms):
+    def _choose_flat(self, numel, algorithms, compressor=None):
+        comp = self.compressor if compressor is None else compressor
         if numel < self.min_numel:
             return "dense"
         if self.algorithm != "auto":
             return self.algorithm
-        if self.compressor.identity:
+        if comp.identity:
             return "dense"
-        candidates = (["allreduce"] if self.compressor.linear else []) + ["allgather", "scatter-reduce-allgather"]
+        candidates = (["allreduce"] if comp.linear else []) + ["allgather", "scatter-reduce-allgather"]
         return min(candidates, key=lambda name: algorithms[name].estimated_bytes(numel))  # min keeps the first of ties
 
     # -- agreement ------------------------------------------------------
@@ -232,8 +281,15 @@ class CompressedAllreduce:
         if step is None:
             step = self._steps.get(key, 0)
         self._steps[key] = step + 1
+        chosen = self._algorithms[algorithm]
+        inner = chosen.inner if algorithm == "hierarchical" else {}
+        path = (algorithm, self._choose_flat(x.shape[0], inner) if inner else None, bool(average))
+        old = self._paths.get(key)
+        if old is not None and (old[0] != self._generation or old[1:3] != path[:2]):
+            x = self._carry(old[1:], key, x)
+        self._paths[key] = (self._generation, *path)
         try:
-            pending = self._algorithms[algorithm].prepare(x, key, step, average=average)
+            pending = chosen.prepare(x, key, step, average=average)
         except GcompError as exc:
             # Raised in complete(), after the agreement step, so that the ranks see the failure together
             # (a size change on one rank fails its feedback here, and its fingerprint differs).
@@ -303,7 +359,82 @@ class CompressedAllreduce:
 
         Identical on every rank (the same model); local, nothing is sent.
         """
+        self._shapes[key] = shapes
         self.compressor.set_layout(key, shapes)
+
+    # -- switching the compressor (the adaptive policy) ------------------------------
+    def switch(self, compressor):
+        """Use ``compressor`` (spec, config or Compressor) from the next call on; the memories carry over.
+
+        Local: every rank must switch at the same call (:class:`gcomp.adapt.AdaptivePolicy` agrees on it over the
+        wire); the next call of every key re-checks agreement, so ranks that switched differently raise
+        MismatchError instead of mixing packets.  The error feedback keeps its kind and memories; the first call
+        of each key on its new path adds the key's old memories into its input (module docstring).
+        """
+        comp = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
+        if self.algorithm == "allreduce" and not comp.linear:
+            raise ConfigError(f"algorithm 'allreduce' needs a linear compressor; {comp.name!r} is not")
+        self.compressor = comp
+        self.feedback = self.feedback.rebase(comp)
+        self.server_feedback = self.server_feedback.rebase(comp)
+        for key, shapes in self._shapes.items():
+            comp.set_layout(key, shapes)
+        self._generation += 1
+        self._build()
+        self._verified.clear()
+
+    def _carry(self, path, key, x):
+        """``x`` plus the memories ``key`` built on its previous path (in the input's units); they are forgotten.
+
+        ``path``: (algorithm, inner algorithm among the leaders or None, average).  The memories live in the
+        error feedback (shared across a switch); today's algorithm objects of those names know where.
+        """
+        algorithm, inner, average = path
+        if algorithm == "hierarchical":
+            found = self._algorithms["hierarchical"].inner.get(inner) if inner is not None else None
+            extra = found.take_memory(key, x.shape[0], False) if found is not None else None
+        else:
+            flat = self._algorithms.get(algorithm) or self._flat(self.transport).get(algorithm)
+            extra = flat.take_memory(key, x.shape[0], average) if flat is not None else None
+        if extra is None:
+            return x
+        x = np.array(x, dtype=np.float32, copy=True)
+        x += extra
+        return x
+
+    def estimate_bytes(self, numel, compressor=None) -> int:
+        """Bytes this rank would send on the slow links for one call of ``numel`` entries with ``compressor``
+        (default: the current one): the flat algorithm's estimate, or, hierarchical, the leaders' hop (0 on a rank
+        that leads no group) or the flat dense path.  Local."""
+        comp = self.compressor if compressor is None else (
+            compressor if isinstance(compressor, Compressor) else build_compressor(compressor))
+        numel = int(numel)
+        name = self._flat_choice(numel, comp)
+        if name is None:
+            return 0
+        over = self._leaders if self.groups is not None and name != "dense-flat" else self.transport
+        return ALGORITHMS["dense" if name == "dense-flat" else name](over, comp, None).estimated_bytes(numel)
+
+    def _flat_choice(self, numel, comp):
+        """The flat algorithm a call of ``numel`` entries with ``comp`` runs on this rank: among every rank (flat;
+        ``"dense-flat"``: hierarchical's plain dense path) or among the leaders; None: no slow-link traffic here."""
+        if self.groups is None:
+            if self.transport.size == 1:
+                return None
+            over = self.transport
+        elif self.hierarchical_dense == "flat" and self._leaders_dense(numel, comp):
+            return "dense-flat"
+        elif self._leaders is None or self._leaders.size == 1:
+            return None
+        else:
+            over = self._leaders
+        algorithms = {n: cls(over, comp, None) for n, cls in ALGORITHMS.items()}
+        return self._choose_flat(numel, algorithms, comp)
+
+    def bottleneck_bytes(self) -> int:
+        """Bytes this rank has sent on the slow links so far: its transport's, plus the leaders' hop's
+        (hierarchical); the traffic inside groups is left out."""
+        return self.transport.counter.sent + (self._leaders.counter.sent if self._leaders is not None else 0)
 
     def reset(self, key):
         """Forget every memory of ``key`` (worker, chunk and server feedback, compressor state)."""
@@ -319,14 +450,16 @@ class CompressedAllreduce:
 
     def free(self):
         """Release the group transports this engine split off (hierarchical); the given transport stays the caller's."""
-        algorithm = self._algorithms.get("hierarchical")
-        if algorithm is not None:
-            for t in (algorithm.leaders, algorithm.intra):
-                if t is not None:
-                    t.free()
+        for t in (self._leaders, self._intra):
+            if t is not None:
+                t.free()
+        self._leaders = self._intra = None
 
-    def warm_up(self, numel) -> float:
+    def warm_up(self, numel, compressor=None) -> float:
         """Compile (or load from Numba's cache) every kernel a call of ``numel`` entries runs; returns the seconds.
+
+        ``compressor``: warm up for that one instead of the current (the adaptive
+        policy warms up every setting of its ladder).
 
         The first call of a Numba kernel compiles it (seconds) or loads it from
         the on-disk cache; call this before timing anything.  It communicates
@@ -339,7 +472,11 @@ class CompressedAllreduce:
 
         start = time.perf_counter()
         numel = int(numel)
-        if self.groups is None:
+        config = (self.compressor if compressor is None else build_compressor(compressor)).get_config()
+        if compressor is not None:
+            name = self._flat_choice(numel, build_compressor(config))
+            algorithm = {None: "auto", "dense-flat": "dense"}.get(name, name)
+        elif self.groups is None:
             algorithm = self.choose(numel)
         else:
             inner = self._algorithms["hierarchical"].inner
@@ -348,7 +485,7 @@ class CompressedAllreduce:
         x = np.random.default_rng(0).standard_normal(numel).astype(np.float32)
 
         def one_rank(t):
-            comp = build_compressor(self.compressor.get_config())
+            comp = build_compressor(config)
             engine = CompressedAllreduce(t, comp, algorithm=algorithm, error_feedback=feedback(kind, comp, **options),
                                          nonfinite=self.nonfinite, agree=False, verify=False)
             for step in range(2):
@@ -369,7 +506,9 @@ class CompressedAllreduce:
     def state_dict(self):
         """This rank's memories, steps and compressor state (never the transport)."""
         return {"version": STATE_VERSION, "feedback": self.feedback.state_dict(),
-                "server_feedback": self.server_feedback.state_dict(), "steps": dict(self._steps)}
+                "server_feedback": self.server_feedback.state_dict(), "steps": dict(self._steps),
+                # each key's last path, and whether a switch has happened since (its memories carry at its next call)
+                "paths": {k: [g != self._generation, a, i, avg] for k, (g, a, i, avg) in self._paths.items()}}
 
     def load_state_dict(self, state):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
@@ -378,9 +517,17 @@ class CompressedAllreduce:
         steps = state.get("steps", {})
         if not isinstance(steps, dict) or not all(_count(v) for v in steps.values()):
             raise StateError(f"expected the engine's steps as {{key: non-negative integer}}, found {str(steps)[:200]}")
+        paths = state.get("paths", {})
+        known = set(ALGORITHMS) | {"hierarchical"}
+        if not isinstance(paths, dict) or not all(
+                isinstance(v, (list, tuple)) and len(v) == 4 and isinstance(v[0], bool) and v[1] in known
+                and (v[2] is None or v[2] in ALGORITHMS) and isinstance(v[3], bool) for v in paths.values()):
+            raise StateError(f"expected the engine's paths as {{key: [stale, algorithm, inner, average]}}, found "
+                             f"{str(paths)[:200]}")
         self.feedback.load_state_dict(state["feedback"])
         self.server_feedback.load_state_dict(state["server_feedback"])
         self._steps = dict(steps)
+        self._paths = {k: (-1 if v[0] else self._generation, v[1], v[2], v[3]) for k, v in paths.items()}
 
 
 def _digest(doc) -> bytes:

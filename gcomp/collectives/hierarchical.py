@@ -1,7 +1,8 @@
 """``hierarchical``: dense inside each group of fast links, compressed between groups (cloud-edge-device).
 
-The ranks are split into groups (by host, by a color per rank, or by a
-callable ``rank -> color``; see :func:`split_groups`).  Rank 0 of each group
+The ranks are split into groups (by host, by a color per rank, by a
+callable ``rank -> color``, or by a list of groups the same on every rank;
+see :func:`split_groups`).  Rank 0 of each group
 is its leader.  One call:
 
 1. a dense float32 sum inside the group (``intra.allreduce_``);
@@ -15,6 +16,14 @@ is its leader.  One call:
 Every rank gets the same bits (the leaders' result is broadcast), so the
 engine's non-finite policy acts identically on all of them.
 
+A call whose leaders' hop would be dense (an identity compressor such as
+``none``, a vector under ``min_numel``, ``algorithm="dense"``) sums in another
+order than a plain allreduce over all ranks: ``(x0 + x1) + (x2 + x3)`` against
+the transport's ring order.  With the engine's ``hierarchical_dense="flat"``
+(the DDP hook's default) such a call runs the plain ``dense`` algorithm over
+every rank instead, bit-identical to the adapter's uncompressed path (DDP
+without a hook); its bytes all count as between groups.
+
 Sequence tokens (:mod:`gcomp.collectives.sequence`): the group sum carries the
 call's token; a leader whose group sum is out of sequence still takes part in
 the leaders' collective, flagged as broken, so every leader raises; the
@@ -23,26 +32,58 @@ groups are counted in ``CallStats.intra_bytes_sent`` / ``intra_bytes_received``
 as well as in the totals.
 """
 
+import numpy as np
 
-from ..errors import SequenceError
+from ..errors import ConfigError, SequenceError
 from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
-__all__ = ["HierarchicalAllreduce", "split_groups"]
+__all__ = ["HierarchicalAllreduce", "split_groups", "normalize_groups"]
+
+
+def normalize_groups(groups, size):
+    """``groups`` as the engine keeps it: None, ``"node"``, an int color, a callable, or the list form as a tuple of
+    tuples (the groups' members in rank order, groups ordered by their lowest rank).
+
+    The list form is the same on every rank: a list of groups (``[[0, 1], [2, 3]]``: every rank in exactly one)
+    or a list of one color per rank (``[0, 0, 1, 1]``).  Local; raises ConfigError naming what is wrong.
+    """
+    if not isinstance(groups, (list, tuple)):
+        return groups  # "node", a color or a callable: split() checks the colors on every rank together
+    items = list(groups)
+    if items and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in items):
+        if len(items) != size:
+            raise ConfigError(f"expected one group color per rank ({size}) in the hierarchical list, found {len(items)}")
+        colors = [int(c) for c in items]
+        items = [[r for r in range(size) if colors[r] == c] for c in sorted(set(colors))]
+    if not items or not all(isinstance(g, (list, tuple)) and g for g in items):
+        raise ConfigError(f"expected hierarchical as a non-empty list of non-empty groups of ranks (or of colors per "
+                          f"rank), found {str(groups)[:200]}")
+    members = [r for g in items for r in g]
+    if (not all(isinstance(r, (int, np.integer)) and not isinstance(r, bool) for r in members)
+            or sorted(int(r) for r in members) != list(range(size))):
+        raise ConfigError(f"expected the hierarchical groups to hold every rank 0..{size - 1} exactly once, because "
+                          f"every rank belongs to one group; found {str(groups)[:200]}")
+    return tuple(sorted((tuple(sorted(int(r) for r in g)) for g in items), key=lambda g: g[0]))
 
 
 def split_groups(transport, groups):
     """``(intra, leaders)`` transports for ``groups``; ``leaders`` is None on ranks that do not lead a group.
 
     ``groups``: ``"node"`` (ranks on one host), a non-negative int color for
-    this rank, or a callable ``rank -> color``.  Collective over ``transport``.
+    this rank, a callable ``rank -> color``, or a list of groups (as
+    :func:`normalize_groups` gives).  Collective over ``transport``.
     """
     if groups == "node":
         intra = transport.split_by_node()
     else:
         # split() gathers every rank's color first, so a bad color on one rank raises ConfigError on all of them;
         # None would mean "not a member" there, but every rank belongs to a group here, so it is a bad color too.
-        color = groups(transport.rank) if callable(groups) else groups
+        if isinstance(groups, (list, tuple)):
+            groups = normalize_groups(groups, transport.size)
+            color = next(i for i, g in enumerate(groups) if transport.rank in g)
+        else:
+            color = groups(transport.rank) if callable(groups) else groups
         intra = transport.split(-1 if color is None else color, transport.rank)
     leaders = transport.split(0 if intra.rank == 0 else None, transport.rank)
     return intra, leaders
@@ -67,6 +108,10 @@ class HierarchicalAllreduce(Algorithm):
     def estimated_bytes(self, numel):
         between = self._inner_for(numel).estimated_bytes(numel) if self.inner else 0
         return 2 * (self.intra.size - 1) * 4 * (numel + sequence.TAIL) // max(self.intra.size, 1) + between
+
+    def take_memory(self, key, numel, average):
+        # the leaders keep the memories (their inner algorithm runs on the group sum, without averaging)
+        return self._inner_for(numel).take_memory(key, numel, False) if self.inner else None
 
     def memory_keys(self, key):
         return sorted({k for a in self.inner.values() for k in a.memory_keys(key)} | {key}, key=str)

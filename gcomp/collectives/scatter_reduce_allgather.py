@@ -41,6 +41,25 @@ class ScatterReduceAllgather(Algorithm):
     def memory_keys(self, key):
         return [f"{key}/chunk{j}" for j in range(self.size)] + [f"{key}/server"]
 
+    def take_memory(self, key, numel, average):
+        # the chunks' worker memories in place, and this rank's server memory (of the chunk it owns, in units of
+        # the reduced chunk: a mean when averaging) scaled back to one rank's share of the sum
+        bounds = chunk_bounds(numel, self.size)
+        out = None
+        for j in range(self.size):
+            lo, hi = bounds[j], bounds[j + 1]
+            parts = [(self.feedback.take(f"{key}/chunk{j}"), 1.0)]
+            if j == self.transport.rank:
+                parts.append((self.server_feedback.take(f"{key}/server") if self.server_feedback is not None else None,
+                              float(self.size) if average else 1.0))
+            for memory, factor in parts:
+                if memory is None or memory.shape[0] != hi - lo:
+                    continue
+                if out is None:
+                    out = np.zeros(numel, np.float32)
+                out[lo:hi] += memory if factor == 1.0 else memory * np.float32(factor)
+        return out
+
     def prepare(self, x, key, step, average=True):
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()

@@ -50,6 +50,7 @@ _BUILTIN = [NoCompression, FP16, BF16, TopK, DGC, RandomK, Threshold, QSGD, Unif
 REGISTRY: dict = {}
 #: wire codec id -> Compressor subclass
 _BY_CODEC_ID: dict = {}
+#: the entry point group other packages declare their compressors in (see :func:`load_plugins`)
 ENTRY_POINT_GROUP = "gcomp.compressors"
 _plugins_loaded = False
 
@@ -78,6 +79,44 @@ def register(cls, *, _builtin=False):
     Registering the same class again is a no-op; another class under a taken
     name or codec id raises ConfigError (so import a plugin module under one
     name only: a reloaded module defines a new class).
+
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`gcomp.Compressor` with a non-empty ``name``; its
+        ``codec`` (if not None) needs an unused codec id in 128-254 (1-127 are
+        gcomp's own).
+    _builtin : bool, optional
+        Internal: gcomp's own compressors take codec ids 1-127.
+
+    Returns
+    -------
+    type
+        ``cls`` itself, so ``register`` works as a class decorator.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        ``cls`` is not a Compressor subclass, its name or codec id is taken by
+        another class, or its codec is malformed.
+
+    Examples
+    --------
+    A compressor of your own (the ``HalfTopK`` of :class:`gcomp.Compressor`'s
+    example), from then on usable by name from every adapter, the CLI and
+    :func:`gcomp.testing.check_compressor`::
+
+        import gcomp
+
+        @gcomp.register
+        class HalfTopK(gcomp.Compressor):
+            name = "half-topk"
+            ...
+
+        gcomp.compressor("half-topk")
+
+    Its packets travel through :func:`gcomp.wire.encode` once it declares a
+    ``codec`` with an unused id in 128-254.
     """
     if not (isinstance(cls, type) and issubclass(cls, Compressor)):
         raise ConfigError(f"expected a Compressor subclass, found {cls!r}")
@@ -99,7 +138,23 @@ def load_plugins():
     """Import the compressors other packages declare in the ``gcomp.compressors`` entry point group (once).
 
     An entry point names a Compressor subclass (registered here) or a module
-    that registers its compressors when imported.
+    that registers its compressors when imported.  A plugin that fails to load
+    gives a RuntimeWarning and does not hide the others.  :func:`gcomp.compressor`,
+    :func:`gcomp.list_compressors` and the wire decoder call it on first need.
+
+    Examples
+    --------
+    A package declares its compressors in its ``pyproject.toml``:
+
+    .. code-block:: toml
+
+        [project.entry-points."gcomp.compressors"]
+        halve = "mypackage.compressors:Halve"
+
+    and gcomp finds them after
+
+    >>> from gcomp.compressors import load_plugins
+    >>> load_plugins()
     """
     global _plugins_loaded
     if _plugins_loaded:
@@ -119,7 +174,27 @@ def load_plugins():
 
 
 def codec_by_id(codec_id):
-    """The Compressor class whose wire codec has ``codec_id``, or None."""
+    """The Compressor class whose wire codec has ``codec_id``, or None.
+
+    Parameters
+    ----------
+    codec_id : int
+        A wire codec id (the header field of docs/wire-format.md).
+
+    Returns
+    -------
+    type or None
+        The registered Compressor subclass, or None for an unknown id.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> from gcomp.compressors import codec_by_id
+    >>> codec_by_id(gcomp.compressor("topk:ratio=0.01").codec.codec_id).name
+    'topk'
+    >>> codec_by_id(255) is None
+    True
+    """
     cls = _BY_CODEC_ID.get(codec_id)
     if cls is None and not _plugins_loaded:
         load_plugins()
@@ -168,7 +243,40 @@ def parse_spec(spec: str):
 
 
 def compressor(spec, **params) -> Compressor:
-    """Build a compressor from a name, a spec string, a config dict or a Compressor."""
+    """Build a compressor from a name, a spec string, a config dict or a Compressor.
+
+    Parameters
+    ----------
+    spec : str or dict or gcomp.Compressor
+        A registered name (``"topk"``), a spec string ``"name:key=value,..."``
+        (``"topk:ratio=0.01"``), a config dict with a ``"name"`` key (what
+        :meth:`Compressor.get_config` returns), or a Compressor (returned as it
+        is when no ``params`` are given).
+    **params
+        Parameters that override those in ``spec``.
+
+    Returns
+    -------
+    gcomp.Compressor
+        A new compressor (``gcomp list NAME`` prints its parameters).
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An unknown name (the message lists the known ones), an unknown or
+        missing parameter, or a value out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> c = gcomp.compressor("topk:ratio=0.25")
+    >>> c == gcomp.compressor("topk", ratio=0.25) == gcomp.compressor({"name": "topk", "ratio": 0.25})
+    True
+    >>> x = np.array([0.5, -3.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.1], np.float32)
+    >>> c.decompress(c.compress(x)).tolist()
+    [0.0, -3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    """
     if isinstance(spec, Compressor):
         if params:
             return compressor({**spec.get_config(), **params})
@@ -201,7 +309,22 @@ def _lookup(name):
 
 
 def list_compressors() -> dict:
-    """``{name: one-line description}`` for every registered compressor."""
+    """``{name: one-line description}`` for every registered compressor, sorted by name (what ``gcomp list`` prints).
+
+    Returns
+    -------
+    dict
+        ``{name: description}``, including compressors registered by plugins.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> names = gcomp.list_compressors()
+    >>> "topk" in names and "qsgd" in names
+    True
+    >>> names["topk"]
+    'exact top-k by magnitude (O(n) radix select), k = ceil(ratio * n)'
+    """
     load_plugins()
     return {name: REGISTRY[name].description for name in sorted(REGISTRY)}
 
@@ -243,6 +366,28 @@ def describe(name) -> dict:
     "depends": {attribute: [(parameter, value, attribute's value with it)]}}``.  ``default_feedback``,
     ``unbiased`` and ``linear`` are those of the default configuration (a required parameter set to its
     declared example); ``depends`` lists the values of parameters with few choices that change them.
+
+    Parameters
+    ----------
+    name : str
+        A registered compressor name.
+
+    Returns
+    -------
+    dict
+        The description above.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        ``name`` is not registered (the message lists the known names).
+
+    Examples
+    --------
+    >>> from gcomp.compressors import describe
+    >>> info = describe("topk")
+    >>> [p["name"] for p in info["params"]], info["default_feedback"], info["unbiased"]
+    (['ratio'], 'residual', False)
     """
     cls = _lookup(name)
     params = []
@@ -281,6 +426,26 @@ def with_seed(spec, seed=None) -> Compressor:
     """Build a compressor from ``spec``; a ``seed`` that is not None replaces the spec's (if it has one).
 
     The one rule both adapters follow: ``seed=None`` keeps the spec's seed.
+
+    Parameters
+    ----------
+    spec : str or dict or gcomp.Compressor
+        What :func:`gcomp.compressor` accepts.
+    seed : int or None, optional
+        The seed to use for a compressor that has a ``seed`` parameter; None
+        keeps the spec's.  Deterministic compressors ignore it.
+
+    Returns
+    -------
+    gcomp.Compressor
+
+    Examples
+    --------
+    >>> from gcomp.compressors import with_seed
+    >>> with_seed("randomk:ratio=0.1,seed=3", 7).get_config()
+    {'name': 'randomk', 'ratio': 0.1, 'rescale': True, 'seed': 7}
+    >>> with_seed("topk:ratio=0.1", 7).get_config()
+    {'name': 'topk', 'ratio': 0.1}
     """
     comp = compressor(spec)
     if seed is not None and "seed" in comp.params:

@@ -113,6 +113,40 @@ class Param:
     ``error`` for a value outside ``allowed``; ``choices`` lists every valid
     value when there are few; ``example`` is a valid value (shown in the error
     for a missing required parameter); ``hint`` says how to choose a required one.
+
+    Parameters
+    ----------
+    default : object
+        The default value; None: required.
+    type : str
+        The type ``gcomp list NAME`` prints.
+    allowed : str
+        The allowed values, as printed.
+    check : callable, optional
+        ``check(compressor_name, key, value, error)``.
+    help : str, optional
+        One line about the parameter.
+    choices : tuple, optional
+        Every valid value, when there are few.
+    example : object, optional
+        A valid value, for the message about a missing required parameter.
+    hint : str, optional
+        How to choose a required one.
+
+    Examples
+    --------
+    >>> from gcomp.compressors import Param
+    >>> from gcomp.errors import ConfigError
+    >>> def positive(name, key, value, error):
+    ...     if not value > 0:
+    ...         raise error(f"{name}: expected {key} > 0, found {value!r}")
+    >>> p = Param(4, "int", "> 0", positive, help="levels per sign")
+    >>> p.required, p.default
+    (False, 4)
+    >>> p.validate("mine", "levels", 0)
+    Traceback (most recent call last):
+        ...
+    gcomp.errors.ConfigError: mine: expected levels > 0, found 0
     """
 
     default: object
@@ -126,10 +160,23 @@ class Param:
 
     @property
     def required(self) -> bool:
+        """True when there is no default, so the compressor needs the parameter."""
         return self.default is None
 
     def validate(self, compressor_name, key, value, error=ConfigError):
-        """Raise ``error`` if ``value`` is not allowed."""
+        """Raise ``error`` if ``value`` is not allowed.
+
+        Parameters
+        ----------
+        compressor_name : str
+            For the message.
+        key : str
+            The parameter's name.
+        value : object
+            The value to check.
+        error : type, optional
+            The exception raised (ConfigError; SizeError for packet headers).
+        """
         if self.check is not None:
             self.check(compressor_name, key, value, error)
 

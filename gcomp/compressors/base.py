@@ -78,6 +78,38 @@ class Compressed:
     whether it was a numpy array or a torch tensor; :meth:`Compressor.decompress`
     restores both.  ``kind`` does not travel on the wire: a decoded packet is
     ``"numpy"`` (its bfloat16 still decompresses to a torch tensor).
+
+    Compressors build it; users pass it on (to :func:`gcomp.wire.encode`,
+    :meth:`Compressor.decompress`) rather than make one.
+
+    Parameters
+    ----------
+    codec : str
+        The name of the compressor that made it.
+    numel : int
+        Elements of the dense vector.
+    dtype : str
+        The input's dtype name, one of ``float32``, ``float16``, ``bfloat16``, ``float64``.
+    arrays : dict
+        ``{name: numpy array}``, what the codec sends.
+    params : dict, optional
+        Small integers the decoder needs (the codec's parameters).
+    count : int, optional
+        Selected elements of a sparse codec; 0 otherwise.
+    step : int, optional
+        The step it was compressed at.
+    seed : int, optional
+        The 64-bit seed its randomness came from (0: deterministic).
+    kind : str, optional
+        ``"numpy"`` or ``"torch"``: what :meth:`Compressor.decompress` returns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> c = gcomp.compressor("topk:ratio=0.25").compress(np.arange(8, dtype=np.float32))
+    >>> c.codec, c.numel, c.dtype, c.count, sorted(c.arrays), c.kind
+    ('topk', 8, 'float32', 2, ['indices', 'values'], 'numpy')
     """
 
     codec: str
@@ -92,7 +124,15 @@ class Compressed:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays (the payload before wire framing and index coding)."""
+        """Bytes of the arrays (the payload before wire framing and index coding).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp
+        >>> gcomp.compressor("fp16").compress(np.zeros(8, np.float32)).nbytes
+        16
+        """
         return int(sum(a.nbytes for a in self.arrays.values()))
 
 
@@ -195,6 +235,56 @@ class Compressor:
     docstring); ``decompress`` returns the kind and dtype that were compressed:
     numpy in, numpy out; a torch tensor in, a torch tensor of its dtype out
     (a packet decoded from bytes: numpy, bfloat16 as a torch tensor).
+
+    Build one with :func:`gcomp.compressor` rather than the class: the
+    registry maps names to classes.
+
+    Parameters
+    ----------
+    **params
+        The compressor's parameters, those its ``params`` declares (``gcomp
+        list NAME`` prints them); missing ones take their defaults, required
+        ones (default None) must be given.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An unknown or missing parameter, or a value the declaration refuses.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp
+    >>> c = gcomp.compressor("topk:ratio=0.25")
+    >>> x = np.array([0.5, -3.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.1], np.float32)
+    >>> packet = c.compress(x)
+    >>> c.decompress(packet).tolist()
+    [0.0, -3.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    >>> gcomp.compressor(c.get_config()) == c
+    True
+
+    A compressor of your own subclasses it and implements ``_compress`` and
+    ``_decompress`` on float32 arrays (docs/testing.md checks this one)::
+
+        from gcomp.compressors.base import Compressed, Compressor
+
+        class HalfTopK(Compressor):
+            name = "half-topk"
+            description = "the larger half of the entries"
+
+            def contraction(self, numel):
+                return 0.5
+
+            def max_payload_bytes(self, numel):
+                return 4 * numel
+
+            def _compress(self, x, *, step, seed):
+                cut = np.median(np.abs(x)) if x.size else 0.0
+                kept = np.where(np.abs(x) >= cut, x, 0).astype(np.float32)
+                return Compressed(self.name, x.size, "float32", {"values": kept})
+
+            def _decompress(self, c):
+                return np.array(c.arrays["values"], dtype=np.float32)
     """
 
     name: ClassVar[str] = ""
@@ -202,7 +292,7 @@ class Compressor:
     unbiased: ClassVar[bool] = False
     linear: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
-    #: parameter name -> default value (None: required), or a Param declaring it (see the class docstring)
+    #: parameter name -> default value (None means required), or a Param declaring it (see the class docstring)
     params: ClassVar[dict] = {}
     #: parameter name -> its Param declaration (filled from ``params`` at class creation)
     param_specs: ClassVar[dict] = {}
@@ -210,11 +300,11 @@ class Compressor:
     fused_residual: ClassVar[bool] = False
     #: names of the arrays that :meth:`combine` sums for linear compressors
     summable: ClassVar[tuple] = ()
-    #: the compressed form is the float32 input itself: collectives send it densely
+    #: the compressed form is the float32 input itself, so collectives send it densely
     identity: ClassVar[bool] = False
     #: linear in phases (see :meth:`phases`), not as a whole
     phased: ClassVar[bool] = False
-    #: the wire codec (gcomp.compressors.codec.Codec); None: this compressor has no wire format
+    #: the wire codec (a :class:`gcomp.compressors.Codec`), or None for a compressor with no wire format
     codec: ClassVar = None
 
     def __init_subclass__(cls, **kwargs):
@@ -265,7 +355,14 @@ class Compressor:
         raise AttributeError(f"{type(self).__name__!s} has no attribute {item!r}")
 
     def get_config(self) -> dict:
-        """``{"name": ..., **params}``; ``gcomp.compressor(c.get_config())`` rebuilds it."""
+        """``{"name": ..., **params}``; ``gcomp.compressor(c.get_config())`` rebuilds it.
+
+        Examples
+        --------
+        >>> import gcomp
+        >>> gcomp.compressor("topk:ratio=0.01").get_config()
+        {'name': 'topk', 'ratio': 0.01}
+        """
         return {"name": self.name, **self._params}
 
     def __repr__(self):
@@ -292,31 +389,79 @@ class Compressor:
         return "none" if self.unbiased else "residual"
 
     def contraction(self, numel: int) -> float | None:
-        """delta in ``||x - C(x)||^2 <= (1 - delta) ||x||^2``, or None if no such bound."""
+        """delta in ``||x - C(x)||^2 <= (1 - delta) ||x||^2``, or None if no such bound.
+
+        Parameters
+        ----------
+        numel : int
+            Elements of the vectors compressed.
+
+        Examples
+        --------
+        >>> import gcomp
+        >>> gcomp.compressor("topk:ratio=0.25").contraction(100)
+        0.25
+        """
         return None
 
     def max_payload_bytes(self, numel: int) -> int:
-        """Upper bound on the encoded payload for a vector of ``numel`` elements."""
+        """Upper bound on the encoded payload for a vector of ``numel`` elements.
+
+        Parameters
+        ----------
+        numel : int
+            Elements of the vector.
+
+        Examples
+        --------
+        >>> import gcomp
+        >>> gcomp.compressor("fp16").max_payload_bytes(1000)
+        2000
+        """
         raise NotImplementedError
 
     @classmethod
     def strategy(cls):
-        """A hypothesis strategy of valid parameter dicts (default: the defaults only)."""
+        """A hypothesis strategy of valid parameter dicts (default: the defaults only).
+
+        :func:`gcomp.testing.compressor_configs` draws from it; a subclass with
+        parameters overrides it.  Needs hypothesis installed.
+        """
         from hypothesis import strategies as st
 
         return st.just({})
 
     # -- what the collectives use ---------------------------------------
     def summands(self, c: "Compressed") -> dict:
-        """``{name: array}`` an allreduce sums for a linear compressor: fresh, writable, in the type summed on the wire."""
+        """``{name: array}`` an allreduce sums for a linear compressor: fresh, writable, in the type summed on the wire.
+
+        Parameters
+        ----------
+        c : Compressed
+            A compressed form of this compressor.
+        """
         return {name: np.array(c.arrays[name], copy=True) for name in self.summable}
 
     def summed_bytes(self, numel: int) -> int:
-        """Upper bound on the bytes of :meth:`summands` (what one rank's allreduce sums) for ``numel`` entries."""
+        """Upper bound on the bytes of :meth:`summands` (what one rank's allreduce sums) for ``numel`` entries.
+
+        Parameters
+        ----------
+        numel : int
+            Elements of the dense vector.
+        """
         return self.max_payload_bytes(numel)
 
     def with_sums(self, c: "Compressed", sums: dict) -> "Compressed":
-        """``c`` with its summable arrays replaced by the summed :meth:`summands`."""
+        """``c`` with its summable arrays replaced by the summed :meth:`summands`.
+
+        Parameters
+        ----------
+        c : Compressed
+            This rank's compressed form.
+        sums : dict
+            ``{name: array}``, the sums over ranks of :meth:`summands`.
+        """
         return dataclasses.replace(c, arrays={**c.arrays, **sums})
 
     def set_layout(self, key, shapes) -> None:
@@ -324,11 +469,26 @@ class Compressor:
 
         A compressor that works per tensor (PowerSGD factorizes each weight
         matrix) uses it; the default ignores it.
+
+        Parameters
+        ----------
+        key : int or str
+            The bucket or tensor id later passed to :meth:`compress`.
+        shapes : list of tuple
+            The shapes of the tensors concatenated into the flat vector.
         """
 
     def phases(self, x: np.ndarray, key=0):
         """Generator for ``phased`` compressors: yields float32 arrays to sum over ranks, is sent each sum,
-        and returns the dense result (the sum over ranks of what the inputs compress to)."""
+        and returns the dense result (the sum over ranks of what the inputs compress to).
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            This rank's float32 vector.
+        key : int or str, optional
+            The bucket or tensor id (selects the per-key state, such as PowerSGD's warm start).
+        """
         raise NotImplementedError(f"compressor {self.name!r} is not phased")
 
     # -- work ----------------------------------------------------------
@@ -337,10 +497,22 @@ class Compressor:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output."""
+        """Restore :meth:`state_dict` output.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+        """
 
     def reset(self, key=None) -> None:
-        """Forget compressor-held state of ``key`` (or all); stateless compressors do nothing."""
+        """Forget compressor-held state of ``key`` (or all); stateless compressors do nothing.
+
+        Parameters
+        ----------
+        key : int or str or None, optional
+            The bucket or tensor id whose state to drop; None drops all.
+        """
 
     def compress(self, x, *, step: int = 0, key: int = 0) -> Compressed:
         """Compress the 1-D vector ``x`` (numpy array or CPU torch tensor; another shape raises ConfigError).
@@ -349,6 +521,29 @@ class Compressor:
         together with the configured ``seed``; equal inputs give equal outputs.
         The result remembers ``x``'s dtype and kind (numpy or torch) for
         :meth:`decompress`.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or torch.Tensor
+            A 1-D float32, float16 or float64 array, or a 1-D CPU tensor of
+            those dtypes or bfloat16.
+        step : int, optional
+            The training step.
+        key : int or str, optional
+            The bucket or tensor id.
+
+        Returns
+        -------
+        Compressed
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp
+        >>> c = gcomp.compressor("topk:ratio=0.25")
+        >>> packet = c.compress(np.array([0.5, -3.0, 0.25, 2.0, 0.0, 1.0, -0.5, 0.1], np.float32))
+        >>> packet.count, packet.arrays["values"].tolist()
+        (2, [-3.0, 2.0])
         """
         flat, dtype = as_flat_f32(x)
         seed = self.seed_for(step, key)
@@ -356,7 +551,24 @@ class Compressor:
         return _stamp(c, x, dtype, step, seed)
 
     def seed_for(self, step: int, key=0) -> int:
-        """The 64-bit seed of (configured seed, step, key); 0 for deterministic compressors."""
+        """The 64-bit seed of (configured seed, step, key); 0 for deterministic compressors.
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+        key : int or str, optional
+            The bucket or tensor id.
+
+        Examples
+        --------
+        >>> import gcomp
+        >>> rk = gcomp.compressor("randomk:ratio=0.5,seed=1")
+        >>> rk.seed_for(3, 0) == rk.seed_for(3, 0) != rk.seed_for(4, 0)
+        True
+        >>> gcomp.compressor("topk:ratio=0.5").seed_for(3, 0)
+        0
+        """
         if not self.randomized:
             return 0
         return derive_seed(int(self._params.get("seed", 0)), step, key_to_int(key))
@@ -367,6 +579,22 @@ class Compressor:
         numpy in, numpy out; a torch tensor in, a CPU torch tensor of its dtype
         out.  A packet decoded from bytes carries no kind: numpy, except
         bfloat16, which numpy lacks (a torch tensor).
+
+        Parameters
+        ----------
+        c : Compressed
+            A compressed form of this compressor (same name).
+        out : numpy.ndarray or torch.Tensor, optional
+            Filled with the result and returned instead of a new array.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import gcomp
+        >>> c = gcomp.compressor("topk:ratio=0.25")
+        >>> t = torch.tensor([0.5, -3.0, 0.25, 2.0], dtype=torch.bfloat16)
+        >>> c.decompress(c.compress(t))
+        tensor([ 0., -3.,  0.,  0.], dtype=torch.bfloat16)
         """
         self._check_compressed(c)
         dense = self._decompress(c)
@@ -387,6 +615,24 @@ class Compressor:
         """``acc += scale * decompress(c)`` on a float32 accumulator (fused where the codec allows).
 
         Refuses another codec's packet and an accumulator of another dtype or size (ConfigError, a ValueError).
+
+        Parameters
+        ----------
+        c : Compressed
+            A compressed form of this compressor.
+        acc : numpy.ndarray
+            1-D float32 of ``c.numel`` elements, updated in place and returned.
+        scale : float, optional
+            The factor applied to the decompressed vector.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp
+        >>> c = gcomp.compressor("topk:ratio=0.25")
+        >>> acc = np.ones(4, np.float32)
+        >>> c.decompress_add(c.compress(np.array([0.0, -3.0, 1.0, 0.5], np.float32)), acc, 0.5).tolist()
+        [1.0, -0.5, 1.0, 1.0]
         """
         if (type(c) is not Compressed or c.codec != self.name or type(acc) is not np.ndarray or acc.dtype is not _F32
                 or acc.size != c.numel or acc.ndim != 1):  # one cheap test: this runs once per packet received
@@ -405,6 +651,27 @@ class Compressor:
         ``x`` and ``residual`` are float32; ``residual`` is updated in place.
         Compressors whose kernels fuse this (``fused_residual = True``) do it in
         one pass over memory through ``_encode(x, seed, residual)``.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            The new gradient.
+        residual : numpy.ndarray
+            float32 of the same size: what earlier steps dropped; updated in place.
+        step : int, optional
+            The training step.
+        key : int or str, optional
+            The bucket or tensor id.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp
+        >>> c = gcomp.compressor("topk:ratio=0.25")
+        >>> residual = np.zeros(4, np.float32)
+        >>> sent = c.compress_with_residual(np.array([0.5, -3.0, 0.25, 2.0], np.float32), residual)
+        >>> c.decompress(sent).tolist(), residual.tolist()
+        ([0.0, -3.0, 0.0, 0.0], [0.5, 0.0, 0.25, 2.0])
         """
         flat, dtype = as_flat_f32(x)
         if self.fused_residual:
@@ -417,7 +684,27 @@ class Compressor:
         return _stamp(c, x, dtype, step, c.seed)
 
     def combine(self, items) -> Compressed:
-        """Sum compressed forms as they are (linear compressors only)."""
+        """Sum compressed forms as they are (linear compressors only).
+
+        Parameters
+        ----------
+        items : iterable of Compressed
+            Compressed forms of the same codec, size, parameters and seed.
+
+        Raises
+        ------
+        gcomp.errors.ConfigError
+            The compressor is not linear, or the forms differ.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp
+        >>> f = gcomp.compressor("fp16")
+        >>> x = np.array([1.0, -2.0, 0.5], np.float32)
+        >>> f.decompress(f.combine([f.compress(x), f.compress(2 * x)])).tolist()
+        [3.0, -6.0, 1.5]
+        """
         items, first = self._combinable(items)
         arrays = dict(first.arrays)
         for name in self.summable:

@@ -46,7 +46,42 @@ def sparse_values(numel, count, params):
 
 @dataclasses.dataclass(frozen=True)
 class Codec:
-    """How one compressor's Compressed form maps onto the wire (see the module docstring)."""
+    """How one compressor's Compressed form maps onto the wire (see the module docstring).
+
+    Parameters
+    ----------
+    codec_id : int
+        The packet's codec byte: 1-127 for gcomp's own compressors, 128-254 for others.
+    arrays : callable
+        ``arrays(numel, count, params) -> [(name, dtype, length), ...]`` in payload order.
+    params : tuple of str, optional
+        Up to four ``Compressed.params`` names carried in the header.
+    check : callable, optional
+        ``check(numel, count, params)`` raises SizeError for parameters no encoder writes.
+    sparse : bool, optional
+        An index section precedes the arrays.
+    regenerate_indices : callable, optional
+        ``regenerate_indices(numel, count, seed)``: indices rebuilt by the receiver, not sent.
+    shape : callable, optional
+        ``shape(name, length, params)``: a decoded array's shape (default flat).
+    since : int, optional
+        The wire minor version that introduced the codec.
+    name : str, optional
+        Set by :func:`gcomp.register` to the compressor's name.
+
+    Examples
+    --------
+    The codec of a compressor that sends ``numel`` float16 values, registered
+    from outside gcomp (codec ids 128-254)::
+
+        from gcomp.compressors import Codec
+        from gcomp.compressors.codec import F16
+
+        class MyHalf(gcomp.Compressor):
+            name = "my-half"
+            codec = Codec(200, lambda numel, count, params: [("values", F16, numel)])
+            ...
+    """
 
     codec_id: int
     arrays: Callable
@@ -65,10 +100,19 @@ class Codec:
 
     @property
     def param_names(self) -> tuple:
+        """The names of the header's codec parameters (``params``)."""
         return self.params
 
     def validate(self, numel, count, params):
-        """The count rule, then the codec's own parameter check (raises SizeError)."""
+        """The count rule, then the codec's own parameter check (raises SizeError).
+
+        Parameters
+        ----------
+        numel, count : int
+            The header's sizes.
+        params : dict
+            The codec parameters, by name.
+        """
         if self.counted:
             if count > numel:
                 raise SizeError(f"expected count <= numel ({numel}), found {count}")
@@ -78,4 +122,15 @@ class Codec:
             self.check(numel, count, params)
 
     def array_shape(self, name, length, params):
+        """The shape of the decoded array ``name`` of ``length`` entries (flat unless ``shape`` says otherwise).
+
+        Parameters
+        ----------
+        name : str
+            The array's name.
+        length : int
+            Its entries.
+        params : dict
+            The codec parameters, by name.
+        """
         return (length,) if self.shape is None else self.shape(name, length, params)

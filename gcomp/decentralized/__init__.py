@@ -9,13 +9,13 @@
     optimizer.step()
     g.step()
 
-* :mod:`~gcomp.decentralized.topology`: ring, 2-D torus, one-peer exponential
+* ``gcomp.decentralized.topology``: ring, 2-D torus, one-peer exponential
   graph, complete, star or any user graph; Metropolis-Hastings or given
   weights, validated; spectral gap and rate;
-* :mod:`~gcomp.decentralized.gossip`: :class:`Gossip` for a torch model or a
+* ``gcomp.decentralized.gossip``: :class:`Gossip` for a torch model or a
   numpy vector over any gcomp Transport (torch.distributed, mpi4py,
   in-process), with checkpointable state and the consensus distance;
-* :mod:`~gcomp.decentralized.packets`: the prefix every gossip packet carries.
+* ``gcomp.decentralized.packets``: the prefix every gossip packet carries.
 
 See docs/decentralized.md.
 """

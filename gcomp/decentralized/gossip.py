@@ -110,8 +110,11 @@ from .topology import topology as build_topology
 
 __all__ = ["Gossip", "GossipStats", "ALGORITHMS", "NONFINITE_POLICIES", "INITIAL", "choco_scale"]
 
+#: the gossip algorithms :class:`Gossip` runs: exact gossip (D-PSGD) and CHOCO-SGD
 ALGORITHMS = ("exact", "choco")
+#: what :class:`Gossip` does with NaN/Inf in a rank's vector (see the module docstring)
 NONFINITE_POLICIES = ("propagate", "zero", "raise")
+#: where CHOCO's public copies start: decided from the vectors, at zero, or at the (common) vector
 INITIAL = ("auto", "zeros", "model")
 STATE_VERSION = 1
 RESTART = "restart every rank from the last checkpoint"
@@ -126,6 +129,39 @@ class GossipStats:
     ``gossiped`` is False on the local-only steps of ``every > 1``; the other
     fields then stay zero.  Bytes follow the transport's model (payloads plus
     8 bytes of size per neighbour); ``by_peer`` splits them per neighbour.
+
+    Parameters
+    ----------
+    step : int
+        The count of :meth:`Gossip.step` calls, this one included.
+    round : int
+        The gossip round (rounds count only the steps that gossiped).
+    gossiped : bool, optional
+        Whether this call ran a gossip round.
+    bytes_sent, bytes_received : int, optional
+        Bytes of the round, all neighbours together.
+    by_peer : dict, optional
+        ``{peer: (sent, received)}`` bytes of the round.
+    seconds : float, optional
+        Wall time of the round.
+    comm_seconds : float, optional
+        Of which waiting for the neighbour exchange.
+    nonfinite : int, optional
+        Non-finite entries found in this rank's vector.
+    nonfinite_peers : list, optional
+        Neighbours whose packets announced non-finite values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import gcomp.decentralized as gd
+    >>> from gcomp.transports import run_local
+    >>> def worker(transport):
+    ...     x = np.zeros(8, np.float32)
+    ...     g = gd.Gossip(x, topology="ring", every=2, transport=transport)
+    ...     return [g.step().gossiped for _ in range(4)]
+    >>> run_local(3, worker)[0]
+    [False, True, False, True]
     """
 
     step: int
@@ -141,7 +177,35 @@ class GossipStats:
 
 
 def choco_scale(comp: Compressor, numel: int, scale=None) -> float:
-    """The factor CHOCO applies to ``comp``'s output (see the module docstring)."""
+    """The factor CHOCO applies to ``comp``'s output (see the module docstring).
+
+    1 for a biased (contractive) compressor, ``1 / (1 + omega)`` for an
+    unbiased one that declares its variance bound ``omega``.
+
+    Parameters
+    ----------
+    comp : gcomp.Compressor
+        The compressor CHOCO sends with.
+    numel : int
+        Elements of the vector gossiped.
+    scale : float, optional
+        An explicit factor in (0, 1], returned as it is.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        ``scale`` is out of range, or ``comp`` is unbiased with no declared
+        variance bound and no ``scale`` is given.
+
+    Examples
+    --------
+    >>> import gcomp
+    >>> from gcomp.decentralized import choco_scale
+    >>> choco_scale(gcomp.compressor("topk:ratio=0.01"), 1000)
+    1.0
+    >>> 0 < choco_scale(gcomp.compressor("qsgd:levels=4"), 1000) < 1
+    True
+    """
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise ConfigError(f"expected scale a number in (0, 1], found {scale!r}")
@@ -283,6 +347,79 @@ class Gossip:
     * ``seed``: base seed of a randomized compressor (None: the spec's); each
       rank compresses with its own seed derived from it and its rank;
     * ``agree``: the construction-time agreement check (one allgather).
+
+    Every rank builds its Gossip at the same point with the same options;
+    then every rank calls :meth:`step` after each optimizer step.
+
+    Parameters
+    ----------
+    target : torch.nn.Module or torch.Tensor or iterable of torch.Tensor or numpy.ndarray
+        What is gossiped, in place.
+    topology : str or list or numpy.ndarray or Topology, optional
+        The graph, as :func:`gcomp.decentralized.topology` accepts it.
+    compressor : str or dict or gcomp.Compressor, optional
+        None for exact gossip; a compressor (with a wire codec) for CHOCO-SGD.
+    gamma : float, optional
+        Consensus step size in (0, 1]; required for CHOCO, default 1 for exact gossip.
+    algorithm : str, optional
+        ``"exact"`` or ``"choco"``; by default from ``compressor``.
+    every : int, optional
+        Gossip on every ``every``-th :meth:`step`.
+    weights : str or numpy.ndarray, optional
+        The mixing weights (``"metropolis"``, ``"max-degree"`` or a matrix).
+    transport : gcomp.transports.Transport or mpi4py communicator, optional
+        How bytes travel; None: torch.distributed's default group.
+    nonfinite : str, optional
+        ``"propagate"``, ``"zero"`` or ``"raise"``.
+    timeout : float, optional
+        Seconds a round waits for a neighbour; None: the transport's.
+    initial : str, optional
+        CHOCO's first public copies: ``"auto"``, ``"zeros"`` or ``"model"``.
+    scale : float, optional
+        CHOCO's factor on the compressor's output (see :func:`choco_scale`).
+    seed : int, optional
+        Base seed of a randomized compressor; None keeps the spec's.
+    agree : bool, optional
+        Run the construction-time agreement check.
+    keep_stats : int, optional
+        How many :class:`GossipStats` the ``stats`` list keeps.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An invalid option (raised on every rank, after the agreement step).
+    gcomp.errors.MismatchError
+        The ranks were built with different options or vector sizes.
+
+    Examples
+    --------
+    Three in-process ranks on a ring, CHOCO-SGD with top-k 10%; in a real job
+    each rank is a process and ``transport`` is left out (torch.distributed)
+    or is an mpi4py communicator:
+
+    >>> import numpy as np
+    >>> import gcomp.decentralized as gd
+    >>> from gcomp.transports import run_local
+    >>> def worker(transport):
+    ...     x = np.full(1000, float(transport.rank), np.float32)
+    ...     g = gd.Gossip(x, topology="ring", compressor="topk:ratio=0.1", gamma=0.2, transport=transport)
+    ...     for _ in range(100):
+    ...         g.step()                  # one gossip round, in place on x
+    ...     return float(x.mean()), g.consensus_distance(exact=True)
+    >>> results = run_local(3, worker)
+    >>> round(sum(mean for mean, _ in results) / 3, 4)      # the average is kept
+    1.0
+    >>> results[0][1] < 1e-3                                 # and the ranks agree
+    True
+
+    With a torch model, after the optimizer's step::
+
+        g = gcomp.decentralized.Gossip(model, topology="ring", compressor="topk:ratio=0.01", gamma=0.05)
+        for x, y in loader:
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            g.step()
     """
 
     def __init__(self, target, *, topology="ring", compressor=None, gamma=None, algorithm=None, every=1, weights=None,
@@ -378,7 +515,14 @@ class Gossip:
         self._digest8 = self._digest[:8]
 
     def options(self) -> dict:
-        """Everything that must be the same on every rank (fingerprinted at construction and in every packet)."""
+        """Everything that must be the same on every rank (fingerprinted at construction and in every packet).
+
+        Returns
+        -------
+        dict
+            Algorithm, topology digest and name, compressor config, gamma,
+            every, nonfinite, numel, scale, initial and the state version.
+        """
         return {"version": STATE_VERSION, "algorithm": self.algorithm, "topology": self.topology.digest().hex(),
                 "topology_name": self.topology.name, "compressor": self.spec.get_config(), "gamma": self.gamma,
                 "every": self.every, "nonfinite": self.nonfinite, "numel": self.numel, "scale": self.scale,
@@ -430,7 +574,21 @@ class Gossip:
 
     # -- the user's call ----------------------------------------------------
     def step(self) -> GossipStats:
-        """Call after ``optimizer.step()``: on every ``every``-th call, one gossip round (in place)."""
+        """Call after ``optimizer.step()``: on every ``every``-th call, one gossip round (in place).
+
+        Every rank calls it the same number of times.
+
+        Returns
+        -------
+        GossipStats
+            What this call did (also appended to ``self.stats``).
+
+        Raises
+        ------
+        gcomp.errors.CollectiveError
+            A neighbour failed, timed out or sent a fault notice; every rank
+            raises within (diameter) rounds.
+        """
         self.steps += 1
         stats = GossipStats(step=self.steps, round=self.round)
         if self.steps % self.every == 0:
@@ -439,7 +597,26 @@ class Gossip:
         return stats
 
     def gossip(self) -> GossipStats:
-        """One gossip round now, whatever ``every`` says (every rank must call it at the same point)."""
+        """One gossip round now, whatever ``every`` says (every rank must call it at the same point).
+
+        Returns
+        -------
+        GossipStats
+
+        Examples
+        --------
+        Exact gossip on a complete graph averages in one round:
+
+        >>> import numpy as np
+        >>> import gcomp.decentralized as gd
+        >>> from gcomp.transports import run_local
+        >>> def worker(transport):
+        ...     x = np.full(4, float(transport.rank), np.float32)
+        ...     gd.Gossip(x, topology="complete", transport=transport).gossip()
+        ...     return x.tolist()
+        >>> run_local(3, worker)
+        [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+        """
         stats = GossipStats(step=self.steps, round=self.round)
         self._gossip(stats)
         self._record(stats)
@@ -451,7 +628,12 @@ class Gossip:
             del self.stats[: len(self.stats) - self.keep_stats]
 
     def bytes_by_peer(self) -> dict:
-        """The transport's point-to-point bytes per peer: ``{peer: (sent, received)}`` (all traffic, all rounds)."""
+        """The transport's point-to-point bytes per peer: ``{peer: (sent, received)}`` (all traffic, all rounds).
+
+        Returns
+        -------
+        dict
+        """
         return self.transport.bytes_by_peer()
 
     # -- one round ------------------------------------------------------------
@@ -686,6 +868,30 @@ class Gossip:
         ``sqrt(2 / sketch)``): two allreduces of ``sketch`` and 1 float64, not
         of the vector.  ``exact=True`` allreduces the whole vector (float64).
         Every rank returns the same value.
+
+        Parameters
+        ----------
+        exact : bool, optional
+            Allreduce the whole vector instead of a sketch.
+        sketch : int, optional
+            Buckets of the CountSketch.
+        seed : int, optional
+            Seed of the sketch's hash (the same on every rank).
+
+        Returns
+        -------
+        float
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp.decentralized as gd
+        >>> from gcomp.transports import run_local
+        >>> def worker(transport):
+        ...     x = np.full(4, float(transport.rank), np.float32)     # ranks hold 0, 1, 2
+        ...     return gd.Gossip(x, transport=transport).consensus_distance(exact=True)
+        >>> round(run_local(3, worker)[0], 4)                      # mean of 4 * (1, 0, 1)
+        2.6667
         """
         x = self._target.gather() if isinstance(self._target, _Params) else self._target.vector
         size = self.size
@@ -708,7 +914,16 @@ class Gossip:
 
     # -- checkpointing ----------------------------------------------------------
     def state_dict(self) -> dict:
-        """This rank's public copies, round and step counts and compressor state (the model is the caller's)."""
+        """This rank's public copies, round and step counts and compressor state (the model is the caller's).
+
+        Save it with the model (``torch.save`` or :func:`gcomp.statecodec.pack`);
+        restore both on every rank to continue bit-identically.
+
+        Returns
+        -------
+        dict
+            numpy arrays and plain values, versioned.
+        """
         state = {"version": STATE_VERSION, "digest": self._digest.hex(), "round": self.round, "steps": self.steps,
                  "initial": self.initial_resolved, "compressor": self.compressor.state_dict()}
         if self.algorithm == "choco":
@@ -723,7 +938,36 @@ class Gossip:
         return state
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output (StateError if it belongs to another configuration or shape)."""
+        """Restore :meth:`state_dict` output (StateError if it belongs to another configuration or shape).
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned on this rank, from a Gossip built
+            with the same options.
+
+        Raises
+        ------
+        gcomp.errors.StateError
+            Another version, configuration or shape.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import gcomp.decentralized as gd
+        >>> from gcomp.transports import run_local
+        >>> def worker(transport):
+        ...     x = np.full(8, float(transport.rank), np.float32)
+        ...     g = gd.Gossip(x, topology="ring", compressor="topk:ratio=0.5", gamma=0.5, transport=transport)
+        ...     g.step()
+        ...     saved, x_saved = g.state_dict(), x.copy()
+        ...     g.step(); after = x.copy()
+        ...     x[:] = x_saved; g.load_state_dict(saved)     # back to the checkpoint
+        ...     g.step()
+        ...     return bool(np.array_equal(x, after))        # the same next step, bit for bit
+        >>> run_local(3, worker)
+        [True, True, True]
+        """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected a gossip state of version {STATE_VERSION}, found "
                              f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")
@@ -773,7 +1017,32 @@ class Gossip:
 
 def count_sketch(x, buckets, seed=0, chunk=1 << 20):
     """``S x`` (float64, ``buckets`` entries) for the CountSketch ``S`` of ``(seed, len(x))``: each entry goes to a
-    random bucket with a random sign; ``E ||S v||^2 = ||v||^2``.  The same on every rank for the same seed."""
+    random bucket with a random sign; ``E ||S v||^2 = ||v||^2``.  The same on every rank for the same seed.
+
+    Parameters
+    ----------
+    x : array_like
+        The vector (flattened).
+    buckets : int
+        Entries of the sketch.
+    seed : int, optional
+        Seed of the hash and signs (a local generator; the global ones are untouched).
+    chunk : int, optional
+        Entries hashed at a time (bounds the memory used).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 of ``buckets`` entries; linear in ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp.decentralized import count_sketch
+    >>> x, y = np.arange(10.0), np.ones(10)
+    >>> np.allclose(count_sketch(x + y, 4), count_sketch(x, 4) + count_sketch(y, 4))
+    True
+    """
     x = np.asarray(x).reshape(-1)
     out = np.zeros(buckets, np.float64)
     for c, lo in enumerate(range(0, x.shape[0], chunk)):
@@ -785,7 +1054,20 @@ def count_sketch(x, buckets, seed=0, chunk=1 << 20):
 
 
 def spectral_summary(topology: Topology) -> str:
-    """One line about a topology (for logs): name, size, period, spectral gap, per-round rate."""
+    """One line about a topology (for logs): name, size, period, spectral gap, per-round rate.
+
+    Parameters
+    ----------
+    topology : Topology
+        A built topology.
+
+    Examples
+    --------
+    >>> from gcomp.decentralized import spectral_summary, topology
+    >>> print(spectral_summary(topology("ring", 4)))  # doctest: +NORMALIZE_WHITESPACE
+    ring over 4 ranks (period 1, degrees [2]): spectral gap 0.6667,
+    exact gossip shrinks the consensus distance by 0.1111 per round (half-life 0.315 rounds)
+    """
     d = topology.describe()
     return (f"{d['name']} over {d['size']} ranks (period {d['period']}, degrees {d['degrees']}): spectral gap "
             f"{d['spectral_gap']:.4g}, exact gossip shrinks the consensus distance by {d['rate']:.4g} per round "

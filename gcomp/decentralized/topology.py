@@ -63,6 +63,7 @@ __all__ = ["Topology", "topology", "TOPOLOGIES", "torus_shape"]
 
 #: tolerance on row and column sums and on symmetry
 TOL = 1e-9
+#: the graph names :func:`topology` builds
 TOPOLOGIES = ("ring", "torus", "exponential", "complete", "star")
 WEIGHTINGS = ("metropolis", "max-degree")
 
@@ -72,7 +73,38 @@ class Topology:
 
     Built with :func:`topology`; the constructor takes the matrices directly
     (``matrices``: a list of ``P x P`` arrays, one per round of the period) and
-    validates them.
+    validates them.  Equal topologies (same size, period and weights) compare
+    equal, whatever their names.
+
+    Parameters
+    ----------
+    matrices : numpy.ndarray or list of numpy.ndarray
+        One ``P x P`` mixing matrix (static) or one per round of the period
+        (time-varying); copied and made read-only.
+    name : str, optional
+        A label for messages and reports.
+    symmetric : bool, optional
+        Whether every matrix must be symmetric (a static undirected graph);
+        False for a time-varying one such as the exponential graph.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        A matrix is not square, negative, not doubly stochastic, not symmetric
+        where required, its graph is not connected, or it does not contract.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp.decentralized import Topology, topology
+    >>> avg = Topology(np.full((3, 3), 1 / 3), name="average")
+    >>> avg.spectral_gap, avg.send_to(0)
+    (1.0, (1, 2))
+    >>> ring = topology("ring", 4)
+    >>> ring
+    Topology('ring', size=4, period=1, spectral_gap=0.6667)
+    >>> ring.weights()[0].round(3).tolist()
+    [0.333, 0.333, 0.0, 0.333]
     """
 
     def __init__(self, matrices, *, name="custom", symmetric=True):
@@ -104,22 +136,58 @@ class Topology:
     # -- what a rank needs --------------------------------------------------
     @property
     def static(self) -> bool:
+        """True for one mixing matrix (period 1), False for a time-varying topology."""
         return self.period == 1
 
     def weights(self, t: int = 0) -> np.ndarray:
-        """``W_{t mod period}`` (read-only float64 ``P x P``)."""
+        """``W_{t mod period}`` (read-only float64 ``P x P``).
+
+        Parameters
+        ----------
+        t : int, optional
+            The gossip round.
+        """
         return self._matrices[int(t) % self.period]
 
     def send_to(self, rank: int, t: int = 0) -> tuple:
-        """The ranks that receive from ``rank`` in round ``t`` (ascending)."""
+        """The ranks that receive from ``rank`` in round ``t`` (ascending).
+
+        Parameters
+        ----------
+        rank : int
+            A rank in ``[0, size)``.
+        t : int, optional
+            The gossip round.
+
+        Examples
+        --------
+        >>> from gcomp.decentralized import topology
+        >>> expo = topology("exponential", 8)
+        >>> [expo.send_to(0, t) for t in range(expo.period)]
+        [(1,), (2,), (4,)]
+        """
         return self._links[int(t) % self.period][rank][0]
 
     def recv_from(self, rank: int, t: int = 0) -> tuple:
-        """The ranks ``rank`` receives from in round ``t`` (ascending)."""
+        """The ranks ``rank`` receives from in round ``t`` (ascending).
+
+        Parameters
+        ----------
+        rank : int
+            A rank in ``[0, size)``.
+        t : int, optional
+            The gossip round.
+        """
         return self._links[int(t) % self.period][rank][1]
 
     def neighbors(self, rank: int) -> tuple:
-        """Every rank ``rank`` exchanges with in some round of the period (ascending)."""
+        """Every rank ``rank`` exchanges with in some round of the period (ascending).
+
+        Parameters
+        ----------
+        rank : int
+            A rank in ``[0, size)``.
+        """
         out = set()
         for links in self._links:
             out.update(links[rank][0])
@@ -127,10 +195,19 @@ class Topology:
         return tuple(sorted(out))
 
     def degree(self, rank: int, t: int = 0) -> int:
-        """How many ranks ``rank`` sends to in round ``t``."""
+        """How many ranks ``rank`` sends to in round ``t``.
+
+        Parameters
+        ----------
+        rank : int
+            A rank in ``[0, size)``.
+        t : int, optional
+            The gossip round.
+        """
         return len(self.send_to(rank, t))
 
     def max_degree(self) -> int:
+        """The largest number of ranks any rank sends to in any round."""
         return max(len(self.send_to(r, t)) for r in range(self.size) for t in range(self.period))
 
     # -- how fast it mixes ---------------------------------------------------
@@ -173,7 +250,15 @@ class Topology:
         return h.digest()
 
     def describe(self) -> dict:
-        """Name, size, period, degrees, spectral gap and rate (what the docs and the benchmark print)."""
+        """Name, size, period, degrees, spectral gap and rate (what the docs and the benchmark print).
+
+        Examples
+        --------
+        >>> from gcomp.decentralized import topology
+        >>> info = topology("ring", 4).describe()
+        >>> info["degrees"], round(info["spectral_gap"], 4), round(info["rate"], 4)
+        ([2], 0.6667, 0.1111)
+        """
         degrees = sorted({self.degree(r, t) for r in range(self.size) for t in range(self.period)})
         return {"name": self.name, "size": self.size, "period": self.period, "degrees": degrees,
                 "spectral_gap": self.spectral_gap, "rate": self.rate}
@@ -262,7 +347,21 @@ def _components(adj):
 
 # -- builders ---------------------------------------------------------------------
 def torus_shape(size: int) -> tuple:
-    """``(rows, cols)`` with ``rows * cols == size``, ``rows <= cols``, as square as possible (1 x P for a prime)."""
+    """``(rows, cols)`` with ``rows * cols == size``, ``rows <= cols``, as square as possible (1 x P for a prime).
+
+    The shape ``topology("torus", size)`` uses.
+
+    Parameters
+    ----------
+    size : int
+        The number of ranks, at least 1.
+
+    Examples
+    --------
+    >>> from gcomp.decentralized import torus_shape
+    >>> torus_shape(12), torus_shape(7)
+    ((3, 4), (1, 7))
+    """
     rows = int(math.isqrt(size))
     while size % rows:
         rows -= 1
@@ -391,6 +490,37 @@ def topology(spec, size: int | None = None, *, weights=None) -> Topology:
     size).  ``weights``: None / ``"metropolis"`` (default), ``"max-degree"``
     or a ``P x P`` matrix (not for the exponential graph, whose weights are
     fixed at 1/2).  A ConfigError names what is wrong.
+
+    Parameters
+    ----------
+    spec : str or list of list of int or numpy.ndarray or Topology
+        A name from :data:`TOPOLOGIES` (``"torus:RxC"`` chooses the torus's
+        shape), ``P`` neighbour lists, a ``P x P`` adjacency array, or a built
+        Topology.
+    size : int, optional
+        The number of ranks; required with a name, checked against the others.
+    weights : str or numpy.ndarray, optional
+        ``"metropolis"`` (the default), ``"max-degree"`` or a ``P x P`` matrix.
+
+    Returns
+    -------
+    Topology
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An unknown name, a size that does not fit, or weights that fail the
+        checks of :class:`Topology`.
+
+    Examples
+    --------
+    >>> from gcomp.decentralized import topology
+    >>> topology("torus", 12)
+    Topology('torus:3x4', size=12, period=1, spectral_gap=0.4)
+    >>> topology([[1, 2], [0], [0]]).weights().round(3).tolist()
+    [[0.333, 0.333, 0.333], [0.333, 0.667, 0.0], [0.333, 0.0, 0.667]]
+    >>> topology("exponential", 8).spectral_gap
+    1.0
     """
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
         raise ConfigError(f"expected size a positive number of ranks, found {size!r}")

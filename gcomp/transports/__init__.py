@@ -1,8 +1,8 @@
 """Transports: how collective algorithms move bytes (torch.distributed, mpi4py, in-process).
 
-Collectives (allreduce_, allgatherv, alltoallv, broadcast_, barrier), a
+Collectives (``allreduce_``, ``allgatherv``, ``alltoallv``, ``broadcast_``, ``barrier``), a
 counted point-to-point ``exchange``, and group management (``split``,
-``split_by_node``, ``free``); see :mod:`gcomp.transports.base`.
+``split_by_node``, ``free``); see :class:`Transport`.
 """
 
 from .base import ByteCounter, Transport

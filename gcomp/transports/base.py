@@ -81,15 +81,32 @@ class ByteCounter:
         self.peers = {}
 
     def add(self, sent, received):
+        """Count ``sent`` and ``received`` bytes of a collective.
+
+        Parameters
+        ----------
+        sent, received : int
+            Bytes under the module docstring's model.
+        """
         self.sent += int(sent)
         self.received += int(received)
 
     def add_peer(self, peer, sent, received):
+        """Count point-to-point bytes exchanged with ``peer`` (also per peer).
+
+        Parameters
+        ----------
+        peer : int
+            The other rank.
+        sent, received : int
+            Bytes under the module docstring's model.
+        """
         entry = self.peers.setdefault(int(peer), [0, 0])
         entry[0] += int(sent)
         entry[1] += int(received)
 
     def snapshot(self):
+        """``(sent, received)`` so far: subtract two snapshots for the bytes in between."""
         return self.sent, self.received
 
     def by_peer(self) -> dict:
@@ -98,7 +115,25 @@ class ByteCounter:
 
 
 class Transport:
-    """Base class; subclasses implement the ``_``-prefixed primitives."""
+    """Base class; subclasses implement the ``_``-prefixed primitives.
+
+    Every collective algorithm and adapter of gcomp is written against this
+    interface; pass one as ``transport=`` to inject it.  The implementations:
+    :class:`~gcomp.transports.TorchTransport` (torch.distributed),
+    :class:`~gcomp.transports.MPITransport` (mpi4py) and
+    :class:`~gcomp.transports.LocalTransport` (threads of one process).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport):
+    ...     x = np.full(2, float(transport.rank + 1))
+    ...     transport.allreduce_(x)                      # sums over the ranks, in place
+    ...     return x.tolist(), transport.bytes_sent > 0
+    >>> run_local(3, rank)
+    [([6.0, 6.0], True), ([6.0, 6.0], True), ([6.0, 6.0], True)]
+    """
 
     rank: int = 0
     size: int = 1
@@ -112,10 +147,12 @@ class Transport:
 
     @property
     def bytes_sent(self):
+        """Bytes this rank sent through the counted operations so far (the module docstring's model)."""
         return self.counter.sent
 
     @property
     def bytes_received(self):
+        """Bytes this rank received through the counted operations so far."""
         return self.counter.received
 
     def bytes_by_peer(self) -> dict:
@@ -257,6 +294,7 @@ class Transport:
         self._unfinished.append(pending)
 
     def barrier(self):
+        """Wait until every rank of the transport has called it (not counted)."""
         self._barrier()
 
     # -- groups (collective over this transport, not counted) ----------------

@@ -22,6 +22,30 @@ __all__ = ["LocalGroup", "LocalTransport", "run_local"]
 
 
 class LocalGroup:
+    """``size`` in-process ranks that share slots and queues; :meth:`transports` gives each its transport.
+
+    Parameters
+    ----------
+    size : int
+        The number of ranks (threads), at least 1.
+    timeout : float, optional
+        Seconds a collective or a receive waits before it raises.
+
+    Examples
+    --------
+    >>> import threading
+    >>> from gcomp.transports import LocalGroup
+    >>> transports = LocalGroup(2).transports()
+    >>> out = {}
+    >>> def rank(t):
+    ...     out[t.rank] = [bytes(b) for b in t.allgatherv(bytes([t.rank]))]
+    >>> threads = [threading.Thread(target=rank, args=(t,)) for t in transports]
+    >>> for th in threads: th.start()
+    >>> for th in threads: th.join()
+    >>> [out[r] for r in range(2)]
+    [[b'\\x00', b'\\x01'], [b'\\x00', b'\\x01']]
+    """
+
     def __init__(self, size: int, timeout: float = 60.0):
         if size < 1:
             raise ValueError(f"expected a group size >= 1, found {size}")
@@ -33,6 +57,7 @@ class LocalGroup:
         self._queues_lock = threading.Lock()
 
     def transports(self):
+        """One :class:`LocalTransport` per rank, in rank order; run each in its own thread."""
         return [LocalTransport(self, r) for r in range(self.size)]
 
     def exchange(self, rank, value):
@@ -55,6 +80,16 @@ class LocalGroup:
 
 
 class LocalTransport(Transport):
+    """One rank of a :class:`LocalGroup`: a :class:`~gcomp.transports.Transport` over threads of one process.
+
+    Parameters
+    ----------
+    group : LocalGroup
+        The group it belongs to.
+    rank : int
+        Its rank in the group.
+    """
+
     name = "local"
 
     def __init__(self, group: LocalGroup, rank: int):
@@ -102,6 +137,7 @@ class LocalTransport(Transport):
 
     @property
     def neighbor_timeout(self):
+        """The group's ``timeout``, what :meth:`~gcomp.transports.Transport.neighbor_exchange` waits by default."""
         return self.group.timeout
 
     def _neighbor_exchange(self, sends, recv_from, deadline, timeout):
@@ -134,6 +170,32 @@ def run_local(size, fn, *args, timeout=60.0):
     """Run ``fn(transport, *args)`` on ``size`` threads; returns the results in rank order.
 
     An exception on any rank is re-raised (after aborting the barrier so no thread hangs).
+
+    Parameters
+    ----------
+    size : int
+        The number of ranks.
+    fn : callable
+        ``fn(transport, *args)``, run once per rank.
+    *args
+        Passed to ``fn`` after the transport.
+    timeout : float, optional
+        Seconds a collective waits (the :class:`LocalGroup`'s timeout).
+
+    Returns
+    -------
+    list
+        ``fn``'s results, in rank order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport, value):
+    ...     x = np.array([value * transport.rank], dtype=np.float64)
+    ...     return float(transport.allreduce_(x)[0])
+    >>> run_local(3, rank, 10.0)
+    [30.0, 30.0, 30.0]
     """
     group = LocalGroup(size, timeout)
     results = [None] * size

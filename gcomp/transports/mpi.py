@@ -55,6 +55,28 @@ def _float16_sum_supported(comm):
 
 
 class MPITransport(Transport):
+    """A :class:`~gcomp.transports.Transport` over an mpi4py communicator.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The communicator.
+    owns_comm : bool, optional
+        Free ``comm`` in :meth:`free` (for communicators gcomp created).
+    timeout : float, optional
+        Seconds :meth:`~gcomp.transports.Transport.neighbor_exchange` waits by default (None: 300).
+
+    Examples
+    --------
+    Under ``mpiexec -n 3 python script.py``::
+
+        from mpi4py import MPI
+        from gcomp.transports import MPITransport
+
+        transport = MPITransport(MPI.COMM_WORLD)
+        transport.allreduce_(np.ones(4))       # sums over the ranks, in place
+    """
+
     name = "mpi"
 
     def __init__(self, comm, *, owns_comm=False, timeout=None):

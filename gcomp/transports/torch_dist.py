@@ -64,6 +64,27 @@ _SORT_RANKS = "sort_ranks" in inspect.signature(dist.new_group).parameters
 
 
 class TorchTransport(Transport):
+    """A :class:`~gcomp.transports.Transport` over a torch.distributed process group (gloo or NCCL).
+
+    ``torch.distributed`` must be initialised first.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, optional
+        The process group; None: the default one.
+    timeout : float or datetime.timedelta, optional
+        For the groups :meth:`~gcomp.transports.Transport.split` creates; None: torch's default.
+
+    Examples
+    --------
+    In every process, after ``dist.init_process_group("gloo", ...)``::
+
+        from gcomp.transports import TorchTransport
+
+        transport = TorchTransport()
+        transport.allreduce_(np.ones(4))       # sums over the processes, in place
+    """
+
     name = "torch"
 
     def __init__(self, group=None, timeout=None):

@@ -2,8 +2,10 @@
 
 Groups ``{0, 1}`` and ``{2}``: a dense sum inside each group, the compressed
 collective between the leaders 0 and 2, a broadcast back.  Every rank must end
-every step with bit-identical parameters; with ``none`` the result is the mean
-up to float32 summation order; the stats count the in-group bytes apart.
+every step with bit-identical parameters; with ``none`` the result is DDP's bit
+for bit (a dense bucket goes through one plain allreduce: ``hierarchical_dense="flat"``,
+the default), or, kept hierarchical (``"groups"``), the mean up to float32
+summation order; the stats count the in-group bytes apart.
 """
 
 import pytest
@@ -54,7 +56,8 @@ def hierarchical_worker(rank, world_size):
     out = {
         "baseline": _run(rank, None, {}),
         "none-pairs": _run(rank, "none", {"hierarchical": _pairs}),
-        "none-node": _run(rank, "none", {"hierarchical": "node"}),
+        "none-pairs-groups": _run(rank, "none", {"hierarchical": _pairs, "hierarchical_dense": "groups"}),
+        "none-node": _run(rank, "none", {"hierarchical": "node", "hierarchical_dense": "groups"}),
         "topk-pairs": _run(rank, "topk:ratio=0.1", {"hierarchical": _pairs, "algorithm": "allgather"}),
         "qsgd-pairs-color": _run(rank, "qsgd", {"hierarchical": _pairs(rank), "algorithm": "scatter-reduce-allgather"}),
         "topk-default": _run(rank, "topk:ratio=0.1", {"algorithm": "allgather"}),
@@ -74,12 +77,19 @@ def three_ranks():
     return launch(hierarchical_worker, 3, timeout=240)
 
 
-@pytest.mark.parametrize("label", ["none-pairs", "none-node", "topk-pairs", "qsgd-pairs-color", "topk-injected"])
+@pytest.mark.parametrize("label", ["none-pairs", "none-pairs-groups", "none-node", "topk-pairs", "qsgd-pairs-color",
+                                   "topk-injected"])
 def test_every_rank_ends_every_step_identical(three_ranks, label):
     assert three_ranks[0][label]["digests"] == three_ranks[1][label]["digests"] == three_ranks[2][label]["digests"]
 
 
-@pytest.mark.parametrize("label", ["none-pairs", "none-node"])
+def test_none_hierarchical_is_ddp_bit_for_bit(three_ranks):
+    for result in three_ranks:
+        assert result["none-pairs"]["digests"] == result["baseline"]["digests"]
+        assert result["none-pairs"]["algorithms"] == ["dense"]
+
+
+@pytest.mark.parametrize("label", ["none-pairs-groups", "none-node"])
 def test_none_hierarchical_is_the_mean(three_ranks, label):
     """Dense in groups, dense between leaders: only float32 summation order differs from DDP (4 P 2**-24 per step)."""
     for result in three_ranks:
