@@ -199,6 +199,19 @@ def restore_dtype(dense_f32, dtype, out=None, kind="numpy"):
     return dense_f32.astype(dtype)
 
 
+def _f32_target(out, numel):
+    """``out`` as a writeable 1-D contiguous float32 numpy array of ``numel`` entries (a view of a CPU
+    float32 tensor), or None when it is not one (then the result is written with a cast)."""
+    if type(out) is not np.ndarray:
+        if not _is_torch(out) or out.device.type != "cpu" or str(out.dtype) != "torch.float32" or out.requires_grad:
+            return None
+        out = out.detach().numpy()
+    if out.dtype is not _F32 or out.ndim != 1 or out.size != numel or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        return None
+    return out
+
+
 def _fill_out(dense_f32, out):
     if isinstance(out, np.ndarray):
         if out.shape != dense_f32.shape:
@@ -597,8 +610,18 @@ class Compressor:
         tensor([ 0., -3.,  0.,  0.], dtype=torch.bfloat16)
         """
         self._check_compressed(c)
+        if out is not None and c.dtype == "float32":
+            target = _f32_target(out, c.numel)
+            if target is not None and self._decompress_into(c, target) is not None:
+                return out  # decoded straight into the caller's buffer: no dense temporary
         dense = self._decompress(c)
         return restore_dtype(dense, c.dtype, out, c.kind)
+
+    def _decompress_into(self, c: Compressed, out: np.ndarray):
+        """Decode ``c`` into the float32 vector ``out`` and return it, or None where only a fresh array is possible."""
+        if type(self)._decode is not Compressor._decode:
+            return self._decode(c, out=out)
+        return None
 
     def _refuse_add(self, c, acc):
         self._check_compressed(c)

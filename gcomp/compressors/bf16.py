@@ -35,6 +35,9 @@ class BF16(Compressor):
     def _decompress(self, c):
         return from_bf16_bits(c.arrays["values"])
 
+    def _decompress_into(self, c, out):
+        return from_bfloat16_bits(c.arrays["values"], out=out)
+
     def summed_bytes(self, numel):
         return 4 * numel
 

@@ -27,6 +27,11 @@ class SparseCompressor(Compressor):
     def _decompress(self, c):
         return sparse_decompress(c)
 
+    def _decompress_into(self, c, out):
+        out.fill(0.0)
+        scatter.scatter_set(c.arrays["indices"], c.arrays["values"], out)
+        return out
+
     def decompress_add(self, c, acc, scale=1.0):
         if (type(c) is not Compressed or c.codec != self.name or type(acc) is not np.ndarray or acc.dtype is not _F32
                 or acc.size != c.numel or acc.ndim != 1):  # the base class's test, inlined: once per packet received
