@@ -1,9 +1,18 @@
-"""DDP training throughput and bytes per step: no hook, torch's hooks and gcomp's hooks on one model.
+"""DDP training throughput and bytes per step: no hook, torch's hooks and gcomp's hooks, on a 2M and a 25M model.
 
 Usage::
 
-    python bench/ddp.py --json /tmp/ddp.json [--world 2] [--steps 30] [--warmup 5] [--model mlp]
-                        [--hidden 1024] [--batch 64] [--link 20mbit,100mbit] [--timeout 900]
+    python bench/ddp.py --json /tmp/ddp.json [--world 2] [--steps 20] [--warmup 5] [--model mlp]
+                        [--hidden 1024,4608] [--threads 1] [--batch 64] [--link 20mbit,100mbit]
+                        [--markdown PATH] [--timeout 1800]
+
+One run (a fresh set of spawned ranks) per model width in ``--hidden`` (default
+1024 and 4608: 1.86M and 24.9M parameters) and per thread count in
+``--threads`` (threads per rank for torch and numba; ``1,2`` adds the thread
+scaling rows).  Targets (issue 11), printed with PASS/FAIL and stored under
+``"targets"``, on the model nearest 25M parameters: gcomp's PowerSGD hook step
+at most torch's ``powerSGD_hook`` step, every gcomp hook at most 1.3x the
+no-hook step.  The load average is printed at the start and the end.
 
 ``--world`` gloo ranks are spawned on localhost (multiprocessing "spawn"
 context, a free port).  Every rank builds one DDP copy of the *same* seeded
@@ -48,8 +57,8 @@ Columns (per rank; the step time of a round is the slowest rank's):
   for the dense configurations); ``speedup_vs_nohook_<link>``.
 
 Buckets: every configuration gets ``DDP(model, bucket_cap_mb=--bucket-cap-mb)``
-(25 by default, passed explicitly so DDP's 1 MiB first-bucket cap does not
-apply): the default MLP (7.5 MB of fp32 gradients) is then *one* bucket.  With
+(``auto`` by default: the model's fp32 gradients plus 1 MiB, passed explicitly so
+DDP's 1 MiB first-bucket cap does not apply): each model is then *one* bucket.  With
 two or more buckets, torch's ``powerSGD_hook`` on gloo aborts a rank within a
 few steps ("op.preamble.length <= op.nbytes ... collective mismatch"): it
 launches its P/Q allreduces from future callbacks (gloo's worker threads)
@@ -67,8 +76,30 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-for _name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_name] = "1"  # one thread per rank (inherited by the spawned ranks)
+
+
+def _max_threads_from_argv(argv):
+    """The largest of ``--threads A,B`` (read before numba is imported; argparse validates it later)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--threads=") else None)
+        if value is not None:
+            try:
+                return max(1, *(int(v) for v in value.split(",") if v.strip()))
+            except ValueError:
+                return 1
+    return 1
+
+
+def _set_thread_env(threads):
+    """The most threads a rank uses, for numba, OpenMP and BLAS; spawned ranks inherit it, each run sets its own count."""
+    os.environ["GCOMP_BENCH_DDP_THREADS"] = str(int(threads))
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(int(threads))
+
+
+# a spawned rank re-imports this module: it keeps what main() set for it
+_set_thread_env(os.environ.get("GCOMP_BENCH_DDP_THREADS") or _max_threads_from_argv(sys.argv[1:]))
 
 import argparse
 import datetime
@@ -100,6 +131,11 @@ GCOMP_SPECS = {
 }
 TORCH_CONFIGS = ["nohook", "torch-fp16", "torch-powersgd"]
 CONFIGS = TORCH_CONFIGS + list(GCOMP_SPECS)
+#: default MLP widths: 784-H-H-10 with H = 1024 has 1.86M parameters, H = 4608 has 24.9M
+DEFAULT_HIDDEN = "1024,4608"
+#: the targets (issue 11), checked on the model nearest 25M parameters
+TARGET_PARAMS = 25_000_000
+HOOK_OVER_NOHOOK = 1.3
 POWERSGD_RANK = 4
 POWERSGD_START = 2
 
@@ -149,8 +185,22 @@ def make_batches(args, rank):
 
 
 def _n_params(args):
-    h = args.hidden
+    return n_params_of(args.hidden)
+
+
+def n_params_of(h):
+    """Parameters of the MLP 784-h-h-10 (weights and biases)."""
     return 784 * h + h + h * h + h + 10 * h + 10
+
+
+def bucket_cap_for(n_params, cap):
+    """``--bucket-cap-mb``: ``"auto"`` gives one bucket for the whole model (fp32 gradients plus 1 MiB)."""
+    if str(cap).strip().lower() == "auto":
+        return math.ceil(4 * n_params / 2**20) + 1.0
+    value = float(cap)
+    if value <= 0:
+        raise ValueError(f"expected a positive --bucket-cap-mb or auto, found {cap!r}")
+    return value
 
 
 def ring_bytes(payload, world):
@@ -198,8 +248,8 @@ def _run_rank(rank, world, port, args):
 
     import gcomp.ddp
 
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     timeout = datetime.timedelta(seconds=args.op_timeout)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
 
@@ -262,6 +312,7 @@ def _run_rank(rank, world, port, args):
 
     model = build_model(args)
     out = {"n_params": sum(p.numel() for p in model.parameters()),
+           "threads_seen": {"torch": torch.get_num_threads(), "numba": numba.get_num_threads()},
            "psgd_model_numel": powersgd_payload_numel(model), "configs": {}}
     for name, run in runs.items():
         out["configs"][name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in run.items()
@@ -391,6 +442,11 @@ def summarize(ranks, args, links):
         rec["loss_last"] = c0["losses"][-1]
         for link, bps in links:
             rec[f"modelled_step_s_{link}"] = step_s + 8 * rec["bytes_per_step"] / bps
+        rec["hidden"] = args.hidden
+        rec["n_params"] = n_params
+        rec["threads"] = args.threads
+        rec["threads_seen"] = ranks[0]["threads_seen"]  # what rank 0's torch and numba ran with
+        rec["bucket_cap_mb"] = args.bucket_cap_mb
         records.append(rec)
     base = next((rec for rec in records if rec["config"] == "nohook"), None)
     for rec in records:
@@ -401,7 +457,7 @@ def summarize(ranks, args, links):
     return records
 
 
-def make_header(args, links, n_params):
+def make_header(args, links, runs):
     import numpy
     import torch
 
@@ -409,9 +465,11 @@ def make_header(args, links, n_params):
 
     extra = {
         "benchmark": "ddp",
-        "world": args.world, "backend": "gloo (localhost)", "model": f"mlp 784-{args.hidden}-{args.hidden}-10",
-        "model_params": n_params, "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lr": args.lr,
-        "threads_per_rank": 1, "schedule": "round-robin over configurations, order rotated each round",
+        "world": args.world, "backend": "gloo (localhost)",
+        "models": [{"model": f"mlp 784-{h}-{h}-10", "hidden": h, "model_params": n_params_of(h)} for h in args.hidden_list],
+        "threads_per_rank": args.thread_list, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+        "lr": args.lr, "bucket_cap_mb": {str(r["hidden"]): r["bucket_cap_mb"] for r in runs},
+        "schedule": "round-robin over configurations, order rotated each round; one spawned run per model and thread count",
         "step_time": "wall clock of zero_grad+forward+backward+optimizer step; a round's time is the slowest rank's; median",
         "bytes_model": ("bytes sent per rank per step; ring allreduce of B bytes = 2(P-1)/P*B, allgather = (P-1)*B; "
                         "gcomp measured from state.last_step(), torch hooks and no hook modelled"),
@@ -419,10 +477,12 @@ def make_header(args, links, n_params):
         "modelled_step": "step_s_median (measured, loopback) + 8*bytes_per_step/bandwidth (no overlap)",
         "gcomp_specs": GCOMP_SPECS,
         "torch_powersgd": {"matrix_approximation_rank": POWERSGD_RANK, "start_powerSGD_iter": POWERSGD_START},
+        "runs": runs,
     }
     if _common is not None:
-        head = _common.header(1, [n_params], **extra)
+        head = _common.header(args.thread_list[0], [n_params_of(h) for h in args.hidden_list], **extra)
         head.pop("sizes", None)
+        head["threads"] = args.thread_list
         return head
     return {"gcomp": gcomp.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
             "torch": torch.__version__, "cpu": platform.processor() or "unknown", "logical_cpus": os.cpu_count(),
@@ -434,51 +494,112 @@ def _fmt(v, spec):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def table(records, links):
-    cols = [("config", "config"), ("steps", "steps/s (meas)"), ("ms", "ms/step (meas)"), ("x", "speedup (meas)"),
-            ("mb", "MB/step/rank"), ("ratio", "ratio")]
+def _table(rows, cols, markdown=False):
+    if _common is not None:
+        return _common.format_table(rows, cols, markdown=markdown)
+    lines = ["  ".join(title for _, title in cols)]
+    lines += ["  ".join(str(r.get(k, "")) for k, _ in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def table(records, links, markdown=False):
+    cols = [("params", "params"), ("threads", "threads"), ("config", "config"), ("steps", "steps/s (meas)"),
+            ("ms", "ms/step (meas)"), ("x", "speedup (meas)"), ("mb", "MB/step/rank"), ("ratio", "ratio")]
     for link, _ in links:
         cols += [(f"m_{link}", f"s/step @{link} (model)"), (f"x_{link}", f"speedup @{link} (model)")]
     rows = []
     for rec in records:
-        row = {"config": rec["config"], "steps": _fmt(rec["steps_per_s"], ".2f"), "ms": _fmt(1e3 * rec["step_s_median"], ".1f"),
+        row = {"params": f"{rec['n_params'] / 1e6:.2f}M", "threads": rec["threads"], "config": rec["config"],
+               "steps": _fmt(rec["steps_per_s"], ".2f"), "ms": _fmt(1e3 * rec["step_s_median"], ".1f"),
                "x": _fmt(rec["speedup_vs_nohook_measured"], ".2f"), "mb": _fmt(rec["bytes_per_step"] / 1e6, ".4f"),
                "ratio": _fmt(rec["compression_ratio"], ".1f")}
         for link, _ in links:
             row[f"m_{link}"] = _fmt(rec[f"modelled_step_s_{link}"], ".3f")
             row[f"x_{link}"] = _fmt(rec[f"speedup_vs_nohook_{link}"], ".2f")
         rows.append(row)
-    if _common is not None:
-        return _common.format_table(rows, cols)
-    lines = ["  ".join(title for _, title in cols)]
-    lines += ["  ".join(str(r[k]) for k, _ in cols) for r in rows]
-    return "\n".join(lines)
+    return _table(rows, cols, markdown)
+
+
+def evaluate_targets(records):
+    """Issue 11's DDP targets on the model nearest 25M parameters, per thread count: PASS/FAIL rows."""
+    if not records:
+        return []
+    n_target = min({r["n_params"] for r in records}, key=lambda n: abs(n - TARGET_PARAMS))
+    out = []
+    for threads in sorted({r["threads"] for r in records}):
+        by = {r["config"]: r for r in records if r["n_params"] == n_target and r["threads"] == threads}
+        where = f"{n_target / 1e6:.1f}M params, {threads} thread(s)"
+        if "gcomp-powersgd" in by and "torch-powersgd" in by:
+            v = by["gcomp-powersgd"]["step_s_median"] / by["torch-powersgd"]["step_s_median"]
+            out.append({"target": "gcomp PowerSGD hook step <= torch powerSGD_hook step", "where": where,
+                        "config": "gcomp-powersgd", "value": v, "unit": "x torch-powersgd", "goal": "<= 1",
+                        "pass": v <= 1.0})
+        if "nohook" in by:
+            for name, rec in by.items():
+                if name in GCOMP_SPECS:
+                    v = rec["step_s_median"] / by["nohook"]["step_s_median"]
+                    out.append({"target": f"every gcomp hook <= {HOOK_OVER_NOHOOK:g}x the no-hook step", "where": where,
+                                "config": name, "value": v, "unit": "x nohook", "goal": f"<= {HOOK_OVER_NOHOOK:g}",
+                                "pass": v <= HOOK_OVER_NOHOOK})
+    return out
+
+
+def targets_table(targets, markdown=False):
+    cols = [("target", "target"), ("where", "model"), ("config", "config"), ("value", "value"), ("goal", "goal"),
+            ("result", "result")]
+    rows = [{"target": t["target"], "where": t["where"], "config": t["config"], "value": f"{t['value']:.2f} {t['unit']}",
+             "goal": t["goal"], "result": "PASS" if t["pass"] else "FAIL"} for t in targets]
+    return _table(rows, cols, markdown)
+
+
+def _int_list(text, what):
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers for {what}, found {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers for {what}, found {text!r}")
+    return values
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True, help="where to write the JSON results")
+    ap.add_argument("--markdown", default="", help="also write the tables (results and targets) as Markdown to this path")
     ap.add_argument("--world", type=int, default=2, help="gloo ranks on localhost (default 2)")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per configuration (default 30)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, at least 3 (default 5)")
     ap.add_argument("--model", default="mlp", choices=["mlp"], help="model (default mlp: 784-H-H-10)")
-    ap.add_argument("--hidden", type=int, default=1024, help="MLP hidden width H (default 1024: 1.86M parameters)")
+    ap.add_argument("--hidden", default=DEFAULT_HIDDEN,
+                    help=f"comma-separated MLP hidden widths H, one run each (default {DEFAULT_HIDDEN}: 1.86M and 24.9M "
+                         "parameters)")
+    ap.add_argument("--threads", default="1",
+                    help="comma-separated threads per rank (torch and numba), one run each, e.g. 1,2 (default 1)")
     ap.add_argument("--batch", type=int, default=64, help="batch size per rank (default 64)")
-    ap.add_argument("--bucket-cap-mb", type=float, default=25.0,
-                    help="DDP bucket_cap_mb, passed explicitly so the first bucket has the same cap (default 25: the "
-                         "default MLP is one bucket; see the module docstring on torch's powerSGD_hook and gloo)")
+    ap.add_argument("--bucket-cap-mb", default="auto",
+                    help="DDP bucket_cap_mb, passed explicitly so the first bucket has the same cap; auto: the whole model in "
+                         "one bucket (default auto; see the module docstring on torch's powerSGD_hook and gloo)")
     ap.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     ap.add_argument("--link", type=parse_links, default="20mbit,100mbit",
                     help="comma-separated link bandwidths for the modelled columns, or none (default 20mbit,100mbit)")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated configurations, nohook first for the speedups (default all: {','.join(CONFIGS)})")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds before every rank is stopped (default 900)")
-    ap.add_argument("--op-timeout", type=float, default=120.0, help="gloo collective timeout in seconds (default 120)")
+    ap.add_argument("--timeout", type=float, default=1800.0,
+                    help="seconds before every rank of one run is stopped (default 1800)")
+    ap.add_argument("--op-timeout", type=float, default=300.0, help="gloo collective timeout in seconds (default 300)")
     args = ap.parse_args(argv)
+    try:
+        args.hidden_list = _int_list(args.hidden, "--hidden")
+        args.thread_list = _int_list(args.threads, "--threads")
+        for h in args.hidden_list:
+            bucket_cap_for(n_params_of(h), args.bucket_cap_mb)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        ap.error(str(exc))
+    _set_thread_env(max(args.thread_list))  # before the ranks are spawned (numba reads it once, at import)
     if args.world < 2:
         ap.error("--world must be at least 2")
-    if args.steps < 1 or args.hidden < 1 or args.batch < 1:
-        ap.error("--steps, --hidden and --batch must be positive")
+    if args.steps < 1 or args.batch < 1:
+        ap.error("--steps and --batch must be positive")
     if args.warmup < POWERSGD_START + 1:
         ap.error(f"--warmup must be at least {POWERSGD_START + 1} (compression starts at step {POWERSGD_START})")
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -489,25 +610,52 @@ def main(argv=None):
     if not isinstance(links, list):
         links = parse_links(links)
 
-    if "torch-powersgd" in args.configs and 4 * _n_params(args) > args.bucket_cap_mb * 2**20:
-        print(f"warning: the model's gradients exceed --bucket-cap-mb {args.bucket_cap_mb:g}, so DDP uses several buckets; "
-              "torch's powerSGD_hook on gloo may then abort with a collective mismatch (module docstring)", file=sys.stderr)
+    loadavg = _common.LOADAVG_START if _common is not None else None
+    print(f"load average at start: {loadavg}", flush=True)
     t0 = time.perf_counter()
-    ranks = run_ranks(args)
-    records = summarize(ranks, args, links)
-    head = make_header(args, links, ranks[0]["n_params"])
+    records, runs = [], []
+    for hidden in args.hidden_list:
+        for threads in args.thread_list:
+            run_args = argparse.Namespace(**vars(args))
+            run_args.hidden, run_args.threads = hidden, threads
+            run_args.bucket_cap_mb = bucket_cap_for(n_params_of(hidden), args.bucket_cap_mb)
+            n = n_params_of(hidden)
+            if "torch-powersgd" in args.configs and 4 * n > run_args.bucket_cap_mb * 2**20:
+                print(f"warning: the model's gradients exceed --bucket-cap-mb {run_args.bucket_cap_mb:g}, so DDP uses "
+                      "several buckets; torch's powerSGD_hook on gloo may then abort with a collective mismatch "
+                      "(module docstring)", file=sys.stderr)
+            t_run = time.perf_counter()
+            print(f"run: mlp 784-{hidden}-{hidden}-10 ({n:,} params), {threads} thread(s) per rank, "
+                  f"bucket_cap_mb {run_args.bucket_cap_mb:g}", flush=True)
+            ranks = run_ranks(run_args)
+            recs = summarize(ranks, run_args, links)
+            records += recs
+            runs.append({"hidden": hidden, "threads": threads, "n_params": ranks[0]["n_params"],
+                         "bucket_cap_mb": run_args.bucket_cap_mb, "wall_s": round(time.perf_counter() - t_run, 1)})
+            print(table(recs, links), flush=True)
+    targets = evaluate_targets(records)
+    head = make_header(args, links, runs)
     head["wall_s"] = round(time.perf_counter() - t0, 1)
     if _common is not None:
-        _common.write_json(args.json, head, records)
+        _common.write_json(args.json, head, records, targets=targets)
     else:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"header": head, "records": records}, f, indent=1)
+            json.dump({"header": head, "records": records, "targets": targets}, f, indent=1)
             f.write("\n")
-    print(f"DDP benchmark: {head['model']} ({head['model_params']:,} params), world {args.world} gloo on localhost, "
-          f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up, torch {head['torch']}, {head['cpu']}")
+    print(f"\nDDP benchmark: world {args.world} gloo on localhost, batch {args.batch}, {args.steps} timed steps after "
+          f"{args.warmup} warm-up, torch {head['torch']}, {head['cpu']}")
     print("meas = measured on loopback; model = measured step + bytes/bandwidth (no overlap); MB = 1e6 bytes sent per rank")
     print(table(records, links))
+    if targets:
+        print()
+        print(targets_table(targets))
+    print(f"\nload average at start {loadavg}, at end {head.get('loadavg_end')}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table(records, links, markdown=True) + "\n\n")
+            if targets:
+                f.write(targets_table(targets, markdown=True) + "\n")
     print(f"wrote {args.json} ({head['wall_s']} s)")
     return 0
 
