@@ -103,7 +103,7 @@ class AdaptivePolicy:
 
     Parameters
     ----------
-    ladder : list of str, dict or Compressor
+    ladder : list of str, dict or gcomp.Compressor
         The settings, least compression first (default :data:`DEFAULT_LADDER`).
     budget : float
         Communication seconds allowed per second of compute (1.0: hidden behind compute).

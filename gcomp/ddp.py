@@ -68,34 +68,61 @@ class CompressionState:
     call) and checks that every rank uses the same configuration, raising
     :class:`gcomp.errors.MismatchError` on every rank otherwise.
 
-    Parameters: ``compressor`` (spec, config dict or Compressor);
-    ``error_feedback`` ("auto": the compressor's ``default_feedback``, i.e. "none" for unbiased compressors and
-    "residual" for biased ones; or "residual", "ef21", "dgc", "none"); ``algorithm``
-    ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense");
-    ``start_iter`` dense iterations before compressing; ``min_numel`` buckets
-    smaller than this go dense; ``seed`` overrides the compressor's seed (None:
-    keep the spec's; it must be identical on every rank); ``nonfinite`` ("propagate", "zero", "raise": see
-    :mod:`gcomp.collectives.engine`); ``timeout`` for the communication group
-    (a ``datetime.timedelta``; a dead peer makes the others raise after it);
-    ``log_every`` log the step totals every N steps to the ``gcomp.ddp`` logger;
-    ``hierarchical`` (None, "node", an int color for this rank, a callable
-    rank -> color, or a list of groups the same on every rank, ``[[0, 1], [2, 3]]``,
-    or of colors per rank, ``[0, 0, 1, 1]``): dense inside each group,
-    compressed between the group leaders (:mod:`gcomp.collectives.hierarchical`);
-    ``hierarchical_dense`` ("flat", the default: a bucket whose leaders' hop
-    would be dense, as with ``none``, goes through one plain allreduce over every
-    rank, bit-identical to DDP without a hook; "groups": it stays hierarchical,
-    fewer bytes between groups, another float summation order);
-    ``transport`` a :class:`gcomp.transports.Transport` over the same ranks in
-    the same order to carry the compressed traffic instead of a dedicated gloo
-    group.
+    Parameters
+    ----------
+    compressor : str, dict, gcomp.Compressor or gcomp.adapt.AdaptivePolicy
+        A spec (``"topk:ratio=0.01"``), a config dict, a compressor, or
+        ``"adaptive"`` (options as ``"adaptive:budget=0.5,every=5,dwell=10"``)
+        or a :class:`gcomp.adapt.AdaptivePolicy`: the policy then picks the
+        setting from its ladder step by step (docs/hybrid.md); ``state.policy``
+        is the policy (``policy.switches``, ``policy.summary()``) and each
+        :class:`StepStats` names the ``setting`` it used.  The policy needs
+        ``algorithm="auto"`` and residual (or no) error feedback.
+    process_group : torch.distributed.ProcessGroup, optional
+        The DDP model's group (default: the world).
+    error_feedback : str or gcomp.feedback.ErrorFeedback
+        "auto" (the compressor's ``default_feedback``: "none" for unbiased
+        compressors, "residual" for biased ones), "residual", "ef21", "dgc" or "none".
+    algorithm : str
+        "auto", "allreduce", "allgather", "scatter-reduce-allgather" or "dense".
+    start_iter : int
+        Dense iterations before compressing.
+    min_numel : int
+        Buckets smaller than this go dense.
+    seed : int, optional
+        Overrides the compressor's seed (None: keep the spec's); identical on every rank.
+    nonfinite : str
+        "propagate", "zero" or "raise" (see :mod:`gcomp.collectives`).
+    timeout : datetime.timedelta, optional
+        For the communication group: a dead peer makes the others raise after it.
+    log_every : int
+        Log the step totals every N steps to the ``gcomp.ddp`` logger (0: never).
+    keep_steps : int
+        How many :class:`StepStats` to keep in ``steps``.
+    hierarchical : None, "node", int, callable or list
+        Groups for hybrid training: "node" (by host), an int color for this rank,
+        a callable rank -> color, or a list of groups the same on every rank,
+        ``[[0, 1], [2, 3]]``, or of colors per rank, ``[0, 0, 1, 1]``: dense
+        inside each group, compressed between the group leaders.
+    transport : gcomp.transports.Transport, optional
+        A transport over the same ranks in the same order to carry the
+        compressed traffic instead of a dedicated gloo group.
+    hierarchical_dense : str
+        "flat" (default: a bucket whose leaders' hop would be dense, as with
+        ``none``, goes through one plain allreduce over every rank, bit-identical
+        to DDP without a hook) or "groups" (it stays hierarchical: fewer bytes
+        between groups, another float summation order).
 
-    ``compressor="adaptive"`` (options as ``"adaptive:budget=0.5,every=5,dwell=10"``)
-    or a :class:`gcomp.adapt.AdaptivePolicy` lets the policy pick the setting
-    from its ladder step by step (docs/hybrid.md); ``state.policy`` is the
-    policy (``policy.switches``, ``policy.summary()``), each :class:`StepStats`
-    names the ``setting`` it used.  It needs ``algorithm="auto"`` and residual
-    (or no) error feedback.
+    Examples
+    --------
+    On every rank, after ``dist.init_process_group("gloo", ...)``::
+
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        state = gcomp.ddp.CompressionState("topk:ratio=0.01", error_feedback="residual")
+        state.attach(ddp)
+        ddp.register_comm_hook(state, gcomp.ddp.compression_hook)
+        ...                      # train; state.last_step() has the bytes and times
+        torch.save({"model": ddp.state_dict(), "gcomp": state.state_dict()}, f"ckpt-{rank}.pt")
     """
 
     def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
@@ -165,6 +192,7 @@ class CompressionState:
 
     # -- configuration agreement -----------------------------------------
     def config(self):
+        """The configuration every rank agreed on: compressor, error feedback, algorithm, groups (a dict)."""
         return {"compressor": self.policy.config() if self.policy else self.compressor.get_config(),
                 "error_feedback": self.engine.feedback.kind,
                 "feedback_options": self.engine.feedback.options(),
@@ -251,6 +279,7 @@ class CompressionState:
         self._executor.submit(lambda: None).result()
 
     def close(self):
+        """Finish the launched buckets, stop the communication thread and free the per-key buffers."""
         self._executor.shutdown(wait=True)
         self.engine.free()
 
@@ -489,12 +518,56 @@ def _overlaps(layout, saved):
 
 
 def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """gcomp's DDP communication hook: returns a Future of the averaged bucket (module docstring)."""
+    """gcomp's DDP communication hook: returns a Future of the averaged bucket (module docstring).
+
+    Parameters
+    ----------
+    state : CompressionState
+        This rank's state, attached to the DDP model.
+    bucket : torch.distributed.GradBucket
+        The bucket DDP hands over (gradients summed, not yet averaged).
+
+    Returns
+    -------
+    torch.futures.Future
+        Completes with the bucket's averaged gradient.
+
+    Examples
+    --------
+    ::
+
+        state = gcomp.ddp.CompressionState("qsgd")
+        state.attach(ddp)
+        ddp.register_comm_hook(state, gcomp.ddp.compression_hook)
+    """
     return state.run_bucket(bucket)
 
 
 def register(ddp_model, spec, **options) -> CompressionState:
-    """Build a :class:`CompressionState` for ``ddp_model``'s process group and register the hook; returns the state."""
+    """Build a :class:`CompressionState` for ``ddp_model``'s process group and register the hook; returns the state.
+
+    Parameters
+    ----------
+    ddp_model : torch.nn.parallel.DistributedDataParallel
+        The model; it must not have a communication hook yet.
+    spec : str, dict, gcomp.Compressor or gcomp.adapt.AdaptivePolicy
+        The compressor (see :class:`CompressionState`).
+    **options
+        Any other :class:`CompressionState` parameter (``process_group``
+        defaults to the model's).
+
+    Returns
+    -------
+    CompressionState
+        The registered state: stats, ``state_dict()``, ``close()``.
+
+    Examples
+    --------
+    On every rank::
+
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        state = gcomp.ddp.register(ddp, "dgc:ratio=0.01", start_iter=10)
+    """
     if getattr(ddp_model, "_comm_hooks", None):
         # DDP takes one hook; refuse before building a state (a process group and a thread) it would reject
         raise ConfigError("expected a DDP model without a communication hook, found one already registered: "

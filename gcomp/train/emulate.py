@@ -25,12 +25,15 @@ gcomp.train.emulate``).  See docs/emulation.md.
 
     result = run_emulated(parse_links("20mbit,5mbit", 2), ["python", "train.py"], timeout=600)
     result.returncodes, result.outputs, [w.tx_bytes for w in result.workers]
+
+    # two groups of two: 1 Gbit/s inside a group, 20 Mbit/s from each group to the other
+    run_emulated(parse_links("intra=1gbit inter=20mbit", 4, groups="2x2"), ["python", "train.py"])
 """
 
 import argparse
 import sys
 
-from .links import parse_links
+from .links import describe_layout, parse_groups, parse_links
 from .netns import (
     DEFAULT_SUBNET,
     IFNAME,
@@ -73,10 +76,16 @@ def _human_bytes(n):
 
 def add_emulate_arguments(parser):
     """Add the ``gcomp emulate`` options to an argparse parser (or subparser)."""
-    parser.add_argument("--workers", "-n", type=int, default=2, metavar="N", help="number of workers (default 2)")
-    parser.add_argument("--link", default="20mbit", metavar="SPEC",
+    parser.add_argument("--workers", "-n", type=int, default=None, metavar="N",
+                        help="number of workers (default: as many as --groups holds, else 2)")
+    parser.add_argument("--link", action="append", metavar="SPEC",
                         help="uplink per worker: RATE[/LATENCY] or a comma list, one per worker (default 20mbit); "
-                             "only the rate is emulated")
+                             "with --groups: intra=SPEC (each worker's uplink inside its group, 1 or one per worker) "
+                             "and inter=SPEC (each group's uplink to the other groups, shared by its members, 1 or one "
+                             "per group), e.g. --link intra=1gbit --link inter=20mbit; only the rate is emulated")
+    parser.add_argument("--groups", default=None, metavar="GxS|RANKS",
+                        help="two-level layout: G groups of S consecutive ranks (2x2), or rank lists split by '/' "
+                             "(0,2/1,3); traffic between groups also passes its group's inter-group uplink")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="kill all workers after S seconds (default 600)")
     parser.add_argument("--master-port", type=int, default=29500, metavar="PORT",
@@ -87,7 +96,8 @@ def add_emulate_arguments(parser):
                         help="delete namespaces left by killed gcomp runs (alone: only that, then exit)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                         help="command run once per worker inside its namespace, with RANK, WORLD_SIZE, LOCAL_RANK, "
-                             "MASTER_ADDR, MASTER_PORT and GLOO_SOCKET_IFNAME=eth0 set")
+                             "MASTER_ADDR, MASTER_PORT and GLOO_SOCKET_IFNAME=eth0 set (with --groups also "
+                             "GCOMP_EMULATED_GROUP, GCOMP_EMULATED_GROUPS and GCOMP_EMULATED_GROUP_LINK)")
     return parser
 
 
@@ -110,17 +120,27 @@ def cmd_emulate(args):
         print("gcomp emulate: expected a command after --, e.g. gcomp emulate --workers 2 -- python train.py",
               file=sys.stderr)
         return 2
-    if args.workers < 1:
-        print(f"gcomp emulate: expected --workers >= 1, found {args.workers}", file=sys.stderr)
-        return 2
     if not 1 <= args.master_port <= 65535:
         print(f"gcomp emulate: expected --master-port in [1, 65535], found {args.master_port}", file=sys.stderr)
         return 2
     try:
-        links = parse_links(args.link, args.workers)
+        workers = args.workers
+        if args.groups is not None:
+            groups = parse_groups(args.groups)
+            held = sum(len(g) for g in groups)
+            if workers is not None and workers != held:
+                raise ValueError(f"expected --workers to match the {held} workers --groups {args.groups} holds, "
+                                 f"found --workers {workers}")
+            workers = held
+        workers = 2 if workers is None else workers
+        if workers < 1:
+            raise ValueError(f"expected --workers >= 1, found {workers}")
+        links = parse_links(" ".join(args.link or ["20mbit"]), workers, groups=args.groups)
         for link in links:
             tbf_params(link)
-        check_subnet(args.subnet, args.workers)
+            if link.group_link is not None:
+                tbf_params(link.group_link)
+        check_subnet(args.subnet, workers)
     except ValueError as exc:
         print(f"gcomp emulate: {exc}", file=sys.stderr)
         return 2
@@ -137,24 +157,28 @@ def cmd_emulate(args):
     except (EmulationError, ValueError, OSError) as exc:
         print(f"gcomp emulate: {exc}", file=sys.stderr)
         return 1
+    layout = describe_layout(links)
     print(f"gcomp emulate: {len(links)} workers, {result.elapsed_s:.2f} s"
+          + (f", groups {layout['groups_spec']}, inter-group uplinks {','.join(layout['inter'])}" if layout else "")
           + (f", timed out after {args.timeout:g} s" if result.timed_out else ""))
     for w in result.workers:
         if w.returncode is not None and w.returncode < 0:
             status = f"killed by signal {-w.returncode}" + (" (by gcomp emulate)" if w.killed else "")
         else:
             status = f"exit {w.returncode}"
-        print(f"  worker {w.rank} {w.address:<12} {w.link.spec:<10} {status:<28} "
+        group = f"group {w.link.group} " if w.link.group is not None else ""
+        print(f"  worker {w.rank} {w.address:<12} {group}{w.link.spec:<10} {status:<28} "
               f"sent {_human_bytes(w.tx_bytes)} ({w.tx_bytes} B), received {_human_bytes(w.rx_bytes)} ({w.rx_bytes} B)")
     return 0 if result.ok else 1
 
 
 def main_emulate(argv=None):
-    """``gcomp emulate [--workers N] [--link SPEC] [--timeout S] -- CMD ...`` as a standalone entry point."""
+    """``gcomp emulate [--workers N] [--groups GxS] [--link SPEC]... [--timeout S] -- CMD ...`` standalone."""
     parser = argparse.ArgumentParser(
         prog="gcomp emulate",
         description="Run CMD once per worker, each in its own network namespace whose uplink is shaped to the "
-                    "link rate (tc tbf); print each worker's exit status and bytes sent/received.",
+                    "link rate (tc tbf); with --groups, each group's traffic to the other groups also passes the "
+                    "group's shaped uplink; print each worker's exit status and bytes sent/received.",
     )
     add_emulate_arguments(parser)
     return cmd_emulate(parser.parse_args(argv))

@@ -8,6 +8,14 @@ token bucket filter at the rate of that worker's :class:`~gcomp.train.links.Link
 Downlinks are not shaped: what a worker receives is limited by its senders'
 uplinks, as in the model of :mod:`gcomp.train.links`.
 
+Two-level layouts (links from ``parse_links(..., groups=...)``, whose
+:class:`~gcomp.train.links.Link` objects carry a ``group``): each group gets its
+own bridge ``gG`` in the hub namespace, the group's workers are its ports, and
+a veth pair ``uG``/``dG`` joins it to the core bridge ``br0``.  Worker
+uplinks (``eth0``) are shaped at the intra-group rate; the egress of ``uG``
+-- everything group G sends to other groups, its members' traffic together --
+at the group's inter-group rate.  Traffic inside a group never reaches ``uG``.
+
 Only the rate is emulated.  Latency, loss and jitter would need ``netem``,
 which is not available everywhere (it is not on the machines this was built
 on); a link's latency stays modelled and :class:`EmulatedNetwork` warns once
@@ -27,6 +35,8 @@ re-exports both and holds ``gcomp emulate``.
 
 Requirements: root, iproute2 (``ip`` and ``tc``), kernel support for network
 namespaces, veth, bridge and the tbf qdisc -- :func:`can_emulate` checks them.
+(Measured on the machines this was built on: tbf, htb and the u32 filter
+exist; netem, prio and the flower filter do not.)
 
 Cleanup: :meth:`EmulatedNetwork.close` kills what still runs inside the
 namespaces and deletes every namespace (which takes their interfaces and
@@ -50,7 +60,7 @@ import threading
 import time
 import warnings
 
-from .links import Link
+from .links import Link, format_groups, groups_of
 
 __all__ = [
     "can_emulate",
@@ -229,7 +239,8 @@ def parse_tc_rate(text):
 
 def _warn_latency(links):
     global _LATENCY_WARNED
-    if _LATENCY_WARNED or not any(link.latency_s for link in links):
+    if _LATENCY_WARNED or not any(link.latency_s or (link.group_link is not None and link.group_link.latency_s)
+                                  for link in links):
         return
     _LATENCY_WARNED = True
     warnings.warn(
@@ -292,14 +303,17 @@ def _on_signal(signum, frame):
 
 
 class EmulatedNetwork:
-    """A star of shaped uplinks: one network namespace per worker, all bridged in a hub namespace.
+    """A star of shaped uplinks (or a star of groups): one network namespace per worker, bridged in a hub namespace.
 
     ``EmulatedNetwork(links)`` builds it (and cleans up if that fails half-way);
     use it as a context manager or call :meth:`close`.
 
     Attributes: ``links``, ``namespaces`` (worker namespace names),
     ``addresses`` (worker IPv4 addresses as strings), ``hub`` (hub namespace),
-    ``ifname`` (``"eth0"``), ``name`` (the instance's ``PREFIX-PID-N`` stem).
+    ``ifname`` (``"eth0"``), ``name`` (the instance's ``PREFIX-PID-N`` stem),
+    ``groups`` (rank lists of a two-level layout, else None) and
+    ``group_ports`` (the hub interfaces ``uG`` that carry each group's
+    traffic to the other groups, shaped at its inter-group rate; [] if flat).
 
     Namespace names are ``PREFIX-PID-N-hub`` and ``PREFIX-PID-N-wI`` (PID of
     the creating process, N a per-process counter), so parallel runs never
@@ -320,9 +334,13 @@ class EmulatedNetwork:
         if not _PREFIX.match(prefix):
             raise ValueError(f"expected a prefix of letters, digits, '_' or '.', found {prefix!r}")
         net = check_subnet(subnet, len(links))
+        self.groups = groups_of(links)  # None for a flat star; refuses inconsistent groups before anything is created
         for link in links:
             tbf_params(link)  # a rate tc cannot shape is refused here, before anything is created
+            if link.group_link is not None:
+                tbf_params(link.group_link)
         self.links = links
+        self.group_ports = [f"u{g}" for g in range(len(self.groups or []))]
         self.prefix = prefix
         self.subnet = net
         self.name = f"{prefix}-{os.getpid()}-{next(_COUNTER)}"
@@ -354,23 +372,45 @@ class EmulatedNetwork:
         _run(["ip", "netns", "exec", ns, "sh", "-c", _NO_IPV6], check=False)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
+    def _bridge(self, name):
+        _run(["ip", "-n", self.hub, "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        _run(["ip", "-n", self.hub, "link", "set", name, "up"])
+
+    @staticmethod
+    def _shape(ns, dev, link):
+        p = tbf_params(link)
+        _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{p['rate_bps']}bit",
+              "burst", str(p["burst_bytes"]), "limit", str(p["limit_bytes"])])
+
     def _setup(self):
         self._add_namespace(self.hub)
-        _run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
-        _run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+        self._bridge("br0")
+        bridges = ["br0"] * len(self.links)
+        for g, members in enumerate(self.groups or []):
+            # group G: bridge gG, joined to the core bridge br0 by the veth pair uG (group side) / dG (core side);
+            # the egress of uG is all the group sends to other groups, shaped at the group's inter-group rate
+            up, down = self.group_ports[g], f"d{g}"
+            assert max(len(f"g{g}"), len(up), len(down)) <= _IFNAMSIZ
+            self._bridge(f"g{g}")
+            _run(["ip", "-n", self.hub, "link", "add", up, "type", "veth", "peer", "name", down])
+            _run(["ip", "-n", self.hub, "link", "set", up, "master", f"g{g}"])
+            _run(["ip", "-n", self.hub, "link", "set", down, "master", "br0"])
+            _run(["ip", "-n", self.hub, "link", "set", up, "up"])
+            _run(["ip", "-n", self.hub, "link", "set", down, "up"])
+            self._shape(self.hub, up, self.links[members[0]].group_link)
+            for w in members:
+                bridges[w] = f"g{g}"
         prefixlen = self.subnet.prefixlen
         for i, (ns, addr, link) in enumerate(zip(self.namespaces, self.addresses, self.links, strict=True)):
             port = f"p{i}"
             assert len(port) <= _IFNAMSIZ and len(self.ifname) <= _IFNAMSIZ
             self._add_namespace(ns)
             _run(["ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", self.ifname, "netns", ns])
-            _run(["ip", "-n", self.hub, "link", "set", port, "master", "br0"])
+            _run(["ip", "-n", self.hub, "link", "set", port, "master", bridges[i]])
             _run(["ip", "-n", self.hub, "link", "set", port, "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{addr}/{prefixlen}", "dev", self.ifname])
             _run(["ip", "-n", ns, "link", "set", self.ifname, "up"])
-            p = tbf_params(link)
-            _run(["tc", "-n", ns, "qdisc", "add", "dev", self.ifname, "root", "tbf", "rate", f"{p['rate_bps']}bit",
-                  "burst", str(p["burst_bytes"]), "limit", str(p["limit_bytes"])])
+            self._shape(ns, self.ifname, link)
 
     # -- use ---------------------------------------------------------------------------------------------------
 
@@ -398,7 +438,10 @@ class EmulatedNetwork:
         Each namespace stands for a separate machine, so ``LOCAL_RANK`` is 0 and
         ``LOCAL_WORLD_SIZE`` 1; ``MASTER_ADDR`` is worker 0's address and
         ``GLOO_SOCKET_IFNAME`` makes gloo use ``eth0``.  ``GCOMP_EMULATED_LINK``
-        holds the worker's link spec.
+        holds the worker's link spec; in a two-level layout
+        ``GCOMP_EMULATED_GROUP`` its group index, ``GCOMP_EMULATED_GROUPS`` all
+        groups (``0,1/2,3``, as ``--groups`` takes them) and
+        ``GCOMP_EMULATED_GROUP_LINK`` its group's inter-group link spec.
         """
         env = dict(os.environ)
         env.update({
@@ -411,6 +454,14 @@ class EmulatedNetwork:
             "GLOO_SOCKET_IFNAME": self.ifname,
             "GCOMP_EMULATED_LINK": self.links[i].spec,
         })
+        for key in ("GCOMP_EMULATED_GROUP", "GCOMP_EMULATED_GROUPS", "GCOMP_EMULATED_GROUP_LINK"):
+            env.pop(key, None)  # a flat network inside a grouped run's worker must not inherit its layout
+        if self.groups is not None:
+            env.update({
+                "GCOMP_EMULATED_GROUP": str(self.links[i].group),
+                "GCOMP_EMULATED_GROUPS": format_groups(self.groups),
+                "GCOMP_EMULATED_GROUP_LINK": self.links[i].group_link.spec,
+            })
         return env
 
     def counters(self, i):
@@ -425,6 +476,23 @@ class EmulatedNetwork:
         """``tc qdisc show dev eth0`` inside worker ``i``'s namespace."""
         self._check_open()
         return _run(self.command(i, ["tc", "qdisc", "show", "dev", self.ifname])).stdout
+
+    def _group_port(self, g):
+        self._check_open()
+        if self.groups is None:
+            raise EmulationError(f"emulated network {self.name} is flat: it has no group uplinks")
+        return self.group_ports[g]
+
+    def group_counters(self, g):
+        """``(tx_bytes, rx_bytes)`` of group ``g``'s uplink ``uG``: bytes it sent to, and received from, other groups."""
+        stats = f"/sys/class/net/{self._group_port(g)}/statistics"
+        proc = _run(["ip", "netns", "exec", self.hub, "cat", f"{stats}/tx_bytes", f"{stats}/rx_bytes"])
+        tx, rx = (int(v) for v in proc.stdout.split())
+        return tx, rx
+
+    def group_qdisc_show(self, g):
+        """``tc qdisc show dev uG`` in the hub: the tbf that shapes group ``g``'s traffic to the other groups."""
+        return _run(["tc", "-n", self.hub, "qdisc", "show", "dev", self._group_port(g)]).stdout
 
     def close(self):
         """Kill what still runs in the namespaces and delete them all; idempotent, safe to call from a handler."""
@@ -443,7 +511,12 @@ class EmulatedNetwork:
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
-        return f"<EmulatedNetwork {self.name} {len(self)} workers [{', '.join(x.spec for x in self.links)}] {state}>"
+        layout = ""
+        if self.groups is not None:
+            layout = (f" groups {format_groups(self.groups)} inter "
+                      f"[{', '.join(self.links[m[0]].group_link.spec for m in self.groups)}]")
+        return (f"<EmulatedNetwork {self.name} {len(self)} workers [{', '.join(x.spec for x in self.links)}]{layout} "
+                f"{state}>")
 
 
 def _pid_alive(pid):

@@ -11,7 +11,7 @@ measured local time (:func:`gcomp.train.links.modelled_comm_seconds`).
 import os
 import textwrap
 
-__all__ = ["build_figures", "plot_results", "summary_table", "run_label"]
+__all__ = ["build_figures", "plot_results", "summary_table", "run_label", "federated_figures", "federated_table"]
 
 #: The summary table's width limit, in characters.
 TABLE_WIDTH = 100
@@ -34,6 +34,10 @@ def run_label(run):
     """A run's name in the table and the plots: ``ring/topk:ratio=0.01`` when decentralized, else the compressor."""
     if run.get("architecture", "centralized") == "decentralized":
         return f"{run.get('topology') or 'gossip'}/{run['compressor']}"
+    if run.get("architecture") == "hybrid":  # gcomp's hierarchical hook over --groups
+        return f"hybrid/{run['compressor']}"
+    if run.get("local_dp"):  # federated with Flower's LocalDpMod before compression
+        return f"{run['compressor']}+ldp"
     return run["compressor"]
 
 
@@ -91,6 +95,8 @@ def build_figures(results):
     Each run has its own colour, marker and line style; markers are hollow so
     that runs on top of each other (DGC and top-k) both stay visible.
     """
+    if results["header"].get("architecture") == "federated":
+        return federated_figures(results)
     from matplotlib.figure import Figure
 
     header = results["header"]
@@ -227,6 +233,10 @@ def _legend(header, runs):
         ]
     paragraphs.append("compress -: not measured (none does not compress; torch's hooks compress inside their "
                       "communication).  energy: modelled (docs/energy.md).")
+    if any(run.get("architecture") == "hybrid" for run in runs):
+        paragraphs.append("Hybrid (hybrid/COMPRESSOR): gcomp's hierarchical hook over the --groups: a dense sum inside "
+                          "each group, the compressor between the group leaders, a broadcast back (hybrid/none: plain "
+                          "DDP); comm is modelled with the bytes inside and between groups at their own rates.")
     gossiped = [run for run in runs if run.get("architecture") == "decentralized"]
     if gossiped:
         paragraphs.append("Decentralized (TOPOLOGY/COMPRESSOR): each worker gossips its parameters with its neighbours "
@@ -245,6 +255,8 @@ def summary_table(results) -> str:
     column holds and how it was obtained in this mode.  A compressor name longer than its column gets a line of
     its own above its numbers.
     """
+    if results["header"].get("architecture") == "federated":
+        return federated_table(results)
     header = results["header"]
     runs = results["runs"]
     emulated = header["emulated"]
@@ -256,7 +268,8 @@ def summary_table(results) -> str:
              f"{_links_text(header)} ({'emulated' if emulated else 'link model'}), target accuracy "
              f"{header['target_accuracy']:.2f}")
     lines = textwrap.wrap(title, TABLE_WIDTH)
-    lines.append(f"{'run' if arch == 'decentralized' else 'compressor':<{_NAME_WIDTH}} " + _cells([heading for heading, _ in _COLUMNS]))
+    named = any(run.get("architecture", "centralized") != "centralized" for run in runs)
+    lines.append(f"{'run' if named else 'compressor':<{_NAME_WIDTH}} " + _cells([heading for heading, _ in _COLUMNS]))
     lines.append(f"{'':<{_NAME_WIDTH}} " + _cells(["%", f"{clock} s", "meas. s", "meas. s", f"{tag} s", "rest s",
                                                     f"{tag} s", "per wkr", "", "J"]))
     for run in runs:
@@ -282,4 +295,112 @@ def summary_table(results) -> str:
     lines.append("")
     for paragraph in _legend(header, runs):
         lines.extend(textwrap.wrap(paragraph, TABLE_WIDTH))
+    return "\n".join(lines)
+
+
+# -- federated runs (gcomp.train.federated) ---------------------------------------------------------
+
+
+def _federated_title(header):
+    return (f"{header['model']} on {header.get('dataset', 'digits')}, federated: {header['clients']} clients, "
+            f"{header['fraction']:g} per round, {header['partition']}, {header['local_epochs']} local epoch(s)")
+
+
+def federated_figures(results):
+    """``{file name: Figure}`` of a federated run: test accuracy against rounds and against uplink MB (all clients).
+
+    One point per round, after its aggregation (the initial model's accuracy is in results.json); the uplink
+    axis is cumulative and logarithmic.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    header, runs = results["header"], results["runs"]
+    styles = _line_styles(runs)
+    target = header["target_accuracy"]
+    lowest = min([target] + [ep["accuracy"] for run in runs for ep in run["epochs"]])
+    panels = (
+        ("accuracy_vs_rounds.png", "round", lambda run: [ep["round"] for ep in run["epochs"]],
+         lambda run: [ep["accuracy"] for ep in run["epochs"]], False),
+        ("accuracy_vs_uplink.png", "uplink MB, all clients, cumulative (the payloads Flower carried)",
+         lambda run: _cumulative([ep["uplink_bytes"] / 1e6 for ep in run["epochs"]]),
+         lambda run: [ep["accuracy"] for ep in run["epochs"]], True),
+    )
+    figures = {}
+    for name, xlabel, xfn, yfn, log_axis in panels:
+        fig = Figure(figsize=(8.4, 4.4), dpi=110)
+        ax = fig.add_subplot()
+        series = [xfn(run) for run in runs]
+        for i, (run, xs) in enumerate(zip(runs, series, strict=True)):
+            marker, linestyle = styles[i]
+            ax.plot(xs, yfn(run), label=run_label(run), color=f"C{i % 10}", marker=marker, markersize=4,
+                    markerfacecolor="none", linestyle=linestyle, linewidth=1.3 if run["kind"] == "baseline" else 1.8)
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:.2f}")
+        if log_axis and _log_scale(series, always=True):
+            ax.set_xscale("log")
+            _plain_log_ticks(ax)
+            xlabel += ", log scale"
+        elif not log_axis:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel("test accuracy of the global model")
+        ax.set_ylim(max(0.0, int(20 * lowest - 0.5) / 20), 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_title(_federated_title(header), fontsize=9)
+        fig.tight_layout()
+        figures[name] = fig
+    return figures
+
+
+def _cumulative(values):
+    total, out = 0.0, []
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+_FED_COLUMNS = (("final acc", 9), ("rounds to", 9), ("MB up to", 9), ("MB up", 8), ("KB/client", 9), ("ratio", 6),
+                ("time", 8), ("dropped", 7), ("energy", 7))
+
+
+def federated_table(results) -> str:
+    """The end of a federated ``gcomp train``: one row per compressor, at most 100 characters wide, and a legend."""
+    header, runs = results["header"], results["runs"]
+    lines = textwrap.wrap(f"gcomp train: {_federated_title(header)}, {header['rounds']} rounds, links "
+                          f"{_links_text(header)} (link model), target accuracy {header['target_accuracy']:.2f}",
+                          TABLE_WIDTH)
+
+    def cells(texts):
+        return " ".join(f"{text:>{width}}" for text, (_, width) in zip(texts, _FED_COLUMNS, strict=True))
+
+    lines.append(f"{'compressor':<{_NAME_WIDTH}} " + cells([h for h, _ in _FED_COLUMNS]))
+    lines.append(f"{'':<{_NAME_WIDTH}} " + cells(["%", "target", "target", "total", "/round", "", "model s", "",
+                                                   "J"]))
+    for run in runs:
+        name = run_label(run)
+        if len(name) > _NAME_WIDTH:
+            lines.extend(textwrap.wrap(name, TABLE_WIDTH, break_on_hyphens=False))
+            name = ""
+        ratio = run["compression_ratio"]
+        lines.append(f"{name:<{_NAME_WIDTH}} " + cells([
+            f"{100 * run['final_accuracy']:.1f}%",
+            "-" if run["rounds_to_target"] is None else str(run["rounds_to_target"]),
+            "-" if run["uplink_mb_to_target"] is None else f"{run['uplink_mb_to_target']:.2f}",
+            f"{run['uplink_bytes_total'] / 1e6:.2f}",
+            f"{run['uplink_bytes_per_client_per_round'] / 1024:.1f}",
+            "-" if ratio is None else f"{ratio:.{1 if ratio < 100 else 0}f}",
+            f"{run['modelled_s']:.1f}",
+            str(run["dropped_total"]),
+            f"{run['energy_joules_total']:.{1 if run['energy_joules_total'] < 1000 else 0}f}",
+        ]))
+    lines.append("")
+    legend = ("rounds to / MB up to target: the first round whose global model reaches the target accuracy on the "
+              "test split, and the uplink megabytes all clients sent until then (- : not reached).  MB up: the "
+              "array payloads of every training reply Flower carried (gcomp packets; dense float32 for none).  "
+              "KB/client/round: per sampled client per round.  ratio: dense model bytes / KB/client/round.  time: "
+              "modelled, per round the slowest sampled client's measured local training plus its bytes down and up "
+              "through its own link.  dropped: replies the server rejected.  energy: modelled (docs/energy.md).")
+    lines.extend(textwrap.wrap(legend, TABLE_WIDTH))
     return "\n".join(lines)

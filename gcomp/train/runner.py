@@ -30,8 +30,17 @@ import socket
 import sys
 import time
 
-from .data import TRAIN_SAMPLES
-from .links import DEFAULT_CPU_WATTS, energy_joules, modelled_comm_seconds, parse_links
+from .data import DATASETS, input_size, mnist1d_cache, parse_dataset, train_samples
+from .links import (
+    DEFAULT_CPU_WATTS,
+    describe_layout,
+    energy_joules,
+    groups_of,
+    hierarchical_comm_seconds,
+    links_summary,
+    modelled_comm_seconds,
+    parse_links,
+)
 from .netns import EmulatedNetwork, can_emulate
 from .report import run_label
 from .supervise import signals_raise, supervise
@@ -42,8 +51,10 @@ __all__ = ["TrainOptions", "train", "DEFAULT_COMPRESSOR", "BASELINES", "ARCHITEC
 DEFAULT_COMPRESSOR = "dgc:ratio=0.01"
 BASELINES = ("none", "torch-fp16", "torch-powersgd")
 #: centralized: every step averages the gradients over all workers (DDP or MPI allreduce); decentralized: each
-#: worker trains its own model and gossips its parameters with its neighbours (gcomp.decentralized.Gossip)
-ARCHITECTURES = ("centralized", "decentralized")
+#: worker trains its own model and gossips its parameters with its neighbours (gcomp.decentralized.Gossip); hybrid:
+#: DDP with gcomp's hierarchical hook over --groups (dense inside a group, compressed between the leaders);
+#: federated: FedAvg on Flower's simulation engine (gcomp.train.federated)
+ARCHITECTURES = ("centralized", "decentralized", "hybrid", "federated")
 #: CHOCO's consensus step size when --gossip-gamma is not given (measured on the digits MLP with topk:ratio=0.01 on
 #: a ring of 4: docs/decentralized.md); exact gossip (--compressor none) uses 1
 DEFAULT_GOSSIP_GAMMA = 0.1
@@ -72,10 +83,20 @@ class TrainOptions:
     technology: str | None = None
     progress: bool = True
     plots: bool = True
-    architecture: str = "centralized"
+    architecture: str | list = "centralized"  # or several, compared side by side (not federated)
     topology: str = "ring"
     gossip_gamma: float | None = None  # None: 1 for exact gossip (none), DEFAULT_GOSSIP_GAMMA for CHOCO
     gossip_every: int = 1
+    dataset: str = "digits"  # digits, or mnist1d[:samples=N,seed=S] (generated once, cached under out/data/)
+    groups: str | None = None  # two-level network (issue 13): "2x2" or "0,1/2,3"; link then "intra=SPEC inter=SPEC"
+    # federated (issue 14, gcomp.train.federated): Flower simulation, FedAvg over clients holding digits partitions
+    clients: int = 20
+    fraction: float = 0.25  # clients sampled per round
+    rounds: int = 20
+    local_epochs: int = 5
+    non_iid: float | None = None  # Dirichlet alpha of the label split; None: IID
+    local_dp: str | None = None  # Flower's LocalDpMod on every client: "clip=C,epsilon=E[,delta=D,sensitivity=S]"
+    downlink: str | None = None  # compressor of the global model sent to clients (server-side EF); None: dense
 
 
 def gossip_gamma(opts, spec):
@@ -97,9 +118,11 @@ def _validate(opts):
         raise ValueError(f"expected at least one epoch, found {opts.epochs}")
     if opts.batch_size < 1:
         raise ValueError(f"expected a batch size of at least 1, found {opts.batch_size}")
-    per_worker = TRAIN_SAMPLES // opts.workers
+    dataset_name = _validate_dataset(opts)
+    n_train = train_samples(opts.dataset)
+    per_worker = n_train // opts.workers
     if opts.batch_size > per_worker:
-        raise ValueError(f"expected a batch size of at most {per_worker} ({TRAIN_SAMPLES} training samples over "
+        raise ValueError(f"expected a batch size of at most {per_worker} ({n_train} training samples over "
                          f"{opts.workers} workers), found {opts.batch_size}: an epoch would have no step")
     if not (math.isfinite(opts.lr) and opts.lr > 0):
         raise ValueError(f"expected a positive learning rate, found {opts.lr}")
@@ -116,24 +139,50 @@ def _validate(opts):
         raise ValueError(f"expected each --compressor once, found {', '.join(twice)} more than once")
     if opts.backend not in ("ddp", "mpi"):
         raise ValueError(f"expected backend ddp or mpi, found {opts.backend!r}")
-    if opts.model not in ("mlp", "cnn"):
-        raise ValueError(f"expected model mlp or cnn, found {opts.model!r}")
+    if opts.model not in ("mlp", "cnn", "cnn1d"):
+        raise ValueError(f"expected model mlp, cnn or cnn1d, found {opts.model!r}")
+    if opts.model == "cnn" and dataset_name != "digits":
+        raise ValueError(f"expected --model mlp or cnn1d for {dataset_name} because cnn takes 8x8 digit images")
     if not 0.0 < opts.target_accuracy <= 1.0:
         raise ValueError(f"expected a target accuracy in (0, 1], found {opts.target_accuracy}")
-    if opts.architecture not in ARCHITECTURES:
-        raise ValueError(f"expected architecture centralized or decentralized, found {opts.architecture!r}")
-    if opts.architecture == "decentralized":
+    archs = architectures(opts)
+    for arch in archs:
+        if arch not in ARCHITECTURES or arch == "federated":
+            raise ValueError(f"expected --architecture centralized, decentralized or hybrid (federated runs alone: "
+                             f"Flower's simulation engine has its own table), found {arch!r}")
+    twice = sorted({arch for arch in archs if archs.count(arch) > 1})
+    if twice:
+        raise ValueError(f"expected each --architecture once, found {', '.join(twice)} more than once")
+    if "decentralized" in archs:
         _validate_gossip(opts)
+    if "hybrid" in archs:
+        hooks = [spec for spec in opts.compressors if spec in BASELINES and spec != "none"]
+        if hooks:
+            raise ValueError(f"{hooks[0]} is a torch DDP hook; --architecture hybrid takes gcomp compressors "
+                             "(hierarchical: dense inside each group, compressed between the group leaders) or none")
+        if opts.backend != "ddp":
+            raise ValueError("expected --backend ddp with --architecture hybrid (gcomp's hierarchical DDP hook)")
+        if not opts.groups:
+            raise ValueError("expected --groups with --architecture hybrid (e.g. --groups 2x2): it names the groups "
+                             "whose members sum densely before their leaders exchange compressed packets")
+    from gcomp.adapt import build_policy, is_adaptive
+
     for spec in opts.compressors:
         if spec in BASELINES:
             if opts.backend == "mpi" and spec != "none":
                 raise ValueError(f"{spec} is a torch DDP hook; with --backend mpi use none or gcomp compressors")
             continue
         try:
-            gcomp.compressor(spec)
+            if is_adaptive(spec):
+                if opts.backend != "ddp" or "decentralized" in archs:
+                    raise ValueError(f"{spec}: the adaptive policy runs in the DDP hook (--backend ddp, --architecture "
+                                     "centralized or hybrid)")
+                build_policy(spec)
+            else:
+                gcomp.compressor(spec)
         except gcomp.errors.ConfigError as exc:
             raise ValueError(f"{exc} (or a baseline: {', '.join(BASELINES)})") from None
-    links = parse_links(opts.link, opts.workers, opts.technology)
+    links = parse_links(opts.link, opts.workers, opts.technology, groups=opts.groups)
     if opts.emulate and opts.backend != "ddp":
         raise ValueError("--emulate runs the DDP backend (mpiexec's launcher cannot reach into the namespaces)")
     _check_out(opts.out)
@@ -159,6 +208,35 @@ def _validate_gossip(opts):
         gd.topology(opts.topology, opts.workers)
     except ConfigError as exc:
         raise ValueError(f"--topology {opts.topology}: {exc}") from None
+
+
+def _validate_dataset(opts):
+    """The dataset's name; a ValueError for an unknown dataset or bad parameters (``--dataset``)."""
+    if not isinstance(opts.dataset, str) or opts.dataset.partition(":")[0] not in DATASETS:
+        raise ValueError(f"expected --dataset {' or '.join(DATASETS)}, found {opts.dataset!r}")
+    try:
+        return parse_dataset(opts.dataset)[0]
+    except ValueError as exc:
+        raise ValueError(f"--dataset {opts.dataset}: {exc}") from None
+
+
+def _dataset_config(opts):
+    """The workers' dataset fields: mnist1d is generated once into out/data/ (cached) and loaded from there."""
+    name, params = parse_dataset(opts.dataset)
+    if name == "digits":
+        return {"dataset": name}
+    return {"dataset": name, "dataset_params": params, "data_path": os.path.abspath(mnist1d_cache(opts.out, params))}
+
+
+def _dataset_record(opts):
+    """What results.json records about the data: its source and, for mnist1d, the generator, version and parameters."""
+    name, params = parse_dataset(opts.dataset)
+    if name == "digits":
+        return {"source": "sklearn.datasets.load_digits", "split": "80/20 stratified", "split_seed": opts.seed}
+    from importlib.metadata import version
+
+    return {"source": "mnist1d.data.make_dataset (generated, no download)", "package_version": version("mnist1d"),
+            "params": params, "cache": os.path.relpath(mnist1d_cache(opts.out, params), opts.out)}
 
 
 def _check_out(out):
@@ -199,7 +277,7 @@ def _estimated_worker_mb(opts):
     from .models import build_model
 
     with torch.device("meta"):  # shapes only, nothing allocated
-        params = sum(p.numel() for p in build_model(opts.model, opts.hidden).parameters())
+        params = sum(p.numel() for p in build_model(opts.model, opts.hidden, inputs=input_size(opts.dataset)).parameters())
     return WORKER_BASE_MB + PARAM_COPIES * 4 * params / 2**20
 
 
@@ -289,12 +367,16 @@ def _launch(opts, cfg, cfg_path, links, progress):
         with open(cfg_path, "w") as f:
             json.dump(cfg, f)
         run = supervise(cmds, envs, timeout=opts.timeout, on_line=on_line)
+        # --emulate --groups: bytes each group's uplink carried to the other groups in the whole run (issue 13)
+        inter_group = ([network.group_counters(g)[0] for g in range(len(network.groups))]
+                       if opts.emulate and network.groups else None)
     if run.timed_out:
         raise RuntimeError(f"run {cfg['compressor']!r} exceeded the {opts.timeout:.0f} s timeout")
     failed = [i for i, code in enumerate(run.returncodes) if code != 0]
     if failed:
         details = [f"--- worker {i} (exit {run.returncodes[i]}) ---\n" + run.outputs[i][-3000:] for i in failed]
         raise RuntimeError(f"run {cfg['compressor']!r} failed on worker(s) {failed}:\n" + "\n".join(details))
+    return inter_group
 
 
 def _start_iter(opts, spec):
@@ -319,26 +401,31 @@ def _clear_stale_runs(out):
 
 
 def _run_one(opts, spec, index, links, out_dir):
-    run_dir = os.path.join(out_dir, "runs", f"{index:02d}-{_safe(spec)}")
+    prefix = "" if opts.architecture == "centralized" else f"{opts.architecture}-"
+    run_dir = os.path.join(out_dir, "runs", f"{index:02d}-{prefix}{_safe(spec)}")
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     cfg = {"compressor": spec, "workers": opts.workers, "epochs": opts.epochs, "model": opts.model, "hidden": opts.hidden,
            "batch_size": opts.batch_size, "lr": opts.lr, "momentum": opts.momentum, "seed": opts.seed,
            "start_iter": _start_iter(opts, spec), "error_feedback": opts.error_feedback, "timeout": opts.timeout,
            "master_addr": "127.0.0.1", "master_port": _free_port(), "run_dir": run_dir, "ifname": None,
-           "backend": opts.backend, "architecture": opts.architecture}
+           "backend": opts.backend, "architecture": opts.architecture, **_dataset_config(opts)}
     if opts.architecture == "decentralized":
         cfg.update(topology=opts.topology, gossip_gamma=gossip_gamma(opts, spec), gossip_every=opts.gossip_every)
+    cfg["groups"] = groups_of(links)  # --groups as rank lists ([[0, 1], [2, 3]]), None for a flat network
     progress = _Progress(opts.progress, run_label({"compressor": spec, **cfg}), opts.epochs)
     try:
-        _launch(opts, cfg, os.path.join(run_dir, "config.json"), links, progress)
+        inter_group = _launch(opts, cfg, os.path.join(run_dir, "config.json"), links, progress)
     finally:
         progress.close()
     ranks = []
     for r in range(opts.workers):
         with open(os.path.join(run_dir, f"rank{r}.json")) as f:
             ranks.append(json.load(f))
-    return _kpis(opts, spec, ranks, links)
+    kpis = _kpis(opts, spec, ranks, links)
+    if inter_group is not None:  # interface counters of the group uplinks: setup, training and evaluation together
+        kpis["measured_inter_group_tx_bytes"] = inter_group
+    return kpis
 
 
 def _kpis(opts, spec, ranks, links):
@@ -351,12 +438,21 @@ def _kpis(opts, spec, ranks, links):
     # latencies per step: a ring allreduce's 2 (P-1) rounds, or one neighbour exchange per gossip round
     rounds = 1.0 / opts.gossip_every if decentralized else 2 * (world - 1)
     prev_steps, prev_sent, prev_wall = 0, [0.0] * world, 0.0
+    prev_intra = [0.0] * world
     for e, rec in enumerate(r0["epochs"]):
         per_worker = [rank["epochs"][e] for rank in ranks]
         steps = rec["steps"] - prev_steps
         sent = [w.get("measured_tx_bytes", w["bytes_sent"]) if opts.emulate else w["bytes_sent"] for w in per_worker]
         per_step = [(s - p) / max(1, steps) for s, p in zip(sent, prev_sent, strict=True)]
-        comm_model = steps * modelled_comm_seconds(per_step, links, rounds=rounds)
+        if opts.architecture == "hybrid" and spec not in BASELINES:  # reduce and broadcast inside, leaders between
+            intra = [w.get("intra_bytes_sent", 0.0) - p for w, p in zip(per_worker, prev_intra, strict=True)]
+            intra_step = [b / max(1, steps) for b in intra]
+            inter_step = [max(0.0, b - i) for b, i in zip(per_step, intra_step, strict=True)]
+            comm_model = steps * hierarchical_comm_seconds(intra_step, inter_step, links, intra_rounds=2,
+                                                           inter_rounds=2 * (len(groups_of(links)) - 1))
+            prev_intra = [w.get("intra_bytes_sent", 0.0) for w in per_worker]
+        else:
+            comm_model = steps * modelled_comm_seconds(per_step, links, rounds=rounds)
         # Modelled time: the measured local step time (compute, compression by any hook, loopback transfer)
         # plus the time the bytes actually sent take through the modelled links.
         wall = max(w["wall_s"] for w in per_worker)
@@ -405,6 +501,11 @@ def _kpis(opts, spec, ranks, links):
         # Numba's compile (or cache load) before the clock started; in no other figure
         "kernel_warm_up_s": max(rank.get("kernel_warm_up_s", 0.0) for rank in ranks),
         "ranks_agree": len({rank["final_params_sha"] for rank in ranks}) == 1,
+        **({"groups": groups_of(links)} if opts.architecture == "hybrid" else {}),
+        **({"intra_group_bytes_per_worker_per_step": sum(rank["epochs"][-1].get("intra_bytes_sent", 0.0)
+                                                          for rank in ranks) / world / max(1, total_steps)}
+           if opts.architecture == "hybrid" else {}),
+        **({"adaptive": r0["adaptive"]} if "adaptive" in r0 else {}),
     }
 
 
@@ -418,7 +519,19 @@ def train(opts: TrainOptions) -> dict:
         return _train(opts)
 
 
+def architectures(opts):
+    """``opts.architecture`` as a list: one name, or several (``--architecture`` repeated) compared side by side."""
+    if isinstance(opts.architecture, str):
+        return [opts.architecture]
+    return list(opts.architecture)
+
+
 def _train(opts):
+    archs = architectures(opts)
+    if archs == ["federated"]:  # Flower's simulation engine, not the worker launcher
+        from .federated import train_federated
+
+        return train_federated(dataclasses.replace(opts, architecture="federated"))
     links = _validate(opts)
     if opts.emulate:
         ok, reason = can_emulate()
@@ -426,12 +539,13 @@ def _train(opts):
             print(f"gcomp train: cannot emulate the network here ({reason}); using the link model instead",
                   file=sys.stderr)
             opts = dataclasses.replace(opts, emulate=False)
-    arch = (f"decentralized ({opts.topology}, gossip every {opts.gossip_every})" if opts.architecture == "decentralized"
-            else "centralized")
+    described = {"decentralized": f"decentralized ({opts.topology}, gossip every {opts.gossip_every})",
+                 "hybrid": f"hybrid (groups {opts.groups})"}
+    arch = " + ".join(described.get(a, a) for a in archs)
     print(f"gcomp train: {opts.workers} workers, {arch}, {opts.backend}, {opts.model}, links "
-          f"{','.join(sorted({link.spec for link in links}))}{' (emulated)' if opts.emulate else ' (link model)'}, "
-          f"target accuracy {opts.target_accuracy:.2f}; {len(opts.compressors)} run(s): {', '.join(opts.compressors)}",
-          flush=True)
+          f"{links_summary(links)}{' (emulated)' if opts.emulate else ' (link model)'}, "
+          f"target accuracy {opts.target_accuracy:.2f}; {len(opts.compressors) * len(archs)} run(s): "
+          f"{', '.join(opts.compressors)}", flush=True)
     _clear_stale_runs(opts.out)
     import torch
 
@@ -439,13 +553,16 @@ def _train(opts):
 
     header = {"gcomp": gcomp.__version__, "torch": torch.__version__, "date": datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec="seconds"), "workers": opts.workers, "backend": opts.backend,
-        "model": opts.model, "hidden": opts.hidden, "epochs": opts.epochs, "architecture": opts.architecture,
-        "topology": opts.topology if opts.architecture == "decentralized" else None, "links": [link.spec for link in links],
+        "model": opts.model, "hidden": opts.hidden, "epochs": opts.epochs, "architecture": " + ".join(archs),
+        "architectures": archs,
+        "topology": opts.topology if "decentralized" in archs else None, "links": [link.spec for link in links],
         "emulated": opts.emulate, "target_accuracy": opts.target_accuracy, "seed": opts.seed,
-        "options": dataclasses.asdict(opts)}
+        "options": dataclasses.asdict(opts), "dataset": opts.dataset, "dataset_generator": _dataset_record(opts)}
+    header["layout"] = describe_layout(links)  # --groups: groups, intra (per worker) and inter (per group) links
     runs = []
-    for i, spec in enumerate(opts.compressors):
-        runs.append(_run_one(opts, spec, i, links, opts.out))
+    for arch in archs:  # the same compressors under each architecture, one table
+        for spec in opts.compressors:
+            runs.append(_run_one(dataclasses.replace(opts, architecture=arch), spec, len(runs), links, opts.out))
     results = {"header": header, "runs": runs}
     with open(os.path.join(opts.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import epoch_batches, load_digits_split
+from .data import epoch_batches, load_dataset
 from .models import build_model
 
 BASELINES = ("none", "torch-fp16", "torch-powersgd")
@@ -78,13 +78,15 @@ def _setup_hook(cfg, ddp, world):
         from gcomp.feedback import DGCFeedback
 
         feedback = DGCFeedback(spec, momentum=cfg["momentum"])
+    # hybrid: a dense sum inside each --groups group, the compressed collective among the group leaders, a broadcast
+    hierarchical = cfg.get("groups") if cfg.get("architecture") == "hybrid" else None
     return gcomp.ddp.register(ddp, spec, start_iter=cfg["start_iter"], error_feedback=feedback,
-                              timeout=datetime.timedelta(seconds=cfg["timeout"]))
+                              timeout=datetime.timedelta(seconds=cfg["timeout"]), hierarchical=hierarchical)
 
 
 def _compute_seconds(cfg, x, y):
     """Median seconds of one local forward+backward+step on a copy (the compute part of a step)."""
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"], inputs=x.shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     times = []
     for i in range(6):
@@ -104,9 +106,9 @@ def run(cfg, rank):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
-    x_train, y_train, x_test, y_test = load_digits_split(cfg["seed"])
+    x_train, y_train, x_test, y_test = load_dataset(cfg)
     compute_s = _compute_seconds(cfg, x_train, y_train)
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"], inputs=x_train.shape[1])
     # One bucket for the whole model: torch's powerSGD_hook can deadlock on gloo with several buckets
     # (its P/Q allreduces run from future callbacks), and it keeps every configuration comparable.
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cfg.get("bucket_cap_mb", 64))
@@ -124,7 +126,7 @@ def run(cfg, rank):
     epochs = []
     start = time.perf_counter()
     step = 0
-    bytes_sent = bytes_received = 0.0
+    bytes_sent = bytes_received = intra_bytes_sent = 0.0
     compress_s = comm_s = 0.0
     dense_bytes = 4 * sum(p.numel() for p in model.parameters())
     for epoch in range(cfg["epochs"]):
@@ -145,6 +147,7 @@ def run(cfg, rank):
                 if last is not None and last["step"] == step:
                     bytes_sent += last["bytes_sent"]
                     bytes_received += last["bytes_received"]
+                    intra_bytes_sent += last.get("intra_bytes_sent", 0)
                     compress_s += last["compress_s"] + last["decompress_s"]
             else:
                 dense = step < cfg["start_iter"] and cfg["compressor"] == "torch-powersgd"
@@ -158,7 +161,8 @@ def run(cfg, rank):
             acc = float((ddp.module(xt).argmax(1) == yt).float().mean())
         record = {"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)), "accuracy": acc,
                   "wall_s": time.perf_counter() - start, "bytes_sent": bytes_sent, "bytes_received": bytes_received,
-                  "compute_s": compute_s * step, "compress_s": compress_s, "comm_s": max(0.0, comm_s - compress_s)}
+                  "compute_s": compute_s * step, "compress_s": compress_s, "comm_s": max(0.0, comm_s - compress_s),
+                  "intra_bytes_sent": intra_bytes_sent}
         if counters0 is not None:
             now = _interface_counters(ifname)
             record["measured_tx_bytes"] = now[0] - counters0[0]
@@ -172,6 +176,8 @@ def run(cfg, rank):
               "bytes_model": "gcomp byte counters" if state is not None else "ring model 2(P-1)/P x payload",
               "final_params_sha": _param_hash(model)}
     if state is not None:
+        if state.policy is not None:  # the adaptive policy: its ladder, every decision and every switch
+            result["adaptive"] = state.policy.summary()
         state.close()
     with open(os.path.join(cfg["run_dir"], f"rank{rank}.json"), "w") as f:
         json.dump(result, f)

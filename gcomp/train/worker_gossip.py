@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from .data import epoch_batches, load_digits_split
+from .data import epoch_batches, load_dataset
 from .models import build_model
 from .worker import _compute_seconds, _param_hash
 
@@ -65,9 +65,9 @@ def run(cfg, rank=None):
         dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
         transport = None  # torch.distributed's default group
-    x_train, y_train, x_test, y_test = load_digits_split(cfg["seed"])
+    x_train, y_train, x_test, y_test = load_dataset(cfg)
     compute_s = _compute_seconds(cfg, x_train, y_train)
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"], inputs=x_train.shape[1])
     options = _gossip_options(cfg)
     warm_up_s = _warm_up(options, transport)
     g = gd.Gossip(model, **options, transport=transport)

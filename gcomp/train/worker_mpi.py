@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .data import epoch_batches, load_digits_split
+from .data import epoch_batches, load_dataset
 from .models import build_model
 from .worker import _compute_seconds, _param_hash
 
@@ -25,9 +25,9 @@ def run(cfg):
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     torch.set_num_threads(1)
-    x_train, y_train, x_test, y_test = load_digits_split(cfg["seed"])
+    x_train, y_train, x_test, y_test = load_dataset(cfg)
     compute_s = _compute_seconds(cfg, x_train, y_train)
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"], inputs=x_train.shape[1])
     params = [p for p in model.parameters()]
     numel = sum(p.numel() for p in params)
     flat = np.zeros(numel, np.float32)

@@ -26,7 +26,7 @@ def test_decentralized_rejects_bad_options(argv, message, tmp_path, capsys):
 
 def test_architecture_choice_and_gamma_defaults():
     with pytest.raises(SystemExit):
-        main(["train", "--architecture", "federated"])
+        main(["train", "--architecture", "mesh"])
     opts = TrainOptions(architecture="decentralized")
     assert gossip_gamma(opts, "none") == 1.0 and gossip_gamma(opts, "topk:ratio=0.01") == DEFAULT_GOSSIP_GAMMA
     assert gossip_gamma(TrainOptions(gossip_gamma=0.3), "none") == 0.3
