@@ -73,7 +73,9 @@ class _Mean:
         return "gcomp.mpi.MEAN"
 
 
+#: the average over the ranks (divide after the sum, as ``comm.Allreduce`` followed by ``/= size``)
 MEAN = _Mean()
+#: the sum over the ranks (mpi4py's ``MPI.SUM``)
 SUM = MPI.SUM
 STATE_VERSION = 1
 
@@ -228,10 +230,12 @@ class Request:
         self._future = future
 
     def Wait(self, status=None):
+        """Block until the result is in ``recvbuf``; raises what the call raised (on every rank)."""
         self._future.result()
         return True
 
     def Test(self, status=None):
+        """Whether the call has completed (raising what it raised, if it failed)."""
         if self._future.done():
             self._future.result()
             return True
@@ -265,22 +269,49 @@ class Request:
 class CompressedComm:
     """Wraps a communicator: ``Allreduce``/``Iallreduce`` compress, every other attribute passes through.
 
-    Options: ``error_feedback`` ("auto", the default: "none" for unbiased compressors, "residual" for
-    biased ones; or "residual", "ef21", "dgc", "none"), ``algorithm``
-    ("auto", "allreduce", "allgather", "scatter-reduce-allgather", "dense"),
-    ``nonfinite`` ("propagate", "zero", "raise"), ``verify`` ("always", "first",
-    False), ``min_numel`` (smaller buffers go dense), ``seed`` (None keeps the
-    spec's; an integer replaces it, identically on every rank), ``hierarchical``
-    (None, "node", an int color, a callable rank -> color, or a list of groups
-    the same on every rank), ``hierarchical_dense`` ("groups", the default:
-    dense calls stay hierarchical; "flat": one plain Allreduce over every rank,
-    bit-identical to ``comm.Allreduce``), and ``transport`` (a
-    :class:`gcomp.transports.Transport` to carry the compressed traffic instead
-    of an :class:`MPITransport` over a duplicate of ``comm``; it must span the
-    same ranks in the same order).  ``spec="adaptive"`` (or an
-    :class:`gcomp.adapt.AdaptivePolicy`): the policy picks the setting
-    (``ccomm.policy``); it needs residual (or no) error feedback and
-    ``algorithm="auto"``.
+    Construct it on every rank of ``comm`` (a collective call: every rank
+    checks that the others use the same options, MismatchError otherwise).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The communicator; gcomp's traffic runs on a duplicate of it.
+    spec : str, dict, gcomp.Compressor or gcomp.adapt.AdaptivePolicy
+        The compressor; ``"adaptive"`` (or a policy): the policy picks the
+        setting (``ccomm.policy``); it needs residual (or no) error feedback
+        and ``algorithm="auto"``.
+    error_feedback : str
+        "auto" (the default: "none" for unbiased compressors, "residual" for
+        biased ones), "residual", "ef21", "dgc" or "none".
+    algorithm : str
+        "auto", "allreduce", "allgather", "scatter-reduce-allgather" or "dense".
+    nonfinite : str
+        "propagate", "zero" or "raise".
+    verify : str or bool
+        "always", "first" or False: when the ranks compare each call's sizes.
+    min_numel : int
+        Smaller buffers go dense.
+    seed : int, optional
+        None keeps the spec's; an integer replaces it, identically on every rank.
+    hierarchical : None, "node", int, callable or list
+        Groups: by host, an int color, a callable rank -> color, or a list of
+        groups the same on every rank; dense inside, compressed between leaders.
+    transport : gcomp.transports.Transport, optional
+        Carries the compressed traffic instead of an MPI transport over a
+        duplicate of ``comm``; it must span the same ranks in the same order.
+    hierarchical_dense : str
+        "groups" (the default: dense calls stay hierarchical) or "flat" (one
+        plain Allreduce over every rank, bit-identical to ``comm.Allreduce``).
+
+    Examples
+    --------
+    Under ``mpiexec -n 4``::
+
+        from mpi4py import MPI
+        import gcomp.mpi
+
+        ccomm = gcomp.mpi.CompressedComm(MPI.COMM_WORLD, "topk:ratio=0.01")
+        ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
     """
 
     def __init__(self, comm, spec, *, error_feedback="auto", algorithm="auto", nonfinite="propagate",
