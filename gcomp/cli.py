@@ -149,8 +149,9 @@ def _cmd_train(args):
 
     # --model's default follows the dataset: the MLP for the digits, the 1-D CNN for MNIST-1D's signals
     model = args.model or ("cnn1d" if args.dataset.partition(":")[0] == "mnist1d" else "mlp")
+    workers = args.workers if args.workers is not None or args.launched_by else 4
     opts = TrainOptions(
-        workers=args.workers, compressors=args.compressor or [DEFAULT_COMPRESSOR], epochs=args.epochs, model=model,
+        workers=workers, launched_by=args.launched_by, compressors=args.compressor or [DEFAULT_COMPRESSOR], epochs=args.epochs, model=model,
         hidden=args.hidden, backend=args.backend, link=" ".join(args.link or ["20mbit"]), groups=args.groups,
         emulate=args.emulate,
         target_accuracy=args.target_accuracy, out=args.out, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
@@ -166,6 +167,10 @@ def _cmd_train(args):
     except (ValueError, RuntimeError) as exc:
         print(f"gcomp train: {exc}", file=sys.stderr)
         return 2
+    if results.get("rank", 0) != 0:  # --launched-by: worker 0 prints the table and writes results.json
+        print(f"gcomp train: worker {results['rank']} done; worker 0 (on {results['header']['hosts'][0]}) wrote "
+              "results.json")
+        return 0
     print(summary_table(results))
     print(f"\nresults: {os.path.join(opts.out, 'results.json')}")
     for path in results.get("plots", []):
@@ -200,7 +205,8 @@ def build_parser():
         "modelled energy.  Times are modelled from the bytes actually sent through --link, or measured on "
         "shaped links with --emulate.",
     )
-    p_train.add_argument("--workers", type=int, default=4, help="number of workers (default 4)")
+    p_train.add_argument("--workers", type=int, default=None,
+                         help="number of workers (default 4; with --launched-by: the launcher's world size)")
     p_train.add_argument("--compressor", action="append", metavar="SPEC",
                          help="a gcomp compressor spec (e.g. topk:ratio=0.01) or a baseline: none, torch-fp16, "
                               "torch-powersgd; repeat to compare (default dgc:ratio=0.01)")
@@ -278,6 +284,14 @@ def build_parser():
                               "Gaussian noise for (E, D)-DP, D default 1e-5, sensitivity default C), applied before "
                               "gcomp's compression (default: none)")
     p_train.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is abandoned (default 600)")
+    p_train.add_argument("--launched-by", choices=["torchrun", "mpiexec"], default=None,
+                         help="across boxes: this process is one worker, started with the same options on every box "
+                              "by torchrun (--backend ddp: centralized, decentralized, hybrid; e.g. torchrun --nnodes 2 "
+                              "--nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m gcomp.cli train "
+                              "--launched-by torchrun ...) or by mpiexec -f HOSTFILE (--backend mpi: centralized, "
+                              "decentralized); rank 0 gathers every rank's records over the process group and writes "
+                              "results.json into its --out; times are modelled from --link, wall times are the real "
+                              "network's; no --emulate (see docs/deploy.md)")
     p_train.add_argument("--quiet", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
 

@@ -17,6 +17,12 @@ and computes, per run:
   transfer) plus the time the bytes actually sent take through the link model
   (gcomp.train.links);
 * modelled energy: radio joules per bit plus CPU seconds times power.
+
+Across boxes (``launched_by``, ``gcomp train --launched-by torchrun|mpiexec``,
+docs/deploy.md) the launcher starts the workers on every box instead: each
+process is one worker, the workers agree on their options, train each run on
+the launcher's group and exchange their records over it (JSON); worker 0
+computes the same KPIs and writes results.json into its ``--out``.
 """
 
 import contextlib
@@ -46,7 +52,7 @@ from .report import run_label
 from .supervise import signals_raise, supervise
 
 __all__ = ["TrainOptions", "train", "DEFAULT_COMPRESSOR", "BASELINES", "ARCHITECTURES", "DEFAULT_GOSSIP_GAMMA",
-           "gossip_gamma"]
+           "gossip_gamma", "LAUNCHERS"]
 
 DEFAULT_COMPRESSOR = "dgc:ratio=0.01"
 BASELINES = ("none", "torch-fp16", "torch-powersgd")
@@ -58,6 +64,8 @@ ARCHITECTURES = ("centralized", "decentralized", "hybrid", "federated")
 #: CHOCO's consensus step size when --gossip-gamma is not given (measured on the digits MLP with topk:ratio=0.01 on
 #: a ring of 4: docs/decentralized.md); exact gossip (--compressor none) uses 1
 DEFAULT_GOSSIP_GAMMA = 0.1
+#: outside launchers whose workers ``gcomp train --launched-by`` runs as (one process per worker, on any box)
+LAUNCHERS = ("torchrun", "mpiexec")
 
 
 @dataclasses.dataclass
@@ -97,6 +105,9 @@ class TrainOptions:
     non_iid: float | None = None  # Dirichlet alpha of the label split; None: IID
     local_dp: str | None = None  # Flower's LocalDpMod on every client: "clip=C,epsilon=E[,delta=D,sensitivity=S]"
     downlink: str | None = None  # compressor of the global model sent to clients (server-side EF); None: dense
+    # across boxes (docs/deploy.md): this process is one worker of a run that torchrun (--backend ddp) or mpiexec
+    # (--backend mpi) started on every box; workers None takes the launcher's world size
+    launched_by: str | None = None
 
 
 def gossip_gamma(opts, spec):
@@ -188,6 +199,16 @@ def _validate(opts):
     _check_out(opts.out)
     _check_resources(opts)
     return links
+
+
+def _local_workers(opts):
+    """How many workers run on this box: all of them, or those the launcher started here (--launched-by)."""
+    if opts.launched_by is None:
+        return opts.workers
+    for key in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):  # torchrun, mpich, Open MPI
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return opts.workers
 
 
 def _validate_gossip(opts):
@@ -284,14 +305,15 @@ def _estimated_worker_mb(opts):
 def _check_resources(opts):
     """Refuse a run whose workers cannot fit in memory; warn when they far outnumber the cores."""
     per_worker = _estimated_worker_mb(opts)
-    need = opts.workers * per_worker
+    local = _local_workers(opts)
+    need = local * per_worker
     available = _memory_available_mb()
     if available is not None and need > 0.9 * available:
-        raise ValueError(f"{opts.workers} workers need about {need / 1024:.1f} GB ({per_worker:.0f} MB each) but "
+        raise ValueError(f"{local} workers need about {need / 1024:.1f} GB ({per_worker:.0f} MB each) but "
                          f"{available / 1024:.1f} GB of memory is available: use fewer --workers or a smaller model")
     cores = os.cpu_count() or 1
-    if opts.workers > 4 * cores:
-        print(f"gcomp train: warning: {opts.workers} workers on {cores} cores will train slowly (each worker "
+    if local > 4 * cores:
+        print(f"gcomp train: warning: {local} workers on {cores} cores will train slowly (each worker "
               "uses one thread)", file=sys.stderr)
 
 
@@ -400,11 +422,13 @@ def _clear_stale_runs(out):
                 shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
 
 
-def _run_one(opts, spec, index, links, out_dir):
+def _run_config(opts, spec, index, links, out_dir, fresh=True):
+    """A fresh (``fresh``; else existing) ``runs/NN-*`` folder of one run and the workers' configuration of that run."""
     prefix = "" if opts.architecture == "centralized" else f"{opts.architecture}-"
     run_dir = os.path.join(out_dir, "runs", f"{index:02d}-{prefix}{_safe(spec)}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(run_dir)
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.makedirs(run_dir)
     cfg = {"compressor": spec, "workers": opts.workers, "epochs": opts.epochs, "model": opts.model, "hidden": opts.hidden,
            "batch_size": opts.batch_size, "lr": opts.lr, "momentum": opts.momentum, "seed": opts.seed,
            "start_iter": _start_iter(opts, spec), "error_feedback": opts.error_feedback, "timeout": opts.timeout,
@@ -413,6 +437,11 @@ def _run_one(opts, spec, index, links, out_dir):
     if opts.architecture == "decentralized":
         cfg.update(topology=opts.topology, gossip_gamma=gossip_gamma(opts, spec), gossip_every=opts.gossip_every)
     cfg["groups"] = groups_of(links)  # --groups as rank lists ([[0, 1], [2, 3]]), None for a flat network
+    return run_dir, cfg
+
+
+def _run_one(opts, spec, index, links, out_dir):
+    run_dir, cfg = _run_config(opts, spec, index, links, out_dir)
     progress = _Progress(opts.progress, run_label({"compressor": spec, **cfg}), opts.epochs)
     try:
         inter_group = _launch(opts, cfg, os.path.join(run_dir, "config.json"), links, progress)
@@ -516,6 +545,8 @@ def train(opts: TrainOptions) -> dict:
     workers are killed and networks torn down first.
     """
     with signals_raise():
+        if opts.launched_by is not None:
+            return _train_launched(opts)
         return _train(opts)
 
 
@@ -547,6 +578,16 @@ def _train(opts):
           f"target accuracy {opts.target_accuracy:.2f}; {len(opts.compressors) * len(archs)} run(s): "
           f"{', '.join(opts.compressors)}", flush=True)
     _clear_stale_runs(opts.out)
+    header = _header(opts, archs, links)
+    runs = []
+    for arch in archs:  # the same compressors under each architecture, one table
+        for spec in opts.compressors:
+            runs.append(_run_one(dataclasses.replace(opts, architecture=arch), spec, len(runs), links, opts.out))
+    return _write_results(opts, {"header": header, "runs": runs})
+
+
+def _header(opts, archs, links):
+    """results.json's header: versions, date, options, dataset and network layout."""
     import torch
 
     import gcomp
@@ -559,11 +600,10 @@ def _train(opts):
         "emulated": opts.emulate, "target_accuracy": opts.target_accuracy, "seed": opts.seed,
         "options": dataclasses.asdict(opts), "dataset": opts.dataset, "dataset_generator": _dataset_record(opts)}
     header["layout"] = describe_layout(links)  # --groups: groups, intra (per worker) and inter (per group) links
-    runs = []
-    for arch in archs:  # the same compressors under each architecture, one table
-        for spec in opts.compressors:
-            runs.append(_run_one(dataclasses.replace(opts, architecture=arch), spec, len(runs), links, opts.out))
-    results = {"header": header, "runs": runs}
+    return header
+
+
+def _write_results(opts, results):
     with open(os.path.join(opts.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if opts.plots:
@@ -571,3 +611,173 @@ def _train(opts):
 
         results["plots"] = plot_results(results, opts.out)
     return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# across boxes: every process is one worker, started by torchrun or mpiexec on its box (docs/deploy.md)
+
+
+class _Peers:
+    """The workers of a run started by an outside launcher, and JSON exchanged among them (no pickle).
+
+    torchrun: torch.distributed's default gloo group from torchrun's environment (``env://``);
+    mpiexec: ``MPI.COMM_WORLD``.
+    """
+
+    def __init__(self, launched_by, timeout):
+        self.launched_by = launched_by
+        if launched_by == "torchrun":
+            import torch.distributed as dist
+
+            missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            if missing:
+                raise ValueError(f"expected torchrun's environment because of --launched-by torchrun, found "
+                                 f"{', '.join(missing)} unset: start it as torchrun ... -m gcomp.cli train "
+                                 "--launched-by torchrun (docs/deploy.md)")
+            dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=timeout))
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            from mpi4py import MPI
+
+            self.comm = MPI.COMM_WORLD
+            self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
+
+    def allgather_bytes(self, data):
+        """Every worker's ``data`` (bytes), in rank order, on every worker."""
+        import numpy as np
+
+        if self.launched_by == "torchrun":
+            import torch
+            import torch.distributed as dist
+
+            sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+            dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
+            sizes = [int(n) for n in sizes]
+            mine = torch.zeros(max(sizes), dtype=torch.uint8)
+            mine[:len(data)] = torch.from_numpy(np.frombuffer(data, np.uint8).copy())
+            bufs = [torch.zeros(max(sizes), dtype=torch.uint8) for _ in range(self.world)]
+            dist.all_gather(bufs, mine)
+            return [bytes(b[:n].numpy()) for b, n in zip(bufs, sizes, strict=True)]
+        from mpi4py import MPI
+
+        sizes = np.zeros(self.world, np.int64)
+        self.comm.Allgather(np.array([len(data)], np.int64), sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out = np.empty(int(sizes.sum()), np.uint8)
+        self.comm.Allgatherv(np.frombuffer(data, np.uint8),
+                             [out, ([int(n) for n in sizes], [int(o) for o in offsets]), MPI.BYTE])
+        return [out[o:o + n].tobytes() for o, n in zip(offsets, sizes, strict=True)]
+
+    def allgather_json(self, obj):
+        return [json.loads(b) for b in self.allgather_bytes(json.dumps(obj).encode())]
+
+    def close(self):
+        if self.launched_by == "torchrun":
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+#: options that are each box's own business (not compared across boxes)
+_LOCAL_OPTIONS = ("out", "progress", "plots")
+
+
+def _validate_launched(opts, peers):
+    """``opts`` with the launcher's world size, and the links; a ValueError for what cannot run across boxes."""
+    if opts.launched_by not in LAUNCHERS:
+        raise ValueError(f"expected --launched-by {' or '.join(LAUNCHERS)}, found {opts.launched_by!r}")
+    if opts.workers is not None and opts.workers != peers.world:
+        raise ValueError(f"expected --workers {peers.world} (or none) because {opts.launched_by} started "
+                         f"{peers.world} workers, found {opts.workers}")
+    opts = dataclasses.replace(opts, workers=peers.world)
+    backend = "ddp" if opts.launched_by == "torchrun" else "mpi"
+    if opts.backend != backend:
+        raise ValueError(f"expected --backend {backend} with --launched-by {opts.launched_by}, found {opts.backend}")
+    if opts.emulate:
+        raise ValueError("--emulate is a one-box feature (it builds namespaces for workers it starts itself); "
+                         "across real boxes the network is real")
+    if "federated" in architectures(opts):
+        raise ValueError("expected --architecture centralized, decentralized or hybrid across boxes (federated "
+                         "runs on Flower's one-box simulation engine)")
+    return opts, _validate(opts)
+
+
+def _train_launched(opts):
+    """``gcomp train --launched-by torchrun|mpiexec``: this process is one worker; rank 0 writes results.json.
+
+    Every box checks its options, then all agree (every worker fails, with the
+    same message, or none); each run trains in this process on the launcher's
+    group, and the rank records come to every worker over that group (JSON,
+    no shared filesystem): rank 0 writes ``results.json`` (and plots) into
+    its ``--out``, the other boxes keep their own ``runs/*/rank<R>.json``.
+    """
+    peers = _Peers(opts.launched_by, opts.timeout)
+    try:
+        error = links = None
+        try:
+            opts, links = _validate_launched(opts, peers)
+        except ValueError as exc:
+            error = str(exc)
+        shared = {k: v for k, v in dataclasses.asdict(opts).items() if k not in _LOCAL_OPTIONS}
+        views = peers.allgather_json({"error": error, "options": shared, "host": socket.gethostname(),
+                                      "out": os.path.abspath(opts.out)})
+        hosts = [v["host"] for v in views]
+        # the first worker of each box (host and --out) clears and creates the run folders there, the others wait
+        peers.leader = all((v["host"], v["out"]) != (hosts[peers.rank], views[peers.rank]["out"])
+                           for v in views[:peers.rank])
+        for r, view in enumerate(views):  # agreement: every worker raises the same error, or none does
+            if view["error"] is not None:
+                raise ValueError(f"worker {r} (on {hosts[r]}): {view['error']}")
+        for r, view in enumerate(views):
+            differ = sorted(k for k in view["options"] if view["options"][k] != views[0]["options"].get(k))
+            if differ:
+                raise ValueError(f"expected the same gcomp train options on every box because all workers train one "
+                                 f"model, found worker {r} (on {hosts[r]}) differs from worker 0 in {', '.join(differ)}")
+        archs = architectures(opts)
+        if peers.rank == 0:
+            print(f"gcomp train: {opts.workers} workers on {len(set(hosts))} host(s) ({opts.launched_by}), "
+                  f"{' + '.join(archs)}, {opts.backend}, {opts.model}, links {links_summary(links)} (link model); "
+                  f"{len(opts.compressors) * len(archs)} run(s): {', '.join(opts.compressors)}", flush=True)
+        if peers.leader:
+            _clear_stale_runs(opts.out)
+        header = _header(opts, archs, links)
+        header.update(launched_by=opts.launched_by, hosts=hosts)
+        runs = []
+        for arch in archs:
+            for spec in opts.compressors:
+                runs.append(_run_launched(dataclasses.replace(opts, architecture=arch), spec, len(runs), links, peers))
+        results = {"header": header, "runs": runs}
+        if peers.rank == 0:
+            results = _write_results(opts, results)
+        results["rank"] = peers.rank  # not in results.json
+        return results
+    finally:
+        peers.close()
+
+
+def _run_launched(opts, spec, index, links, peers):
+    """One run on the launcher's workers: train here, gather every rank's record, the run's KPIs."""
+    if peers.leader:
+        _run_config(opts, spec, index, links, opts.out)
+    peers.allgather_bytes(b"-")  # barrier: the run folder exists on every box
+    run_dir, cfg = _run_config(opts, spec, index, links, opts.out, fresh=False)
+    cfg.update(master_addr=None, master_port=None, launched_by=opts.launched_by)
+    if peers.leader:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(cfg, f)
+    decentralized = cfg["architecture"] == "decentralized"
+    if opts.launched_by == "mpiexec":
+        if decentralized:
+            from .worker_gossip import run as run_worker
+        else:
+            from .worker_mpi import run as run_worker
+        record = run_worker(cfg)
+    else:
+        if decentralized:
+            from .worker_gossip import run as run_worker
+        else:
+            from .worker import run as run_worker
+        record = run_worker(cfg, peers.rank)
+    ranks = peers.allgather_json(record)
+    return _kpis(opts, spec, ranks, links)

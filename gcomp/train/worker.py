@@ -102,10 +102,17 @@ def _compute_seconds(cfg, x, y):
 
 
 def run(cfg, rank):
+    """Train one rank of the run ``cfg``; write ``rank<R>.json`` into ``cfg["run_dir"]`` and return its record.
+
+    Joins (and leaves) the gloo group at ``master_addr:master_port``, unless a default process group exists
+    already (``gcomp train --launched-by torchrun``): then it trains on that group and leaves it open.
+    """
     world = cfg["workers"]
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
     x_train, y_train, x_test, y_test = load_dataset(cfg)
     compute_s = _compute_seconds(cfg, x_train, y_train)
     model = build_model(cfg["model"], cfg["hidden"], cfg["seed"], inputs=x_train.shape[1])
@@ -181,7 +188,9 @@ def run(cfg, rank):
         state.close()
     with open(os.path.join(cfg["run_dir"], f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    dist.destroy_process_group()
+    if owned:
+        dist.destroy_process_group()
+    return result
 
 
 def _param_hash(model):

@@ -62,8 +62,11 @@ def run(cfg, rank=None):
         import torch.distributed as dist
 
         world = cfg["workers"]
-        dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
+        if dist.is_initialized():  # gcomp train --launched-by torchrun: train on its group, leave it open
+            dist = None
+        else:
+            dist.init_process_group("gloo", init_method=f"tcp://{cfg['master_addr']}:{cfg['master_port']}", rank=rank,
+                                    world_size=world, timeout=datetime.timedelta(seconds=cfg["timeout"]))
         transport = None  # torch.distributed's default group
     x_train, y_train, x_test, y_test = load_dataset(cfg)
     compute_s = _compute_seconds(cfg, x_train, y_train)
@@ -116,6 +119,7 @@ def run(cfg, rank=None):
         json.dump(result, f)
     if dist is not None:
         dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def run(cfg):
         json.dump(result, f)
     if ccomm is not None:
         ccomm.Free()
+    return result
 
 
 if __name__ == "__main__":
