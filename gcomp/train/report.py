@@ -11,7 +11,8 @@ measured local time (:func:`gcomp.train.links.modelled_comm_seconds`).
 import os
 import textwrap
 
-__all__ = ["build_figures", "plot_results", "summary_table", "run_label", "federated_figures", "federated_table"]
+__all__ = ["build_figures", "plot_results", "summary_table", "run_label", "federated_figures", "federated_table",
+           "adaptive_figure", "adaptive_series"]
 
 #: The summary table's width limit, in characters.
 TABLE_WIDTH = 100
@@ -42,6 +43,11 @@ def run_label(run):
 
 
 def _links_text(header):
+    """The links in a title: ``20mbit,5mbit``, or with --groups ``groups 0,1/2,3: intra 1gbit, inter 20mbit``."""
+    layout = header.get("layout")
+    if layout and layout.get("inter"):
+        return (f"groups {layout['groups_spec']}: intra {','.join(sorted(set(layout['intra'])))}, "
+                f"inter {','.join(sorted(set(layout['inter'])))}")
     return ",".join(sorted(set(header["links"])))
 
 
@@ -93,7 +99,8 @@ def build_figures(results):
     bytes axis is logarithmic, the time axis too when the runs' lengths differ
     by :data:`LOG_TIME_SPAN` or more; log axes are labelled with plain numbers.
     Each run has its own colour, marker and line style; markers are hollow so
-    that runs on top of each other (DGC and top-k) both stay visible.
+    that runs on top of each other (DGC and top-k) both stay visible.  Decentralized runs add
+    ``consensus_distance.png``; runs with the adaptive policy ``adaptive_settings.png`` (:func:`adaptive_figure`).
     """
     if results["header"].get("architecture") == "federated":
         return federated_figures(results)
@@ -157,12 +164,115 @@ def build_figures(results):
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
         figures["consensus_distance.png"] = fig
+    adaptive = [(i, run) for i, run in enumerate(runs) if run.get("adaptive")]
+    if adaptive:
+        figures["adaptive_settings.png"] = adaptive_figure(adaptive, title)
     return figures
 
 
+def _rung_labels(ladder):
+    """The ladder settings' short names from their configurations (``uniform:bits=4``): the parameters that differ
+    from the compressor's defaults or between settings of the same compressor (the seed left out; all of them when
+    the compressor is unknown here)."""
+    import gcomp
+
+    labels = []
+    for config in ladder:
+        try:
+            defaults = gcomp.compressor(config["name"]).get_config()
+        except (gcomp.errors.GcompError, KeyError, TypeError):
+            defaults = {}
+        kin = [other for other in ladder if other.get("name") == config.get("name")]
+        rest = ",".join(f"{k}={v}" for k, v in config.items() if k not in ("name", "seed") and (
+            defaults.get(k, object()) != v or any(other.get(k) != v for other in kin)))
+        labels.append(config.get("name", "?") + (f":{rest}" if rest else ""))
+    return labels
+
+
+def adaptive_series(summary):
+    """What :func:`adaptive_figure` draws for one run, from its policy summary (``runs[i]["adaptive"]``).
+
+    Returns
+    -------
+    dict
+        ``names``: one label per ladder setting, least compression first (the policy's own names where its
+        records give them); ``steps`` / ``rungs``: the setting in force from each step on (a step plot: the
+        start, then one point after every decision, then the last step); ``rate_steps`` / ``rate_mbps``: the
+        bottleneck link rate (MB/s) each decision measured (decisions without measurements left out);
+        ``switch_steps``: the steps of the switches.
+    """
+    ladder = summary["config"]["ladder"]
+    names = _rung_labels(ladder)
+    history = summary["history"]
+    for record in history:  # the policy's names for the settings it used
+        names[record["rung"]] = record["setting"]
+    first = history[0]["rung"] if history else names.index(summary["setting"]) if summary["setting"] in names else 0
+    steps, rungs = [0], [first]
+    for record in history:
+        steps.append(record["step"])
+        rungs.append(record["target"] if record["switched"] else record["rung"])
+    if summary["steps"] > steps[-1]:
+        steps.append(summary["steps"])
+        rungs.append(rungs[-1])
+    measured = [r for r in history if r.get("bandwidth_Bps")]
+    return {"names": names, "steps": steps, "rungs": rungs, "rate_steps": [r["step"] for r in measured],
+            "rate_mbps": [r["bandwidth_Bps"] / 1e6 for r in measured],
+            "switch_steps": [s["step"] for s in summary["switches"]]}
+
+
+def adaptive_figure(adaptive, title):
+    """One panel per adaptive run: the setting over the steps (left axis, the ladder's levels) next to the
+    bottleneck link rate the policy measured at each decision (right axis, MB/s).
+
+    Parameters
+    ----------
+    adaptive : list of (int, dict)
+        ``(index in runs, run)`` of the runs that carry a policy summary (``run["adaptive"]``).
+    title : str
+        The figure's title.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(8.4, 1.4 + 3.0 * len(adaptive)), dpi=110)
+    axes = fig.subplots(len(adaptive), 1, squeeze=False)[:, 0]
+    for ax, (i, run) in zip(axes, adaptive, strict=True):
+        data = adaptive_series(run["adaptive"])
+        ax.step(data["steps"], data["rungs"], where="post", color=f"C{i % 10}", linewidth=1.8,
+                label="setting in force (left axis)")
+        ax.set_yticks(range(len(data["names"])), data["names"], fontsize=7)
+        ax.set_ylim(len(data["names"]) - 0.5, -0.5)  # least compression on top
+        ax.set_ylabel("setting (more compression down)", fontsize=8)
+        ax.grid(alpha=0.3)
+        rate = ax.twinx()
+        rate.plot(data["rate_steps"], data["rate_mbps"], color="grey", marker="o", markersize=3,
+                  markerfacecolor="none", linestyle=(0, (1, 1.5)), linewidth=1.0,
+                  label="link rate the policy measured at each decision (right axis)")
+        if data["rate_mbps"] and min(data["rate_mbps"]) > 0 and max(data["rate_mbps"]) / min(data["rate_mbps"]) >= 10:
+            rate.set_yscale("log")
+            rate.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+            rate.yaxis.set_minor_formatter(FuncFormatter(lambda value, _pos: f"{value:g}" if f"{value:.0e}"[0] in "25"
+                                                         else ""))
+        rate.set_ylabel("bottleneck link rate, MB/s\n(bytes / collective seconds)", fontsize=8)
+        config = run["adaptive"]["config"]
+        switches = len(data["switch_steps"])
+        ax.set_title("\n".join(textwrap.wrap(run_label(run), 90, break_on_hyphens=False)
+                               + [f"budget {config['budget']:g}, a decision every {config['every']} steps, dwell "
+                                  f"{config['dwell']}: {switches} switch{'es' if switches != 1 else ''}"]),
+                     fontsize=8, loc="left")
+    handles, labels = (a + b for a, b in zip(axes[0].get_legend_handles_labels(),
+                                             rate.get_legend_handles_labels(), strict=True))
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncols=2, frameon=False)
+    axes[-1].set_xlabel("step (the policy's count: after the hook's dense warm-up)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    return fig
+
+
 def plot_results(results, out_dir):
-    """Write accuracy_vs_time.png, accuracy_vs_bytes.png and, for decentralized runs, consensus_distance.png
-    (see :func:`build_figures`) into ``out_dir``; return their paths."""
+    """Write accuracy_vs_time.png, accuracy_vs_bytes.png, for decentralized runs consensus_distance.png and for
+    runs with the adaptive policy adaptive_settings.png (see :func:`build_figures`) into ``out_dir``; return their
+    paths."""
     paths = []
     for name, fig in build_figures(results).items():
         path = os.path.join(out_dir, name)
