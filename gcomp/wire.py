@@ -64,9 +64,12 @@ MAJOR = 1
 #: the highest minor version this gcomp writes (a packet carries the lowest minor version that can express it)
 MINOR = codec_module.MINOR
 HEADER = struct.Struct("<4sBBBBB3xQQQQ4IQQQI")
+#: the same header with the reserved bytes as a field, for the decoder (one unpack checks them too)
+_HEADER_IN = struct.Struct("<4sBBBBB3sQQQQ4IQQQI")
 #: bytes of the header that starts every packet (88)
 HEADER_SIZE = HEADER.size
 CRC_OFFSET = HEADER_SIZE - 4
+_CRC = struct.Struct("<I")
 #: the largest ``numel`` a header may declare (2**40); larger raises SizeError before anything is allocated
 MAX_NUMEL = 1 << 40
 FLAG_ZSTD = 1
@@ -101,6 +104,45 @@ class _CodecTable(Mapping):
 
 #: read-only ``{compressor name: Codec}`` of every registered compressor that has a wire codec; follows the registry
 CODECS = _CodecTable()
+
+#: (id(codec), numel, count, codec parameters) -> _Layout, for sizes that passed ``codec.validate``;
+#: a packet of a size seen before skips the codec's checks and the array layout (a call's fixed cost)
+_LAYOUTS = {}
+#: at most this many entries (then the table starts afresh: hostile headers cannot grow it)
+_LAYOUTS_MAX = 1024
+
+
+class _Layout:
+    """What a (codec, numel, count, params) fixes: the arrays in payload order, their bytes, the header's p0..p3."""
+
+    __slots__ = ("codec", "params", "arrays", "fixed", "p4")
+
+    def __init__(self, codec, numel, count, ptuple):
+        params = dict(zip(codec.params, ptuple, strict=True))
+        codec.validate(numel, count, params)
+        self.codec = codec  # held, so the id in the key stays this codec's
+        self.params = params
+        arrays = []
+        for name, dtype, length in codec.arrays(numel, count, params):
+            dtype = np.dtype(dtype)
+            shape = codec.array_shape(name, length, params)
+            arrays.append((name, dtype, length, length * dtype.itemsize, None if tuple(shape) == (length,) else shape))
+        self.arrays = tuple(arrays)
+        self.fixed = sum(a[3] for a in arrays)
+        self.p4 = tuple(params[name] for name in codec.params) + (0,) * (4 - len(codec.params))
+
+
+def _layout(codec, numel, count, ptuple):
+    """The validated layout of these sizes (``codec.validate`` runs on a miss and raises SizeError)."""
+    key = (id(codec), numel, count, ptuple)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit.codec is codec:
+        return hit
+    hit = _Layout(codec, numel, count, ptuple)
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = hit
+    return hit
 
 
 def _codec_for(name):
@@ -238,39 +280,41 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
     >>> len(framed) == 8 + len(wire.encode(c)), bytes(framed[8:12])
     (True, b'GCMP')
     """
-    if not isinstance(c, Compressed):
+    if type(c) is not Compressed and not isinstance(c, Compressed):
         raise TypeError(f"expected a Compressed, found {type(c).__name__}")
-    if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+    if reserve.__class__ is not int and (isinstance(reserve, bool) or not isinstance(reserve, int)) or reserve < 0:
         raise ValueError(f"expected reserve a non-negative int, found {reserve!r}")
     codec = _codec_for(c.codec)
     if c.dtype not in DTYPES:
         raise CodecError(f"expected dtype in {DTYPES}, found {c.dtype!r}")
-    params = {name: int(c.params[name]) for name in codec.params}
-    codec.validate(c.numel, c.count, params)
+    ptuple = tuple([int(c.params[name]) for name in codec.params]) if codec.params else ()
+    layout = _layout(codec, c.numel, c.count, ptuple)
     flags = 0
     index_kind, index_len = None, 0
     if codec.sparse:
-        index_kind, index_len = index_coding.best_index_coding(c.arrays["indices"], c.numel)
+        idx, index_kind, index_len = index_coding._best(c.arrays["indices"], c.numel)  # validated once
         if index_kind == "bitmap":
             flags |= FLAG_BITMAP
     arrays = []
-    for name, dtype, length in codec.arrays(c.numel, c.count, params):
-        a = np.ascontiguousarray(c.arrays[name], dtype=dtype).reshape(-1)
+    for name, dtype, length, _, _ in layout.arrays:
+        a = c.arrays[name]
+        if type(a) is not np.ndarray or a.dtype is not dtype or a.ndim != 1 or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
         if a.shape[0] != length:
             raise SizeError(f"expected array {name!r} of {length} entries for codec {codec.name!r}, found {a.shape[0]}")
         arrays.append(a)
-    raw_len = index_len + sum(a.nbytes for a in arrays)
-    start = int(reserve) + HEADER_SIZE
+    raw_len = index_len + layout.fixed
+    start = reserve + HEADER_SIZE
     out = np.empty(start + raw_len, np.uint8)
-    pos = start
-    if index_kind == "bitmap":
-        index_coding.bitmap_encode(c.arrays["indices"], c.numel, out=out[pos: pos + index_len])
-    elif index_kind == "varint":
-        index_coding.varint_encode(c.arrays["indices"], out=out[pos: pos + index_len])
-    pos += index_len
-    for a in arrays:
-        out[pos: pos + a.nbytes] = a.view(np.uint8)
-        pos += a.nbytes
+    pos = start + index_len
+    if index_kind is not None:
+        index_coding._write_index(idx, index_kind, index_len, out[start:pos])
+    if arrays:
+        dst = memoryview(out)  # a memoryview copy: a third of numpy's slice assignment on small arrays
+        for a in arrays:
+            end = pos + a.nbytes
+            dst[pos:end] = memoryview(a).cast("B")
+            pos = end
     payload_len = raw_len
     if zstd and raw_len:
         import zstandard
@@ -280,11 +324,9 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
             payload_len = len(packed)
             flags |= FLAG_ZSTD
             out = np.concatenate([out[:start], np.frombuffer(packed, np.uint8)])
-    p = [params.get(name, 0) for name in codec.params] + [0] * (4 - len(codec.params))
     HEADER.pack_into(out, reserve, MAGIC, MAJOR, codec.since, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel,
-                     c.count, int(c.step), int(c.seed), *p, index_len, raw_len, payload_len, 0)
-    crc = zlib.crc32(out[start:], zlib.crc32(out[reserve:start]))
-    struct.pack_into("<I", out, reserve + CRC_OFFSET, crc)
+                     c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, payload_len, 0)
+    _CRC.pack_into(out, reserve + CRC_OFFSET, zlib.crc32(out[reserve:]))  # header (CRC field zero) and payload
     return out
 
 
@@ -348,10 +390,18 @@ def peek(buf, expected_numel=None) -> Header:
 
 
 def _peek_v1(mv, total, expected_numel):
+    (codec, flags, dtype_id, numel, count, step, seed, layout, index_len, raw_len, payload_len,
+     crc) = _read_v1(mv, total, expected_numel)
+    return Header(codec, flags, DTYPES[dtype_id], numel, count, step, seed, dict(layout.params), index_len, raw_len,
+                  payload_len, crc)
+
+
+def _read_v1(mv, total, expected_numel):
+    """The checks of a version-1 header (module docstring); returns its fields and the validated layout."""
     if total < HEADER_SIZE:
         raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
-    (magic, major, minor, codec_id, flags, dtype_id, numel, count, step, seed, p0, p1, p2, p3,
-     index_len, raw_len, payload_len, crc) = HEADER.unpack_from(mv, 0)
+    (magic, major, minor, codec_id, flags, dtype_id, reserved, numel, count, step, seed, p0, p1, p2, p3,
+     index_len, raw_len, payload_len, crc) = _HEADER_IN.unpack_from(mv, 0)
     if magic != MAGIC:
         raise MagicError(f"expected magic {MAGIC!r}, found {bytes(magic)!r}: not a gcomp packet")
     if minor > MINOR:
@@ -364,8 +414,8 @@ def _peek_v1(mv, total, expected_numel):
         raise VersionError(f"expected wire version {MAJOR}.{codec.since} or later for codec {codec.name!r}, found {major}.{minor}")
     if dtype_id >= len(DTYPES):
         raise CodecError(f"expected a dtype id below {len(DTYPES)}, found {dtype_id}")
-    if bytes(mv[9:12]) != b"\0\0\0":
-        raise CodecError(f"expected zero reserved bytes, found {bytes(mv[9:12]).hex()}")
+    if reserved != b"\0\0\0":
+        raise CodecError(f"expected zero reserved bytes, found {reserved.hex()}")
     if flags & ~_KNOWN_FLAGS:
         raise CodecError(f"expected flags within {_KNOWN_FLAGS:#x}, found {flags:#x}")
     if (flags & FLAG_BITMAP) and not codec.sparse:
@@ -376,10 +426,13 @@ def _peek_v1(mv, total, expected_numel):
     if expected_numel is not None and numel != expected_numel:
         raise SizeError(f"expected numel {expected_numel} (the receiver's buffer), found {numel}")
     raw_p = (p0, p1, p2, p3)
-    params = {name: raw_p[i] for i, name in enumerate(codec.params)}
-    if any(raw_p[len(codec.params):]):
+    used = len(codec.params)
+    if any(raw_p[used:]):
         raise CodecError(f"expected unused codec parameters to be zero, found {raw_p}")
-    codec.validate(numel, count, params)
+    ptuple = raw_p[:used]
+    layout = _LAYOUTS.get((id(codec), numel, count, ptuple))
+    if layout is None or layout.codec is not codec:  # the codec's checks run on sizes not seen before
+        layout = _layout(codec, numel, count, ptuple)
     if codec.sparse:
         if flags & FLAG_BITMAP:
             want_index = (numel + 7) // 8
@@ -389,7 +442,7 @@ def _peek_v1(mv, total, expected_numel):
             raise SizeError(f"expected varint index_len in [{count}, {10 * count}] for count {count}, found {index_len}")
     elif index_len:
         raise SizeError(f"expected index_len 0 for codec {codec.name!r}, found {index_len}")
-    fixed = sum(length * dtype.itemsize for _, dtype, length in codec.arrays(numel, count, params))
+    fixed = layout.fixed
     if raw_len != index_len + fixed:
         raise SizeError(f"expected raw_len {index_len + fixed} for these sizes, found {raw_len}")
     if flags & FLAG_ZSTD:
@@ -401,13 +454,13 @@ def _peek_v1(mv, total, expected_numel):
         raise SizeError(f"expected payload_len == raw_len ({raw_len}) without zstd, found {payload_len}")
     if total != HEADER_SIZE + payload_len:
         raise TruncatedError(f"expected exactly {HEADER_SIZE + payload_len} bytes (header + payload), found {total}")
-    check = zlib.crc32(mv[:CRC_OFFSET])
-    check = zlib.crc32(b"\0\0\0\0", check)
-    check = zlib.crc32(mv[HEADER_SIZE:], check)
+    check = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(_ZERO_CRC, zlib.crc32(mv[:CRC_OFFSET])))
     if check != crc:
         raise ChecksumError(f"expected CRC-32 {crc:#010x} from the header, computed {check:#010x}: the packet is corrupt")
-    return Header(codec, flags, DTYPES[dtype_id], numel, count, step, seed, params, index_len, raw_len, payload_len, crc)
+    return codec, flags, dtype_id, numel, count, step, seed, layout, index_len, raw_len, payload_len, crc
 
+
+_ZERO_CRC = b"\0\0\0\0"
 
 #: major version -> header reader
 _READERS = {MAJOR: _peek_v1}
@@ -475,33 +528,38 @@ def decode(buf, expected_numel=None) -> Compressed:
         ...
     gcomp.errors.TruncatedError: expected exactly 97 bytes (header + payload), found 96
     """
-    h = peek(buf, expected_numel)
-    mv = _as_buffer(buf).toreadonly()
-    payload = mv[HEADER_SIZE:]
-    if h.flags & FLAG_ZSTD:
-        raw = memoryview(_unzstd(bytes(payload), h.raw_len))
+    mv = _as_buffer(buf)
+    total = len(mv)
+    if total < HEADER_SIZE or mv[4] != MAJOR:
+        h = peek(buf, expected_numel)  # raises, or reads another major version (none yet)
+        layout = _layout(h.codec, h.numel, h.count, tuple(h.params[name] for name in h.codec.params))
+        codec, flags, dtype_id, numel, count, step, seed, index_len, raw_len = (
+            h.codec, h.flags, DTYPES.index(h.dtype), h.numel, h.count, h.step, h.seed, h.index_len, h.raw_len)
     else:
-        raw = payload
-    codec = h.codec
+        (codec, flags, dtype_id, numel, count, step, seed, layout, index_len, raw_len, _,
+         _) = _read_v1(mv, total, expected_numel)
+    raw = mv if mv.readonly else mv.toreadonly()  # the arrays are read-only views of the packet
+    base = HEADER_SIZE  # where the raw payload starts in raw
+    if flags & FLAG_ZSTD:
+        raw, base = _unzstd(bytes(raw[HEADER_SIZE:]), raw_len), 0
     arrays = {}
-    offset = 0
+    offset = base
     if codec.sparse:
-        section = np.frombuffer(raw[: h.index_len], dtype=np.uint8)
-        try:
-            if h.flags & FLAG_BITMAP:
-                arrays["indices"] = index_coding.bitmap_decode(section, h.numel, count=h.count)
+        section = np.frombuffer(raw, np.uint8, index_len, base)
+        try:  # the header checks gave count <= numel, and index_len = ceil(numel / 8) or >= count
+            if flags & FLAG_BITMAP:
+                arrays["indices"] = index_coding._bitmap_decode_run(section, numel, count)
             else:
-                arrays["indices"] = index_coding.varint_decode(section, h.count, h.numel)
+                arrays["indices"] = index_coding._varint_decode_run(section, count, numel, np.empty(count, np.int64))
         except ValueError as exc:
             raise IndexError_(f"invalid sparse indices: {exc}") from None
-        offset = h.index_len
-    for name, dtype, length in codec.arrays(h.numel, h.count, h.params):
-        nbytes = length * dtype.itemsize
-        a = np.frombuffer(raw[offset: offset + nbytes], dtype=dtype)
-        arrays[name] = a.reshape(codec.array_shape(name, length, h.params))
+        offset += index_len
+    for name, dtype, length, nbytes, shape in layout.arrays:
+        a = np.frombuffer(raw, dtype, length, offset)
+        arrays[name] = a if shape is None else a.reshape(shape)
         offset += nbytes
-    if offset != len(raw):  # cannot happen after peek(); kept as a guard
-        raise WireFormatError(f"expected {offset} payload bytes, found {len(raw)}")
+    if offset != len(raw):  # cannot happen after the header checks; kept as a guard
+        raise WireFormatError(f"expected {offset - base} payload bytes, found {len(raw) - base}")
     if codec.regenerate_indices is not None:
-        arrays["indices"] = codec.regenerate_indices(h.numel, h.count, h.seed)
-    return Compressed(codec.name, h.numel, h.dtype, arrays, dict(h.params), count=h.count, step=h.step, seed=h.seed)
+        arrays["indices"] = codec.regenerate_indices(numel, count, seed)
+    return Compressed(codec.name, numel, DTYPES[dtype_id], arrays, dict(layout.params), count=count, step=step, seed=seed)

@@ -18,6 +18,8 @@ def as_f32(x, name="x"):
 
     float16, float32 and float64 numpy arrays are accepted; anything else raises.
     """
+    if type(x) is np.ndarray and x.dtype is F32 and x.ndim == 1 and x.flags.c_contiguous:
+        return x  # the common case, decided without a conversion call (what ascontiguousarray would return)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy array, found {type(x).__name__}")
     if x.ndim != 1:
@@ -58,6 +60,8 @@ def out_array(out, size, dtype, name="out"):
 
 def check_int(value, name, lo=None, hi=None):
     """An ``int`` in [lo, hi] (bounds optional); bools and floats are refused."""
+    if type(value) is int and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return value  # the common case: a plain int within bounds
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"expected an integer {name}, found {type(value).__name__} {value!r}")
     value = int(value)

@@ -176,6 +176,8 @@ def run(n, serial, parallel, *args, at_least=None):
     waiting, no oversubscription), and this is not a child forked after the
     thread pool started.
     """
+    if _force is None and n < (PARALLEL_MIN if at_least is None else at_least):
+        return serial(*args)  # small vectors: decided before any thread-count lookup
     if _force == "parallel":  # tests: the parallel kernel at any size and thread count (even 1)
         if _forked_after_launch:
             return serial(*args)

@@ -314,7 +314,12 @@ def _bitmap_decode(buf, out):
 # ---------------------------------------------------------------------------
 
 
+_I64 = np.dtype(np.int64)
+
+
 def _as_indices(indices, name="indices"):
+    if type(indices) is np.ndarray and indices.dtype is _I64 and indices.ndim == 1 and indices.flags.c_contiguous:
+        return indices  # the common case: already what the kernels take
     if not isinstance(indices, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy array, found {type(indices).__name__}")
     if indices.ndim != 1 or indices.dtype.kind not in "iu":
@@ -391,7 +396,13 @@ def varint_decode(buf, count, n, out=None):
         raise ValueError(f"expected count <= n = {n} (indices are unique and below n), found count = {count}")
     if count > data.shape[0]:
         raise ValueError(f"truncated varint stream: expected at least {count} bytes for {count} indices, found {data.shape[0]}")
-    out = out_array(out, count, np.int64)
+    return _varint_decode_run(data, count, n, out_array(out, count, np.int64))
+
+
+def _varint_decode_run(data, count, n, out):
+    """The kernel and its error messages; ``data`` a contiguous uint8 array, ``0 <= count <= min(n, data.size)``
+    and ``out`` an int64 array of at least ``count`` entries (checked by the caller: :func:`varint_decode`,
+    or the wire decoder after its header checks)."""
     status, item, pos = _varint_decode(data, count, n, out)
     if status == OK:
         return out[:count]
@@ -444,6 +455,13 @@ def bitmap_decode(buf, n, count=None, out=None):
     nbytes = (n + 7) >> 3
     if data.shape[0] != nbytes:
         raise ValueError(f"expected a bitmap of ceil({n} / 8) = {nbytes} bytes, found {data.shape[0]}")
+    return _bitmap_decode_run(data, n, count, out)
+
+
+def _bitmap_decode_run(data, n, count, out=None):
+    """The checks past the length, and the kernel; ``data`` a contiguous uint8 array of exactly ``ceil(n / 8)``
+    bytes and ``n`` a checked int (by the caller: :func:`bitmap_decode`, or the wire decoder after its header checks)."""
+    nbytes = data.shape[0]
     if n & 7 and int(data[nbytes - 1]) >> (n & 7):
         raise ValueError(
             f"expected the {8 - (n & 7)} padding bits past n = {n} to be zero, found last byte {int(data[nbytes - 1]):#04x}"
@@ -466,9 +484,25 @@ def best_index_coding(indices, n):
 
     ``indices`` must be strictly ascending in ``[0, n)``.
     """
+    _, kind, nbytes = _best(indices, n)
+    return kind, nbytes
+
+
+def _best(indices, n):
+    """``(int64 indices, kind, nbytes)`` of :func:`best_index_coding`, validating the indices once: the wire
+    encoder passes the indices to :func:`_write_index` next."""
     n = _check_n(n)
-    _, vsize = _validated(indices, n)
+    idx, vsize = _validated(indices, n)
     bsize = (n + 7) >> 3
     if vsize <= bsize:
-        return "varint", vsize
-    return "bitmap", bsize
+        return idx, "varint", vsize
+    return idx, "bitmap", bsize
+
+
+def _write_index(idx, kind, nbytes, out):
+    """Write the section :func:`_best` chose into the uint8 array ``out`` of ``nbytes`` bytes (no checks:
+    ``idx`` and ``nbytes`` come from :func:`_best` on the same indices)."""
+    if kind == "varint":
+        _varint_encode(idx, out)
+    else:
+        _bitmap_encode(idx, nbytes, out)

@@ -20,6 +20,8 @@ import numpy as np
 from ._checks import as_f32, check_f32_inplace, check_indices, check_int, out_array
 from .config import kernel
 
+_I64 = np.dtype(np.int64)
+
 __all__ = [
     "scatter_add",
     "scatter_set",
@@ -35,37 +37,66 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
+# The index kernels check their indices against [0, n) first and return False, touching
+# nothing, when one is outside (the wrapper then raises): one call instead of a min and a
+# max pass in numpy before it, which is most of the cost of a small vector.
+
+
+@kernel
+def _in_range(indices, n):
+    un = np.uint64(n)
+    bad = 0
+    for t in range(indices.shape[0]):
+        bad += np.uint64(indices[t]) >= un  # a negative index wraps to a huge unsigned one
+    return bad == 0
+
+
 @kernel
 def _scatter_add(indices, values, out):
+    if not _in_range(indices, out.shape[0]):
+        return False
     for t in range(indices.shape[0]):
         out[indices[t]] += values[t]
+    return True
 
 
 @kernel
 def _scatter_add_scaled(indices, values, scale, out):
+    if not _in_range(indices, out.shape[0]):
+        return False
     s = np.float32(scale)
     for t in range(indices.shape[0]):
         out[indices[t]] += s * values[t]
+    return True
 
 
 @kernel
 def _scatter_set(indices, values, out):
+    if not _in_range(indices, out.shape[0]):
+        return False
     for t in range(indices.shape[0]):
         out[indices[t]] = values[t]
+    return True
 
 
 @kernel
 def _sparse_to_dense(indices, values, n, out):
+    if not _in_range(indices, n):
+        return False
     for i in range(n):
         out[i] = np.float32(0.0)
     for t in range(indices.shape[0]):
         out[indices[t]] = values[t]
+    return True
 
 
 @kernel
 def _gather(x, indices, out):
+    if not _in_range(indices, x.shape[0]):
+        return False
     for t in range(indices.shape[0]):
         out[t] = x[indices[t]]
+    return True
 
 
 @kernel
@@ -108,8 +139,24 @@ def _check_real(value, name):
     return float(value)
 
 
+def _as_idx(indices, name="indices"):
+    """int64 C-contiguous indices, type-checked; the range is checked by the kernel (see :func:`_range_error`)."""
+    if type(indices) is np.ndarray and indices.dtype is _I64 and indices.ndim == 1 and indices.flags.c_contiguous:
+        return indices
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"expected {name} to be a numpy array, found {type(indices).__name__}")
+    if indices.ndim != 1 or indices.dtype.kind not in "iu":
+        raise ValueError(f"expected {name} to be a 1-D integer array, found ndim={indices.ndim} dtype={indices.dtype}")
+    return np.ascontiguousarray(indices, dtype=np.int64)  # as check_indices converts (uint64 >= 2**63 wraps negative)
+
+
+def _range_error(idx, n):
+    """The error of :func:`gcomp.kernels._checks.check_indices`, for indices a kernel found outside [0, n)."""
+    return ValueError(f"expected every index in [0, {n}), found range [{idx.min()}, {idx.max()}]")
+
+
 def _pair(indices, values, n):
-    idx = check_indices(indices, n)
+    idx = _as_idx(indices)
     vals = as_f32(values, "values")
     if vals.shape[0] != idx.shape[0]:
         raise ValueError(f"expected as many values as indices, found {vals.shape[0]} values for {idx.shape[0]} indices")
@@ -126,10 +173,8 @@ def scatter_add(indices, values, out, scale=1.0):
     out = check_f32_inplace(out, "out")
     idx, vals = _pair(indices, values, out.shape[0])
     scale = _check_real(scale, "scale")
-    if scale == 1.0:
-        _scatter_add(idx, vals, out)
-    else:
-        _scatter_add_scaled(idx, vals, np.float32(scale), out)
+    if not (_scatter_add(idx, vals, out) if scale == 1.0 else _scatter_add_scaled(idx, vals, np.float32(scale), out)):
+        raise _range_error(idx, out.shape[0])
     return out
 
 
@@ -137,7 +182,8 @@ def scatter_set(indices, values, out):
     """``out[indices] = values`` in place (for duplicate indices the last value wins). Returns ``out``."""
     out = check_f32_inplace(out, "out")
     idx, vals = _pair(indices, values, out.shape[0])
-    _scatter_set(idx, vals, out)
+    if not _scatter_set(idx, vals, out):
+        raise _range_error(idx, out.shape[0])
     return out
 
 
@@ -145,14 +191,15 @@ def gather(x, indices, out=None):
     """``x[indices]`` as float32 (``x`` float16/32/64, converted; values copied as they are)."""
     if isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype != np.float32 and x.dtype in (np.float16, np.float64):
         # convert only the gathered values, not the whole vector
-        idx = check_indices(indices, x.shape[0])
+        idx = check_indices(indices, x.shape[0])  # numpy gathers here, unchecked: the range is checked first
         out = out_array(out, idx.shape[0], np.float32)
         out[: idx.shape[0]] = x[idx]
         return out[: idx.shape[0]]
     x = as_f32(x, "x")
-    idx = check_indices(indices, x.shape[0])
+    idx = _as_idx(indices)
     out = out_array(out, idx.shape[0], np.float32)
-    _gather(x, idx, out)
+    if not _gather(x, idx, out):
+        raise _range_error(idx, x.shape[0])
     return out[: idx.shape[0]]
 
 
@@ -164,7 +211,8 @@ def sparse_to_dense(indices, values, n, out=None):
     n = check_int(n, "n", 0)
     idx, vals = _pair(indices, values, n)
     out = out_array(out, n, np.float32)
-    _sparse_to_dense(idx, vals, n, out)
+    if not _sparse_to_dense(idx, vals, n, out):
+        raise _range_error(idx, n)
     return out[:n]
 
 

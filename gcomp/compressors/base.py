@@ -173,6 +173,8 @@ def as_flat_f32(x):
     float32 contiguous input is returned without a copy.  Another shape than
     1-D raises ConfigError (a ValueError); another type, dtype or device TypeError.
     """
+    if type(x) is np.ndarray and x.dtype is _F32 and x.ndim == 1 and x.flags.c_contiguous:
+        return x, "float32"  # the common case, decided in a few attribute reads
     if isinstance(x, np.ndarray):
         if x.ndim != 1:
             raise _not_1d("numpy array", x.shape)
@@ -343,6 +345,10 @@ class Compressor:
         for key, spec in self.param_specs.items():
             spec.validate(self.name, key, values[key], ConfigError)
         self._validate()
+        # Parameters as plain instance attributes (what __getattr__ would return), so ``self.ratio`` on a
+        # hot path is one dict hit rather than a failed lookup and a call; names the class defines keep theirs.
+        cls = type(self)
+        self.__dict__.update({key: value for key, value in values.items() if not hasattr(cls, key)})
 
     @classmethod
     def _missing(cls, key):
@@ -609,7 +615,8 @@ class Compressor:
         >>> c.decompress(c.compress(t))
         tensor([ 0., -3.,  0.,  0.], dtype=torch.bfloat16)
         """
-        self._check_compressed(c)
+        if type(c) is not Compressed or c.codec != self.name:
+            self._check_compressed(c)
         if out is not None and c.dtype == "float32":
             target = _f32_target(out, c.numel)
             if target is not None and self._decompress_into(c, target) is not None:
@@ -770,7 +777,7 @@ class Compressor:
 
 def _stamp(c, x, dtype, step, seed):
     """Record on ``c`` what :meth:`Compressor.decompress` restores (``x``'s dtype and kind) and the randomness used."""
-    c.dtype, c.kind, c.step, c.seed = dtype, input_kind(x), step, seed
+    c.dtype, c.kind, c.step, c.seed = dtype, "numpy" if type(x) is np.ndarray else input_kind(x), step, seed
     return c
 
 

@@ -28,8 +28,7 @@ class SparseCompressor(Compressor):
         return sparse_decompress(c)
 
     def _decompress_into(self, c, out):
-        out.fill(0.0)
-        scatter.scatter_set(c.arrays["indices"], c.arrays["values"], out)
+        scatter.sparse_to_dense(c.arrays["indices"], c.arrays["values"], c.numel, out)  # zeroes and sets in one call
         return out
 
     def decompress_add(self, c, acc, scale=1.0):
@@ -66,7 +65,7 @@ class TopK(SparseCompressor):
         return st.fixed_dictionaries({"ratio": st.floats(1e-3, 1.0)})
 
     def k(self, numel):
-        return count_from_ratio(numel, self.ratio)
+        return count_from_ratio(numel, self._params["ratio"])
 
     def contraction(self, numel):
         return self.k(numel) / numel if numel else 1.0
