@@ -22,6 +22,7 @@ module                 what it does
 ``index_coding``       sparse indices as delta+varint or as a bitmap
 ``scatter``            scatter-add, gather, non-finite counting
 ``error_feedback``     fused error-feedback steps (accumulate, compress, update)
+``powersgd``           PowerSGD's products (M Q, M^T P, P Q^T) in one pass each, EF fusable
 =====================  ======================================================
 
 Conventions (every module):
@@ -37,8 +38,8 @@ Conventions (every module):
   :func:`gcomp.kernels.random.derive_seed`); global RNGs are never touched.
 * Bucket sizes are positive multiples of 8, so every bucket starts on a byte
   boundary of the packed codes whatever the code width.
-* Threads: selection, every quantizer encoder and decoder, packing and the
-  error-feedback steps have parallel kernels, used for large vectors when the
+* Threads: selection, every quantizer encoder and decoder, packing, the
+  error-feedback steps and PowerSGD's products have parallel kernels, used for large vectors when the
   calling thread has more than one Numba thread (``NUMBA_NUM_THREADS``,
   ``numba.set_num_threads``).  They give the same bytes as the serial kernels
   for every thread count (see :mod:`gcomp.kernels.config`).

@@ -10,7 +10,8 @@ matrices are views of the bucket.
 
 **Flat** (a vector with no layout: ``gcomp.mpi``, and :meth:`PowerSGD.compress`
 always): the ``n`` entries are viewed as one ``rows x cols`` matrix M (``rows =
-floor(sqrt(n))``, zero-padded).
+floor(sqrt(n))``; the entries past ``n`` of its last row are zeros, read as
+such by the kernels, not copied).
 
 Each matrix gets one power-iteration step with a warm-started ``Q`` (``cols x
 r``, initialised from the seed, identical on every rank):
@@ -19,6 +20,10 @@ r``, initialised from the seed, identical on every rank):
 2. ``P_hat = orthonormalize(P)``;
 3. ``Q' = M^T P_hat``  (linear in M: the collective sums Q');
 4. result ``P_hat Q'^T``; with ``warm_start`` Q' is kept per key for the next step.
+
+The products stream M once per phase (:mod:`gcomp.kernels.powersgd`: ``M Q``,
+``M^T P_hat`` and the dense ``P_hat Q'^T``, parallel for large matrices with the
+same bits for any thread count); orthonormalization works on the small P.
 
 :meth:`PowerSGD.compress` runs the steps on one vector; collectives drive
 :meth:`PowerSGD.phases` (``p_phase``, ``q_phase``, ``finish``) so that both
@@ -32,6 +37,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, SizeError, StateError
+from ..kernels import powersgd as kern
 from ..kernels.random import derive_seed, uniform01_array
 from ._params import bool_param, int_param, seed_param
 from .base import Compressed, Compressor, key_to_int
@@ -72,6 +78,13 @@ def orthonormalize(p):
     return p
 
 
+def _check_residual(residual, numel):
+    if (not isinstance(residual, np.ndarray) or residual.dtype != np.float32 or residual.ndim != 1
+            or not residual.flags.c_contiguous or residual.shape[0] != numel):
+        raise ConfigError(f"expected the residual to be a C-contiguous float32 vector of {numel} entries, "
+                          f"found {getattr(residual, 'dtype', type(residual).__name__)} {getattr(residual, 'shape', '')}")
+
+
 def _check_packet(numel, count, p):
     rows, cols, rank = p["rows"], p["cols"], p["rank"]
     if (rows, cols) != matrix_shape(numel):
@@ -96,6 +109,8 @@ class PowerSGD(Compressor):
     randomized = True
     linear = True
     phased = True
+    #: :meth:`phases` takes ``residual=, scale=, divisor=``: residual error feedback fused into its passes
+    fuses_residual = True
     params = {
         "rank": int_param(4, 1, 1024, "rank r of the approximation P Q^T (capped by the matrix view's shape)"),
         "warm_start": bool_param(True, "start each step's power iteration from the previous Q of the same key"),
@@ -162,15 +177,6 @@ class PowerSGD(Compressor):
         return 4 * r * (rows + cols)
 
     # -- the phases ----------------------------------------------------
-    def _matrix(self, x):
-        n = x.shape[0]
-        rows, cols = matrix_shape(n)
-        if rows * cols == n:
-            return x.reshape(rows, cols)
-        m = np.zeros(rows * cols, np.float32)
-        m[:n] = x
-        return m.reshape(rows, cols)
-
     def _current_q(self, key, numel):
         rows, cols = matrix_shape(numel)
         r = self.effective_rank(numel)
@@ -179,19 +185,40 @@ class PowerSGD(Compressor):
             q = orthonormalize(seeded_uniform((cols, r), derive_seed(self.seed, 0, key_to_int(key))))
         return q
 
-    def p_phase(self, x, key=0, *, flat=False):
+    def p_phase(self, x, key=0, *, flat=False, residual=None, scale=1.0):
         """``P = M Q`` for this rank's vector (sum it over ranks).
 
         Per tensor: one flat array, the uncompressed tensors' entries, then each matrix's ``P``.
+        ``residual`` (a float32 vector as long as ``x``): ``M = x * scale + residual``, formed in
+        ``residual`` itself in the same pass (see :meth:`phases`); else ``M = x``.
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if residual is not None:
+            _check_residual(residual, x.shape[0])
+        m = x if residual is None else residual
         plan = None if flat else self._plan(key, x.shape[0])
         if plan is None:
-            return self._matrix(x) @ self._current_q(key, x.shape[0])
-        parts = [x[o: o + s] for o, s, _, _, r in plan if not r]
-        parts += [(x[o: o + s].reshape(rows, cols) @ self._segment_q(key, i, cols, r)).reshape(-1)
-                  for i, (o, s, rows, cols, r) in enumerate(plan) if r]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            rows, cols = matrix_shape(x.shape[0])
+            q = self._current_q(key, x.shape[0])
+            if not rows:
+                return np.zeros((0, q.shape[1]), np.float32)
+            return kern.matrix_times(x, rows, cols, np.ascontiguousarray(q.T), accumulate=residual, scale=scale)
+        dense = sum(s for _, s, _, _, r in plan if not r)
+        out = np.empty(dense + sum(rows * r for _, _, rows, _, r in plan if r), np.float32)
+        at = 0
+        for o, s, _, _, r in plan:
+            if not r:
+                if residual is not None:
+                    residual[o: o + s] += x[o: o + s] * np.float32(scale)
+                out[at: at + s] = m[o: o + s]
+                at += s
+        for i, (o, s, rows, cols, r) in enumerate(plan):
+            if r:
+                qt = np.ascontiguousarray(self._segment_q(key, i, cols, r).T)
+                kern.matrix_times(x[o: o + s], rows, cols, qt, out=out[at: at + rows * r].reshape(rows, r),
+                                  accumulate=None if residual is None else residual[o: o + s], scale=scale)
+                at += rows * r
+        return out
 
     def q_phase(self, x, p_sum, key=0, *, flat=False):
         """``Q' = M^T orthonormalize(P_sum)`` (sum it over ranks); remembers P_hat for :meth:`finish`."""
@@ -200,62 +227,100 @@ class PowerSGD(Compressor):
         if plan is None:
             p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
             self._p_hat[key] = p_hat
-            return (p_hat.T @ self._matrix(x)).T  # row-major friendly form of M^T P_hat
+            rows, cols = matrix_shape(x.shape[0])
+            if not rows:
+                return np.zeros((0, p_hat.shape[1]), np.float32)
+            return kern.matrix_t_times(x, rows, cols, p_hat)
         p_sum = np.asarray(p_sum, dtype=np.float32).reshape(-1)
         dense = sum(s for _, s, _, _, r in plan if not r)
         self._dense_sums[key] = np.array(p_sum[:dense], copy=True)
-        at, p_hats, qs = dense, [], []
+        at, p_hats = dense, []
+        out = np.empty(sum(cols * r for _, _, _, cols, r in plan if r), np.float32)
+        at_q = 0
         for o, s, rows, cols, r in plan:
             if r:
                 p_hat = orthonormalize(np.array(p_sum[at: at + rows * r].reshape(rows, r), copy=True))
                 at += rows * r
                 p_hats.append(p_hat)
-                qs.append((p_hat.T @ x[o: o + s].reshape(rows, cols)).T.reshape(-1))
+                kern.matrix_t_times(x[o: o + s], rows, cols, p_hat, out=out[at_q: at_q + cols * r].reshape(cols, r))
+                at_q += cols * r
         self._p_hat[key] = p_hats
-        return np.concatenate(qs) if qs else np.zeros(0, np.float32)
+        return out
 
-    def finish(self, q_sum, numel, key=0, out=None, *, flat=False):
-        """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start."""
+    def finish(self, q_sum, numel, key=0, out=None, *, flat=False, residual=None, divisor=1.0):
+        """Dense ``P_hat Q_sum^T`` (first ``numel`` entries); stores Q_sum as the warm start.
+
+        ``residual`` (a float32 vector of ``numel`` entries, not ``out``): updated in the same pass to
+        ``residual - result / divisor`` (IEEE division and subtraction, as numpy's).
+        """
+        if residual is not None:
+            _check_residual(residual, numel)
+        divisor = np.float32(divisor)
         plan = None if flat else self._plan(key, numel)
         if plan is not None:
-            return self._finish_per_tensor(plan, q_sum, numel, key, out)
+            return self._finish_per_tensor(plan, q_sum, numel, key, out, residual, divisor)
         p_hat = self._p_hat.pop(key)
         q_sum = np.array(q_sum, dtype=np.float32, copy=True)
         if self.warm_start and np.isfinite(q_sum).all():
             self._q[key] = q_sum
         elif not np.isfinite(q_sum).all():
             self._q.pop(key, None)  # a non-finite factor must not poison later warm starts
-        dense = (p_hat @ q_sum.T).reshape(-1)[:numel]
-        if out is None:
-            return np.ascontiguousarray(dense)
-        out[:] = dense
-        return out
+        if not numel:
+            return np.zeros(0, np.float32) if out is None else out
+        return self._outer(p_hat, q_sum, numel, out, residual, divisor)
 
-    def _finish_per_tensor(self, plan, q_sum, numel, key, out):
+    def _finish_per_tensor(self, plan, q_sum, numel, key, out, residual, divisor):
         p_hats, dense = self._p_hat.pop(key), self._dense_sums.pop(key)
         q_sum = np.asarray(q_sum, dtype=np.float32).reshape(-1)
         out = np.empty(numel, np.float32) if out is None else out
         at_dense = at_q = 0
-        for i, (o, s, rows, cols, r) in enumerate(plan):
+        for i, (o, s, _rows, cols, r) in enumerate(plan):
             if not r:
                 out[o: o + s] = dense[at_dense: at_dense + s]
+                if residual is not None:
+                    residual[o: o + s] -= dense[at_dense: at_dense + s] / divisor
                 at_dense += s
                 continue
             q = np.array(q_sum[at_q: at_q + cols * r].reshape(cols, r), copy=True)
             at_q += cols * r
             p_hat = p_hats.pop(0)
-            np.matmul(p_hat, q.T, out=out[o: o + s].reshape(rows, cols))
+            self._outer(p_hat, q, s, out[o: o + s], None if residual is None else residual[o: o + s], divisor)
             if self.warm_start and np.isfinite(q).all():
                 self._q[f"{key}/t{i}"] = q
             elif not np.isfinite(q).all():
                 self._q.pop(f"{key}/t{i}", None)  # a non-finite factor must not poison later warm starts
         return out
 
-    def phases(self, x, key=0):
-        """Yield ``P`` (receive its sum), yield ``Q'`` (receive its sum), return the dense ``P_hat Q_sum^T``."""
-        p_sum = yield self.p_phase(x, key)
-        q_sum = yield self.q_phase(x, p_sum, key)
-        return self.finish(q_sum, x.shape[0], key)
+    @staticmethod
+    def _outer(p_hat, q, numel, out, residual, divisor):
+        """``P_hat Q^T`` (first ``numel`` entries) written once into ``out`` (a float32 vector) or a new array."""
+        qt = np.ascontiguousarray(q.T)
+        if out is not None and isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous \
+                and out.ndim == 1:
+            return kern.outer(p_hat, qt, numel, out=out, residual=residual, divisor=divisor)
+        dense = kern.outer(p_hat, qt, numel, residual=residual, divisor=divisor)
+        if out is None:
+            return dense
+        out[:] = dense
+        return out
+
+    def phases(self, x, key=0, out=None, *, residual=None, scale=1.0, divisor=1.0):
+        """Yield ``P`` (receive its sum), yield ``Q'`` (receive its sum), return the dense ``P_hat Q_sum^T``.
+
+        ``out``: a float32 vector of ``x.shape[0]`` entries to write the result into (no fresh dense
+        array; it may be ``x`` itself, e.g. the gradient bucket, when ``residual`` is given).
+
+        ``residual`` (residual error feedback, fused; a float32 vector as long as ``x``, not ``x``
+        or ``out``): the matrix is ``M = x * scale + residual``, formed in ``residual``'s own buffer
+        in the pass that computes ``P`` (``x`` is read there and nowhere else), and the pass that
+        writes the result also sets ``residual = M - result / divisor`` (torch's ``M - mean`` with
+        ``divisor`` the number of ranks; the same bits as numpy's ``v = x * scale; v += residual``
+        and ``residual = v - result / divisor``).  Without it ``M = x``.
+        """
+        m = x if residual is None else residual
+        p_sum = yield self.p_phase(x, key, residual=residual, scale=scale)
+        q_sum = yield self.q_phase(m, p_sum, key)
+        return self.finish(q_sum, x.shape[0], key, out=out, residual=residual, divisor=divisor)
 
     @classmethod
     def strategy(cls):
