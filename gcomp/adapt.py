@@ -512,6 +512,26 @@ def is_adaptive(spec) -> bool:
         or (isinstance(spec, dict) and spec.get("name") == "adaptive")
 
 
+def adapter_compressor(spec, seed, error_feedback, algorithm):
+    """``(policy or None, compressor, error_feedback)`` for an adapter given ``spec`` (the DDP hook, gcomp.mpi).
+
+    An adaptive spec gives its policy, the policy's current setting and residual error feedback for "auto"; it
+    refuses other feedback and a fixed algorithm.  Any other spec gives no policy and the compressor with ``seed``.
+    """
+    from .compressors import with_seed
+
+    if not is_adaptive(spec):
+        return None, with_seed(spec, seed), error_feedback
+    policy = build_policy(spec, seed)
+    if error_feedback == "auto":
+        error_feedback = "residual"
+    if error_feedback not in ("residual", "none") or algorithm != "auto":
+        raise ConfigError(f"expected error_feedback 'residual' or 'none' and algorithm 'auto' with the adaptive "
+                          f"policy, because only residual memories carry over a switch and each setting takes "
+                          f"its own algorithm; found {error_feedback!r} and {algorithm!r}")
+    return policy, policy.compressor, error_feedback
+
+
 def build_policy(spec, seed=None) -> AdaptivePolicy:
     """An :class:`AdaptivePolicy` from an adapter's ``compressor`` argument.
 

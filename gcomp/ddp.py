@@ -44,9 +44,8 @@ import torch
 import torch.distributed as dist
 
 from . import statecodec
-from .adapt import build_policy, is_adaptive
+from .adapt import adapter_compressor
 from .collectives import CallStats, CompressedAllreduce
-from .compressors import with_seed
 from .errors import CollectiveError, ConfigError, GcompError, NonFiniteError, StateError
 from .transports.torch_dist import TorchTransport
 
@@ -130,18 +129,7 @@ class CompressionState:
                  hierarchical=None, transport=None, hierarchical_dense="flat"):
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("expected torch.distributed to be initialised (dist.init_process_group) before CompressionState")
-        self.policy = None
-        if is_adaptive(compressor):
-            self.policy = build_policy(compressor, seed)
-            if error_feedback == "auto":
-                error_feedback = "residual"
-            if error_feedback not in ("residual", "none") or algorithm != "auto":
-                raise ConfigError(f"expected error_feedback 'residual' or 'none' and algorithm 'auto' with the adaptive "
-                                  f"policy, because only residual memories carry over a switch and each setting takes "
-                                  f"its own algorithm; found {error_feedback!r} and {algorithm!r}")
-            comp = self.policy.compressor
-        else:
-            comp = with_seed(compressor, seed)
+        self.policy, comp, error_feedback = adapter_compressor(compressor, seed, error_feedback, algorithm)
         for name, value in (("start_iter", start_iter), ("min_numel", min_numel), ("log_every", log_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"expected {name} a non-negative integer, found {value!r}")

@@ -56,9 +56,9 @@ import numpy as np
 from mpi4py import MPI
 
 from . import statecodec
-from .adapt import build_policy, is_adaptive
+from .adapt import adapter_compressor
 from .collectives import CompressedAllreduce
-from .compressors import Compressor, with_seed
+from .compressors import Compressor
 from .compressors import compressor as build_compressor
 from .errors import ConfigError, StateError
 from .transports.mpi import MPITransport
@@ -317,18 +317,7 @@ class CompressedComm:
     def __init__(self, comm, spec, *, error_feedback="auto", algorithm="auto", nonfinite="propagate",
                  verify="always", min_numel=0, seed=None, hierarchical=None, transport=None,
                  hierarchical_dense="groups"):
-        self.policy = None
-        if is_adaptive(spec):
-            self.policy = build_policy(spec, seed)
-            if error_feedback == "auto":
-                error_feedback = "residual"
-            if error_feedback not in ("residual", "none") or algorithm != "auto":
-                raise ConfigError(f"expected error_feedback 'residual' or 'none' and algorithm 'auto' with the adaptive "
-                                  f"policy, because only residual memories carry over a switch and each setting takes "
-                                  f"its own algorithm; found {error_feedback!r} and {algorithm!r}")
-            comp = self.policy.compressor
-        else:
-            comp = with_seed(spec, seed)
+        self.policy, comp, error_feedback = adapter_compressor(spec, seed, error_feedback, algorithm)
         self.comm = comm
         self._own = comm.Dup()  # compressed traffic never mixes with the caller's collectives
         self.hierarchical = hierarchical
