@@ -250,6 +250,11 @@ class ResidualFeedback(ErrorFeedback):
         v += self._entry(key, x.shape[0])["residual"]
         return v
 
+    def phase_buffer(self, key, numel):
+        """The residual of ``key`` itself, for a compressor that fuses the update into its phases
+        (``fuses_residual``: it forms ``v`` there and leaves ``v - result / P``, as the two methods here do)."""
+        return self._entry(key, numel)["residual"]
+
     def after_phases(self, key, v, result, size):
         # result approximates the sum over ranks of v; this rank keeps v - result / P (torch's M - mean, scaled),
         # computed in the residual itself (no temporary)

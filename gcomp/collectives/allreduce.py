@@ -23,6 +23,7 @@ travels in its own small sum first, as in ``dense``.
 
 import numpy as np
 
+from ..feedback import ResidualFeedback
 from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
@@ -45,12 +46,20 @@ class LinearAllreduce(Algorithm):
         t = Timer()
         scale = np.float32(1.0 / self.size) if average else np.float32(1.0)
         if self.compressor.phased:
-            v = self.feedback.before_phases(x, key, scale)
-            phases = self.compressor.phases(v, key)
+            if (getattr(self.compressor, "fuses_residual", False) and type(self.feedback) is ResidualFeedback
+                    and x.dtype == np.float32):
+                # the residual update runs inside the phases' own passes (no v, no after_phases): the same bits
+                residual = self.feedback.phase_buffer(key, x.shape[0])
+                phases = self.compressor.phases(x, key, residual=residual, scale=scale, divisor=self.size)
+                fused = True
+            else:
+                x = self.feedback.before_phases(x, key, scale)
+                phases = self.compressor.phases(x, key)
+                fused = False
             part = next(phases)
             stats.compress_s += t.lap()
             stats.packet_bytes = part.nbytes
-            return Pending(v, key, step, stats, payload=(phases, part), average=average)
+            return Pending(x, key, step, stats, payload=(phases, part, fused), average=average)
         c = self.feedback.compress(x * scale, key=key, step=step)
         sums = self.compressor.summands(c)
         stats.compress_s += t.lap()
@@ -90,7 +99,7 @@ class LinearAllreduce(Algorithm):
         return out
 
     def _phases(self, pending):
-        phases, part = pending.payload
+        phases, part, fused = pending.payload
         first = True
         while True:
             if first:
@@ -105,6 +114,7 @@ class LinearAllreduce(Algorithm):
                 break
             pending.stats.compress_s += t.lap()
             pending.stats.packet_bytes += part.nbytes
-        self.feedback.after_phases(pending.key, pending.x, out, self.size)
+        if not fused:
+            self.feedback.after_phases(pending.key, pending.x, out, self.size)
         pending.stats.decompress_s += t.lap()
         return out
