@@ -259,7 +259,9 @@ def run_federated(cfg, app=None):
     # one thread per client (torch also sets it in the worker); NUMBA_NUM_THREADS is left alone: numba refuses a change
     # once this process has started its threads (the server decodes with gcomp's kernels)
     env = {"OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
-    saved = {k: os.environ.get(k) for k in env}
+    # Flower's Ray backend also sets this process's PYTHONPATH to its sys.path (for Ray's workers) and leaves it:
+    # restored below, or every later subprocess would import from this process's sys.path (e.g. a source tree)
+    saved = {k: os.environ.get(k) for k in (*env, "PYTHONPATH")}
     os.environ.update(env)
     try:
         run_simulation(server_app=server_app(cfg, sink), client_app=app or client_app(cfg), num_supernodes=cfg["clients"],

@@ -302,6 +302,11 @@ def test_killed_rank_makes_the_others_raise_within_the_timeout(spec, algorithm):
 # the launcher itself: a raising rank and a hanging rank are reported, nothing is left behind
 # ----------------------------------------------------------------------------
 def misbehaving_worker(rank, world_size):
+    import torch.distributed as dist
+
+    # Both ranks finish setting up first: on a loaded box rank 1 could still be connecting when rank 0 raises and
+    # exits, and would then fail with a reset connection instead of hanging (what this test is about).
+    dist.barrier()
     if rank == 0:
         raise ValueError("boom from rank 0")
     time.sleep(600)  # hangs far past the launch timeout

@@ -18,7 +18,13 @@ def _cfg(**kw):
 
 
 def test_none_equals_plain_fedavg_to_float32_round_off():
+    import os
+
+    pythonpath = os.environ.get("PYTHONPATH")
     gcomp_run = run_federated(_cfg(compressor="none"))
+    # Flower's Ray backend sets PYTHONPATH to its sys.path for Ray's workers; the driver puts it back, or every later
+    # subprocess of this process (a fresh venv's gcomp, say) would import from the source tree instead
+    assert os.environ.get("PYTHONPATH") == pythonpath
     plain = run_federated(_cfg(compressor=None))
     assert gcomp_run["sampled"] == plain["sampled"] and len(gcomp_run["sampled"]) == 2
     for key, want in plain["final"].items():
