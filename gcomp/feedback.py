@@ -141,6 +141,11 @@ class ErrorFeedback:
         raise NotImplementedError
 
     # -- around the collective ---------------------------------------------
+    def phase_buffer(self, key, numel):
+        """The buffer a ``fuses_residual`` compressor updates in its phases in place of :meth:`before_phases` and
+        :meth:`after_phases`, or None when this memory is not a plain residual (then those two run)."""
+        return None
+
     def before_phases(self, x, key, scale=1.0):
         """The vector a phased compressor (PowerSGD) runs on for ``key``: ``x * scale`` (a new array unless the
         scale is 1), plus whatever the memory adds."""

@@ -23,7 +23,6 @@ travels in its own small sum first, as in ``dense``.
 
 import numpy as np
 
-from ..feedback import ResidualFeedback
 from . import sequence
 from .base import Algorithm, CallStats, Pending, Timer
 
@@ -46,10 +45,10 @@ class LinearAllreduce(Algorithm):
         t = Timer()
         scale = np.float32(1.0 / self.size) if average else np.float32(1.0)
         if self.compressor.phased:
-            if (getattr(self.compressor, "fuses_residual", False) and type(self.feedback) is ResidualFeedback
-                    and x.dtype == np.float32):
+            residual = (self.feedback.phase_buffer(key, x.shape[0])
+                        if self.compressor.fuses_residual and x.dtype == np.float32 else None)
+            if residual is not None:
                 # the residual update runs inside the phases' own passes (no v, no after_phases): the same bits
-                residual = self.feedback.phase_buffer(key, x.shape[0])
                 phases = self.compressor.phases(x, key, residual=residual, scale=scale, divisor=self.size)
                 fused = True
             else:

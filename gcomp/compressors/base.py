@@ -319,6 +319,9 @@ class Compressor:
     identity: ClassVar[bool] = False
     #: linear in phases (see :meth:`phases`), not as a whole
     phased: ClassVar[bool] = False
+    #: a phased compressor whose :meth:`phases` take ``residual=, scale=, divisor=`` (residual error feedback
+    #: fused into its own passes; the memory offers its buffer through ``ErrorFeedback.phase_buffer``)
+    fuses_residual: ClassVar[bool] = False
     #: the wire codec (a :class:`gcomp.compressors.Codec`), or None for a compressor with no wire format
     codec: ClassVar = None
 
