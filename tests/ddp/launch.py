@@ -105,7 +105,7 @@ def _entry(fn, rank, world_size, port, outdir, pg_timeout, args, kwargs):
             os._exit(code)
 
 
-def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout):
+def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout, grace=None):
     ctx = mp.get_context("spawn")
     outdir = tempfile.mkdtemp(prefix="gcomp-ddp-")
     procs = []
@@ -118,11 +118,13 @@ def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout):
                 p.start()
                 procs.append(p)
             deadline = time.monotonic() + timeout
-            pending = list(procs)
+            pending, cut = list(procs), False
             while pending and time.monotonic() < deadline:
                 multiprocessing.connection.wait([p.sentinel for p in pending],
                                                 timeout=max(0.0, min(1.0, deadline - time.monotonic())))
                 pending = [p for p in procs if p.is_alive()]
+                if grace is not None and not cut and pending and any(p.exitcode for p in procs if not p.is_alive()):
+                    deadline, cut = min(deadline, time.monotonic() + grace), True
             hung = [procs.index(p) for p in pending]
         finally:
             # never leave a rank behind: kill what still runs (our own processes, by object), reap all
@@ -137,7 +139,7 @@ def _run_once(fn, world_size, args, kwargs, timeout, pg_timeout):
             if os.path.exists(path):
                 with open(path, "rb") as fh:
                     reports[rank] = pickle.load(fh)
-        return reports, hung, [p.exitcode for p in procs]
+        return reports, hung, [p.exitcode for p in procs], cut and bool(hung)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 
@@ -146,16 +148,18 @@ def _address_in_use(reports):
     return any(kind == "error" and "address already in use" in str(text).lower() for kind, text in reports.values())
 
 
-def launch(fn, world_size, *args, timeout=120.0, pg_timeout=30.0, may_die=(), **kwargs):
+def launch(fn, world_size, *args, timeout=120.0, pg_timeout=30.0, may_die=(), grace=None, **kwargs):
     """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` spawned gloo ranks; returns results by rank.
 
     ``timeout`` bounds the whole run (seconds); ``pg_timeout`` is the process
     group's timeout; ranks in ``may_die`` may exit without a result (their
     entry is :data:`DIED`).  Raises :class:`LaunchError` with every rank's
-    traceback if a rank raised, hung or died unexpectedly.
+    traceback if a rank raised, hung or died unexpectedly.  With ``grace``
+    (seconds), once a rank has exited with an error the others get only that
+    long before they count as hung (a test of a hang need not wait ``timeout``).
     """
     for attempt in range(3):
-        reports, hung, exitcodes = _run_once(fn, world_size, args, kwargs, timeout, pg_timeout)
+        reports, hung, exitcodes, cut = _run_once(fn, world_size, args, kwargs, timeout, pg_timeout, grace)
         if not _address_in_use(reports) or attempt == 2:
             break
     problems = []
@@ -163,7 +167,8 @@ def launch(fn, world_size, *args, timeout=120.0, pg_timeout=30.0, may_die=(), **
     for rank in range(world_size):
         report = reports.get(rank)
         if rank in hung:
-            problems.append(f"rank {rank}: still running after {timeout} s, killed")
+            problems.append(f"rank {rank}: still running {grace} s after another rank failed, killed" if cut
+                            else f"rank {rank}: still running after {timeout} s, killed")
             results.append(None)
         elif report is None:
             if rank in may_die:
