@@ -51,14 +51,6 @@ nitpick_ignore_regex = [
 nitpick_ignore = [
     ("py:attr", "AdaptivePolicy.switches"),                          # gcomp/adapt.py module docstring
     ("py:attr", "AdaptivePolicy.history"),                           # gcomp/adapt.py module docstring
-    ("py:func", "normalize_groups"),                                 # gcomp/collectives/hierarchical.py split_groups
-    ("py:meth", "gcomp.compressors.Compressor.set_layout"),          # gcomp/collectives/engine.py set_layout
-    ("py:mod", "gcomp.collectives.engine"),                          # gcomp/ddp.py CompressionState
-    ("py:mod", "gcomp.collectives.hierarchical"),                    # gcomp/ddp.py CompressionState, gcomp/mpi.py
-    ("py:class", "MPITransport"),                                    # gcomp/mpi.py CompressedComm
-    ("py:mod", "gcomp.flower.mod"),                                  # gcomp/flower/__init__.py
-    ("py:mod", "gcomp.flower.strategy"),                             # gcomp/flower/__init__.py
-    ("py:mod", "gcomp.flower.downlink"),                             # gcomp/flower/strategy.py CompressionStrategy
 ]
 # undoc-members: a public name without a docstring still shows (tests/test_docs_site.py fails on it)
 autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource", "show-inheritance": True}

@@ -56,7 +56,24 @@ STATE_VERSION = 1
 
 
 class StepStats(dict):
-    """Totals of one training step over its buckets (a dict, so it logs and serializes as one)."""
+    """Totals of one training step over its buckets (a dict, so it logs and serializes as one).
+
+    :meth:`CompressionState.last_step` returns the latest; ``state.steps`` keeps
+    the last ``keep_steps``.  Keys: ``step``, ``buckets``, ``bytes_sent``,
+    ``bytes_received``, ``dense_bytes`` (float32 bytes of the buckets),
+    ``compression_ratio``, ``compress_s``, ``decompress_s``, ``comm_s``,
+    ``algorithms`` (the names used), ``nonfinite``, ``intra_bytes_sent`` /
+    ``intra_bytes_received`` (inside groups, hierarchical), and with the
+    adaptive policy ``setting``.
+
+    Examples
+    --------
+    ::
+
+        stats = state.last_step()
+        print(stats["step"], stats["bytes_sent"], stats["compression_ratio"])
+        json.dumps(stats)            # a dict of plain values
+    """
 
 
 class CompressionState:
@@ -112,6 +129,13 @@ class CompressionState:
         to DDP without a hook) or "groups" (it stays hierarchical: fewer bytes
         between groups, another float summation order).
 
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        torch.distributed not initialised, or an invalid option.
+    gcomp.errors.MismatchError
+        On every rank, when the ranks' options differ.
+
     Examples
     --------
     On every rank, after ``dist.init_process_group("gloo", ...)``::
@@ -122,6 +146,24 @@ class CompressionState:
         ddp.register_comm_hook(state, gcomp.ddp.compression_hook)
         ...                      # train; state.last_step() has the bytes and times
         torch.save({"model": ddp.state_dict(), "gcomp": state.state_dict()}, f"ckpt-{rank}.pt")
+
+    On one process (a world-size-1 gloo group), a state's configuration and a
+    checkpoint round trip:
+
+    >>> import torch.distributed as dist
+    >>> import gcomp.ddp
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> state = gcomp.ddp.CompressionState("topk:ratio=0.1", min_numel=0)
+    >>> state.config()["compressor"], state.config()["error_feedback"]
+    ({'name': 'topk', 'ratio': 0.1}, 'residual')
+    >>> saved = state.state_dict()          # this rank's memories and steps: one file per rank
+    >>> saved["rank"], saved["world_size"]
+    (0, 1)
+    >>> state.close()
+    >>> fresh = gcomp.ddp.CompressionState("topk:ratio=0.1", min_numel=0)
+    >>> fresh.load_state_dict(saved)        # a state of another configuration raises StateError
+    >>> fresh.close()
+    >>> dist.destroy_process_group()
     """
 
     def __init__(self, compressor, *, process_group=None, error_feedback="residual", algorithm="auto", start_iter=2,
@@ -195,7 +237,21 @@ class CompressionState:
         return list(self.engine.stats) + list(self._dense_stats)
 
     def last_step(self):
-        """:class:`StepStats` of the latest finished step, or None."""
+        """:class:`StepStats` of the latest finished step, or None.
+
+        Returns
+        -------
+        StepStats or None
+            The totals of the step whose buckets have all completed last.
+
+        Examples
+        --------
+        ::
+
+            loss.backward()
+            optimizer.step()
+            print(state.last_step()["bytes_sent"])
+        """
         return self.steps[-1] if self.steps else None
 
     def _close_step(self, step):
@@ -225,7 +281,22 @@ class CompressionState:
 
     # -- checkpointing -------------------------------------------------------
     def state_dict(self):
-        """This rank's hook state: iteration, residuals, steps, seeds and bucket layouts (no process group)."""
+        """This rank's hook state: iteration, residuals, steps, seeds and bucket layouts (no process group).
+
+        Waits for the launched buckets first (:meth:`wait`).
+
+        Returns
+        -------
+        dict
+            Plain values and tensors: ``torch.save`` it (it loads with
+            ``torch.load(path, weights_only=True)``); one file per rank.
+
+        Examples
+        --------
+        ::
+
+            torch.save({"model": ddp.state_dict(), "gcomp": state.state_dict()}, f"ckpt-{rank}.pt")
+        """
         self.wait()
         return {"version": STATE_VERSION, "iter": self.iter, "rank": self.rank, "world_size": self.world_size,
                 "config": self.config(), "engine": self.engine.state_dict(),
@@ -238,11 +309,45 @@ class CompressionState:
         For the usual single-file checkpoint: save it on rank 0 only; on resume,
         every rank loads that file and passes the dict to :meth:`load_state_dict`,
         which takes this rank's part.  Gathered without pickle (:mod:`gcomp.statecodec`).
+
+        Returns
+        -------
+        dict
+            Every rank's state.
+
+        Examples
+        --------
+        ::
+
+            gathered = state.gathered_state_dict()           # on every rank
+            if rank == 0:
+                torch.save({"model": ddp.module.state_dict(), "gcomp": gathered}, "ckpt.pt")
         """
         return statecodec.gather(self.transport, self.state_dict())
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output of the same rank and configuration (or a :meth:`gathered_state_dict`)."""
+        """Restore :meth:`state_dict` output of the same rank and configuration (or a :meth:`gathered_state_dict`).
+
+        Call it on a fresh state before training resumes (before the first
+        bucket).  Local.
+
+        Parameters
+        ----------
+        state : dict
+            This rank's :meth:`state_dict`, or every rank's :meth:`gathered_state_dict`.
+
+        Raises
+        ------
+        gcomp.errors.StateError
+            A state of another version, rank, world size or configuration.
+
+        Examples
+        --------
+        ::
+
+            state = gcomp.ddp.register(ddp, "topk:ratio=0.01")     # the same options as the saved run
+            state.load_state_dict(torch.load(f"ckpt-{rank}.pt", weights_only=True)["gcomp"])
+        """
         state = statecodec.own_part(state, self.rank, self.world_size)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected a gcomp DDP state with version {STATE_VERSION}, found "
@@ -263,11 +368,31 @@ class CompressionState:
                                for k, v in state.get("layouts", {}).items()}
 
     def wait(self):
-        """Block until every launched bucket (and the adaptive policy's end of step) has completed."""
+        """Block until every launched bucket (and the adaptive policy's end of step) has completed.
+
+        Examples
+        --------
+        ::
+
+            loss.backward()
+            state.wait()          # DDP already waits for the buckets; this also waits for the policy's step
+        """
         self._executor.submit(lambda: None).result()
 
     def close(self):
-        """Finish the launched buckets, stop the communication thread and free the per-key buffers."""
+        """Finish the launched buckets, stop the communication thread and free the per-key buffers.
+
+        Call it before ``dist.destroy_process_group()``; with ``hierarchical``
+        it also frees the group transports the state split off.  The state is
+        unusable afterwards.
+
+        Examples
+        --------
+        ::
+
+            state.close()
+            dist.destroy_process_group()
+        """
         self._executor.shutdown(wait=True)
         self.engine.free()
 
@@ -277,8 +402,30 @@ class CompressionState:
         ``numel`` defaults to the attached model's trainable parameter count (one
         bucket holding the whole model).  Local: no communication, so ranks need
         not call it together.  With the adaptive policy, every setting of its
-        ladder.  Returns the seconds it took
-        (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+        ladder.
+
+        Parameters
+        ----------
+        numel : int, optional
+            Entries of the bucket to warm up for (default: the attached model's
+            trainable parameters).
+
+        Returns
+        -------
+        float
+            Seconds it took (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+
+        Raises
+        ------
+        gcomp.errors.ConfigError
+            No ``numel`` and no attached model.
+
+        Examples
+        --------
+        ::
+
+            state = gcomp.ddp.register(ddp, "topk:ratio=0.01")
+            state.warm_up()               # before the first timed step
         """
         if numel is None:
             sizes = getattr(self, "_param_sizes", None)
@@ -294,6 +441,23 @@ class CompressionState:
         :func:`register` calls it.  With it, a state restored into a fresh DDP model
         maps its bucket-keyed memories onto the fresh model's first (not yet
         rebuilt) buckets; without it that first compressed step raises StateError.
+
+        Parameters
+        ----------
+        ddp_model : torch.nn.parallel.DistributedDataParallel or torch.nn.Module
+            The model (its ``module``'s parameters are read).
+
+        Returns
+        -------
+        CompressionState
+            This state.
+
+        Examples
+        --------
+        ::
+
+            state = gcomp.ddp.CompressionState("topk:ratio=0.01").attach(ddp)
+            ddp.register_comm_hook(state, gcomp.ddp.compression_hook)
         """
         module = getattr(ddp_model, "module", ddp_model)
         self._param_index = {id(p): i for i, p in enumerate(module.parameters())}
@@ -351,7 +515,18 @@ class CompressionState:
 
     # -- the hook's work, bucket by bucket ---------------------------------------
     def run_bucket(self, bucket):
-        """Launch one bucket (the body of :func:`compression_hook`); returns the Future of its averaged values."""
+        """Launch one bucket (the body of :func:`compression_hook`); returns the Future of its averaged values.
+
+        Parameters
+        ----------
+        bucket : torch.distributed.GradBucket
+            The bucket DDP hands the hook.
+
+        Returns
+        -------
+        torch.futures.Future
+            Completes with the averaged bucket.
+        """
         tensor = bucket.buffer()
         step = self.iter
         if self._policy_step is not None:

@@ -220,22 +220,91 @@ def _write(recv_flat, dtype, result):
 class Request:
     """A nonblocking compressed allreduce; ``Wait()`` returns when the result is in ``recvbuf``.
 
-    It is not an ``MPI.Request`` (the work runs on gcomp's thread, not inside
-    MPI), so ``MPI.Request.Waitall`` cannot take it: use
+    Returned by :meth:`CompressedComm.Iallreduce` and :func:`Iallreduce`, not
+    built by users.  It is not an ``MPI.Request`` (the work runs on gcomp's
+    thread, not inside MPI), so ``MPI.Request.Waitall`` cannot take it: use
     :meth:`Request.Waitall` / :meth:`Request.Testall`, which take gcomp and
-    mpi4py requests mixed.
+    mpi4py requests mixed.  ``wait``, ``test``, ``waitall`` and ``testall``
+    are the same methods under mpi4py's lower-case names.
+
+    Parameters
+    ----------
+    future : concurrent.futures.Future
+        The call's work on the communication thread.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> import gcomp.mpi
+    >>> ccomm = gcomp.mpi.CompressedComm(MPI.COMM_SELF, "topk:ratio=0.5")
+    >>> grad = np.arange(4, dtype=np.float32)
+    >>> request = ccomm.Iallreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+    >>> # ... compute while it communicates ...
+    >>> request.Wait()
+    True
+    >>> grad                          # one rank: the mean is the input itself
+    array([0., 1., 2., 3.], dtype=float32)
+    >>> ccomm.Free()
     """
 
     def __init__(self, future):
         self._future = future
 
     def Wait(self, status=None):
-        """Block until the result is in ``recvbuf``; raises what the call raised (on every rank)."""
+        """Block until the result is in ``recvbuf``; raises what the call raised (on every rank).
+
+        Parameters
+        ----------
+        status : mpi4py.MPI.Status, optional
+            Accepted for mpi4py's signature; left untouched.
+
+        Returns
+        -------
+        bool
+            True.
+
+        Raises
+        ------
+        gcomp.errors.GcompError
+            What the call raised (MismatchError, NonFiniteError, ...).
+
+        Examples
+        --------
+        ::
+
+            request = ccomm.Iallreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+            request.Wait()                # grad holds the mean now
+        """
         self._future.result()
         return True
 
     def Test(self, status=None):
-        """Whether the call has completed (raising what it raised, if it failed)."""
+        """Whether the call has completed (raising what it raised, if it failed); does not block.
+
+        Parameters
+        ----------
+        status : mpi4py.MPI.Status, optional
+            Accepted for mpi4py's signature; left untouched.
+
+        Returns
+        -------
+        bool
+            True once the result is in ``recvbuf``.
+
+        Raises
+        ------
+        gcomp.errors.GcompError
+            What the call raised, once it has completed.
+
+        Examples
+        --------
+        ::
+
+            request = ccomm.Iallreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+            while not request.Test():
+                do_some_work()
+        """
         if self._future.done():
             self._future.result()
             return True
@@ -246,7 +315,28 @@ class Request:
 
     @staticmethod
     def Waitall(requests, statuses=None):
-        """Wait for every request (gcomp's and mpi4py's, mixed)."""
+        """Wait for every request (gcomp's and mpi4py's, mixed).
+
+        Parameters
+        ----------
+        requests : list
+            :class:`Request` and ``mpi4py.MPI.Request`` objects.
+        statuses : list, optional
+            Accepted for mpi4py's signature; left untouched.
+
+        Returns
+        -------
+        bool
+            True.
+
+        Examples
+        --------
+        ::
+
+            requests = [ccomm.Iallreduce(MPI.IN_PLACE, g, op=gcomp.mpi.MEAN) for g in grads]
+            requests.append(comm.Ibcast(params, root=0))
+            gcomp.mpi.Request.Waitall(requests)
+        """
         mpi = [r for r in requests if not isinstance(r, Request)]
         for r in requests:
             if isinstance(r, Request):
@@ -257,7 +347,27 @@ class Request:
 
     @staticmethod
     def Testall(requests, statuses=None):
-        """Whether every request (gcomp's and mpi4py's, mixed) has completed."""
+        """Whether every request (gcomp's and mpi4py's, mixed) has completed; does not block.
+
+        Parameters
+        ----------
+        requests : list
+            :class:`Request` and ``mpi4py.MPI.Request`` objects.
+        statuses : list, optional
+            Accepted for mpi4py's signature; left untouched.
+
+        Returns
+        -------
+        bool
+            True when every request has completed.
+
+        Examples
+        --------
+        ::
+
+            requests = [ccomm.Iallreduce(MPI.IN_PLACE, g, op=gcomp.mpi.MEAN, key=name) for name, g in grads.items()]
+            done = gcomp.mpi.Request.Testall(requests)
+        """
         mpi = [r for r in requests if not isinstance(r, Request)]
         done = all(r.Test() for r in requests if isinstance(r, Request))
         return (MPI.Request.Testall(mpi) if mpi else True) and done
@@ -303,6 +413,13 @@ class CompressedComm:
         "groups" (the default: dense calls stay hierarchical) or "flat" (one
         plain Allreduce over every rank, bit-identical to ``comm.Allreduce``).
 
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An invalid option, or a transport over other ranks.
+    gcomp.errors.MismatchError
+        On every rank, when the ranks' options differ.
+
     Examples
     --------
     Under ``mpiexec -n 4``::
@@ -311,7 +428,23 @@ class CompressedComm:
         import gcomp.mpi
 
         ccomm = gcomp.mpi.CompressedComm(MPI.COMM_WORLD, "topk:ratio=0.01")
-        ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+        ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)   # compressed, error feedback kept
+        ccomm.Bcast(params, root=0)                              # passes through to COMM_WORLD
+        print(ccomm.stats[-1].bytes_sent)
+
+    On one process (``MPI.COMM_SELF``), where the reduction is the identity:
+
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> import gcomp.mpi
+    >>> ccomm = gcomp.mpi.CompressedComm(MPI.COMM_SELF, "topk:ratio=0.5")
+    >>> grad = np.arange(4, dtype=np.float32)
+    >>> ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+    >>> grad
+    array([0., 1., 2., 3.], dtype=float32)
+    >>> ccomm.Get_size(), ccomm.stats[-1].algorithm          # Get_size passes through to the communicator
+    (1, 'dense')
+    >>> ccomm.Free()
     """
 
     def __init__(self, comm, spec, *, error_feedback="auto", algorithm="auto", nonfinite="propagate",
@@ -377,7 +510,19 @@ class CompressedComm:
 
     def end_step(self):
         """Close the adaptive policy's step now (collective: every rank calls it at the same point); a no-op
-        without a policy.  Without it a step ends when a key is called again."""
+        without a policy.  Without it a step ends when a key is called again.
+
+        Examples
+        --------
+        ::
+
+            ccomm = gcomp.mpi.CompressedComm(MPI.COMM_WORLD, "adaptive:budget=0.5")
+            for batch in batches:
+                ...                                   # backward
+                for key, g in grads.items():
+                    ccomm.Allreduce(MPI.IN_PLACE, g, op=gcomp.mpi.MEAN, key=key)
+                ccomm.end_step()                      # the policy decides here, on every rank
+        """
         if self.policy is not None:
             self._step_keys = set()
             self._executor.submit(self.policy.end_step, self.transport, blocking=True).result()
@@ -421,37 +566,173 @@ class CompressedComm:
         return work
 
     def Allreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None):
-        """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``; op is MPI.SUM or gcomp.mpi.MEAN."""
+        """Compressed ``comm.Allreduce(sendbuf, recvbuf, op)``; op is MPI.SUM or gcomp.mpi.MEAN.
+
+        Collective: every rank calls it with a buffer of the same size and
+        dtype (checked as ``verify`` says).  Blocks until the result is in
+        ``recvbuf``.
+
+        Parameters
+        ----------
+        sendbuf : numpy.ndarray, torch.Tensor or mpi4py.MPI.IN_PLACE
+            This rank's values (``MPI.IN_PLACE`` or None: read ``recvbuf``); a
+            float buffer (``array.array``, ``memoryview``) works too, and so do
+            mpi4py's ``[data, datatype]`` and ``[data, count, datatype]`` specs.
+        recvbuf : numpy.ndarray or torch.Tensor
+            Receives the result; float16/32/64 (or a bfloat16 tensor), contiguous,
+            on the CPU; or a writable float buffer.
+        op : mpi4py.MPI.Op, MEAN or str
+            ``MPI.SUM`` (:data:`SUM`), :data:`MEAN`, or ``"sum"`` / ``"mean"`` / ``"avg"``.
+        key : object, optional
+            The error-feedback memory to use; default ``"n<size>"`` (one
+            buffer per size needs no key).
+
+        Raises
+        ------
+        gcomp.errors.ConfigError
+            Another op, or a call while another thread's is in flight.
+        gcomp.errors.MismatchError
+            On every rank, when the ranks' sizes, dtypes or ops differ.
+        TypeError, ValueError
+            A buffer of another kind, dtype or size.
+
+        Examples
+        --------
+        ::
+
+            ccomm.Allreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)          # in place
+            ccomm.Allreduce(send, recv, op=MPI.SUM, key="layer1")          # its own memory
+        """
         work = self._run(sendbuf, recvbuf, op, key)
         self._executor.submit(work).result()
 
     def Iallreduce(self, sendbuf, recvbuf, op=MPI.SUM, *, key=None) -> Request:
-        """Nonblocking :meth:`Allreduce`: compresses now, communicates on a background thread."""
+        """Nonblocking :meth:`Allreduce`: compresses now, communicates on a background thread.
+
+        As with mpi4py's nonblocking calls, leave both buffers alone (alive,
+        unchanged, ``recvbuf`` unread) until the request completes: some
+        compressors (PowerSGD) read the input again on the background thread.
+
+        Parameters
+        ----------
+        sendbuf : numpy.ndarray, torch.Tensor or mpi4py.MPI.IN_PLACE
+            As :meth:`Allreduce`.
+        recvbuf : numpy.ndarray or torch.Tensor
+            As :meth:`Allreduce`.
+        op : mpi4py.MPI.Op, MEAN or str
+            As :meth:`Allreduce`.
+        key : object, optional
+            As :meth:`Allreduce`.
+
+        Returns
+        -------
+        Request
+            ``Wait()`` it before reading ``recvbuf``.
+
+        Examples
+        --------
+        ::
+
+            request = ccomm.Iallreduce(MPI.IN_PLACE, grad, op=gcomp.mpi.MEAN)
+            ...                                   # compute meanwhile
+            request.Wait()
+        """
         work = self._run(sendbuf, recvbuf, op, key)
         return Request(self._executor.submit(work))
 
     def warm_up(self, numel) -> float:
         """Compile (or load from the cache) the kernels a call of ``numel`` entries runs, before timing anything.
 
-        Local: nothing is sent.  Returns the seconds it took
-        (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+        Local: nothing is sent.  With the adaptive policy, every setting of its ladder.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the buffers to warm up for.
+
+        Returns
+        -------
+        float
+            Seconds it took (:meth:`gcomp.collectives.CompressedAllreduce.warm_up`).
+
+        Examples
+        --------
+        ::
+
+            ccomm.warm_up(grad.size)      # before the first timed step
         """
         return self.policy.warm_up(numel) if self.policy is not None else self.engine.warm_up(numel)
 
     # -- checkpointing ------------------------------------------------------------
     def state_dict(self):
-        """This rank's error-feedback memories and steps (never the communicator)."""
+        """This rank's error-feedback memories and steps (never the communicator).
+
+        Waits for the calls in flight first.
+
+        Returns
+        -------
+        dict
+            Plain values and tensors; save one file per rank
+            (:func:`gcomp.statecodec.pack` writes them without pickle).
+
+        Examples
+        --------
+        ::
+
+            rank = MPI.COMM_WORLD.Get_rank()
+            pathlib.Path(f"gcomp-{rank}.bin").write_bytes(gcomp.statecodec.pack(ccomm.state_dict()))
+            ...
+            ccomm.load_state_dict(gcomp.statecodec.unpack(pathlib.Path(f"gcomp-{rank}.bin").read_bytes()))
+        """
         self._executor.submit(lambda: None).result()
         return {"version": STATE_VERSION, "rank": self._own.Get_rank(), "size": self._own.Get_size(),
                 "engine": self.engine.state_dict(),
                 **({"policy": self.policy.state_dict()} if self.policy is not None else {})}
 
     def gathered_state_dict(self):
-        """Every rank's :meth:`state_dict` in one dict (collective); save it on rank 0, load it on every rank."""
+        """Every rank's :meth:`state_dict` in one dict (collective); save it on rank 0, load it on every rank.
+
+        Returns
+        -------
+        dict
+            Every rank's state, gathered without pickle (:mod:`gcomp.statecodec`).
+
+        Examples
+        --------
+        ::
+
+            state = ccomm.gathered_state_dict()             # on every rank
+            if MPI.COMM_WORLD.Get_rank() == 0:
+                pathlib.Path("gcomp.bin").write_bytes(gcomp.statecodec.pack(state))
+            ...
+            ccomm.load_state_dict(gcomp.statecodec.unpack(pathlib.Path("gcomp.bin").read_bytes()))
+        """
         return statecodec.gather(self.transport, self.state_dict())
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output of this rank (or a :meth:`gathered_state_dict`)."""
+        """Restore :meth:`state_dict` output of this rank (or a :meth:`gathered_state_dict`).  Local.
+
+        Parameters
+        ----------
+        state : dict
+            This rank's :meth:`state_dict`, or every rank's :meth:`gathered_state_dict`.
+
+        Raises
+        ------
+        gcomp.errors.StateError
+            A state of another version, rank or world size.
+
+        Examples
+        --------
+        >>> from mpi4py import MPI
+        >>> import gcomp.mpi
+        >>> ccomm = gcomp.mpi.CompressedComm(MPI.COMM_SELF, "topk:ratio=0.5")
+        >>> saved = ccomm.state_dict()
+        >>> saved["rank"], saved["size"]
+        (0, 1)
+        >>> ccomm.load_state_dict(saved)
+        >>> ccomm.Free()
+        """
         state = statecodec.own_part(state, self._own.Get_rank(), self._own.Get_size())
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected a gcomp MPI state with version {STATE_VERSION}")
@@ -464,7 +745,19 @@ class CompressedComm:
             self.engine.load_state_dict(state["engine"])
 
     def Free(self):
-        """Release the duplicated communicators (the wrapped one stays yours)."""
+        """Release the duplicated communicators and stop the communication thread (the wrapped one stays yours).
+
+        Collective (it frees communicators): call it on every rank, after the
+        last call has completed.
+
+        Examples
+        --------
+        ::
+
+            ccomm = gcomp.mpi.CompressedComm(MPI.COMM_WORLD, "topk:ratio=0.01")
+            ...
+            ccomm.Free()
+        """
         self._executor.shutdown(wait=True)
         self.engine.free()
         if self._own != MPI.COMM_NULL:
@@ -476,7 +769,54 @@ def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key
 
     ``state`` is a :class:`CompressedComm` over ``comm`` whose memories (error
     feedback, steps) this call uses; without one the call is stateless (no error
-    feedback) and runs on ``comm`` directly.
+    feedback) and runs on ``comm`` directly.  Collective over ``comm``.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The communicator.
+    sendbuf : numpy.ndarray, torch.Tensor or mpi4py.MPI.IN_PLACE
+        This rank's values (as :meth:`CompressedComm.Allreduce`).
+    recvbuf : numpy.ndarray or torch.Tensor
+        Receives the result.
+    compressor : str, dict or gcomp.Compressor
+        The compressor; with ``state``, it must be the state's.
+    op : mpi4py.MPI.Op, MEAN or str
+        ``MPI.SUM`` or :data:`MEAN`.
+    state : CompressedComm, optional
+        Use its memories and its communication thread.
+    key : object, optional
+        The memory's key (default ``"n<size>"``).
+    **options
+        Without ``state``: options of :class:`gcomp.collectives.CompressedAllreduce`
+        (``error_feedback`` defaults to ``"none"``, ``verify`` to ``"always"``).
+
+    Returns
+    -------
+    gcomp.collectives.CallStats or None
+        Without ``state``, the call's stats; with one, None (they are in ``state.stats``).
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        Another op, or a compressor other than the state's.
+    gcomp.errors.MismatchError
+        On every rank, when the ranks' options, sizes or dtypes differ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> import gcomp.mpi
+    >>> send, recv = np.arange(4, dtype=np.float32), np.empty(4, np.float32)
+    >>> stats = gcomp.mpi.Allreduce(MPI.COMM_SELF, send, recv, compressor="qsgd", op=gcomp.mpi.MEAN)
+    >>> recv, stats.algorithm
+    (array([0., 1., 2., 3.], dtype=float32), 'dense')
+
+    Under ``mpiexec -n 4``, the same call on ``MPI.COMM_WORLD`` averages the
+    four ranks' QSGD-compressed vectors (unbiased, no error feedback)::
+
+        gcomp.mpi.Allreduce(MPI.COMM_WORLD, send, recv, compressor="qsgd", op=gcomp.mpi.MEAN)
     """
     if state is not None:
         if not isinstance(state, CompressedComm):
@@ -494,7 +834,53 @@ def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key
 
 
 def Iallreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state, key=None) -> Request:
-    """Nonblocking compressed allreduce through ``state`` (a :class:`CompressedComm`)."""
+    """Nonblocking compressed allreduce through ``state`` (a :class:`CompressedComm`).
+
+    The same as ``state.Iallreduce(sendbuf, recvbuf, op, key=key)``; the call
+    runs on the state's communication thread.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The communicator (the state's).
+    sendbuf : numpy.ndarray, torch.Tensor or mpi4py.MPI.IN_PLACE
+        This rank's values.
+    recvbuf : numpy.ndarray or torch.Tensor
+        Receives the result once the request completes.
+    compressor : str, dict or gcomp.Compressor
+        The compressor, for symmetry with :func:`Allreduce`; the state's
+        compressor is used (this one is not checked against it).
+    op : mpi4py.MPI.Op, MEAN or str
+        ``MPI.SUM`` or :data:`MEAN`.
+    state : CompressedComm
+        Required: its memories and communication thread.
+    key : object, optional
+        The memory's key (default ``"n<size>"``).
+
+    Returns
+    -------
+    Request
+        ``Wait()`` it before reading ``recvbuf``.
+
+    Raises
+    ------
+    TypeError
+        ``state`` is not a :class:`CompressedComm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> import gcomp.mpi
+    >>> ccomm = gcomp.mpi.CompressedComm(MPI.COMM_SELF, "topk:ratio=0.5")
+    >>> send, recv = np.ones(4, np.float32), np.empty(4, np.float32)
+    >>> request = gcomp.mpi.Iallreduce(MPI.COMM_SELF, send, recv, compressor="topk:ratio=0.5", state=ccomm)
+    >>> gcomp.mpi.Request.Waitall([request])
+    True
+    >>> recv
+    array([1., 1., 1., 1.], dtype=float32)
+    >>> ccomm.Free()
+    """
     if not isinstance(state, CompressedComm):
         raise TypeError("expected state to be a gcomp.mpi.CompressedComm (nonblocking calls need its comm thread)")
     return state.Iallreduce(sendbuf, recvbuf, op, key=key)

@@ -28,9 +28,53 @@ from .base import Algorithm, CallStats, Pending, Timer
 
 
 class LinearAllreduce(Algorithm):
+    """``allreduce``: a linear compressor's compressed arrays are summed on the wire (module docstring).
+
+    Needs ``compressor.linear`` (``none``, ``fp16``, ``bf16``, ``randomk``,
+    ``powersgd``...); the bytes each rank sends stay flat in the world size.
+
+    Parameters
+    ----------
+    transport : gcomp.transports.Transport
+        Carries the bytes.
+    compressor : gcomp.Compressor
+        The compressor every rank uses.
+    feedback : gcomp.feedback.ErrorFeedback
+        The worker error feedback.
+    server_feedback : gcomp.feedback.ErrorFeedback, optional
+        Unused here (the signature is :class:`Algorithm`'s).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp import compressor
+    >>> from gcomp.collectives import LinearAllreduce
+    >>> from gcomp.feedback import feedback
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport):
+    ...     comp = compressor("fp16")
+    ...     algorithm = LinearAllreduce(transport, comp, feedback("none", comp))
+    ...     pending = algorithm.prepare(np.full(4, 2.0 * transport.rank, np.float32), key="w", step=0)
+    ...     return algorithm.complete(pending).tolist()
+    >>> run_local(2, rank)
+    [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+    """
+
     name = "allreduce"
 
     def estimated_bytes(self, numel):
+        """Bytes of a ring allreduce of the compressor's summed arrays (``summed_bytes``) plus the token.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vector.
+
+        Returns
+        -------
+        int
+            Bytes sent by this rank (:meth:`Algorithm.estimated_bytes`).
+        """
         # the token tail is counted at 4 bytes an entry (it travels in the first summand's dtype)
         p = max(self.size, 1)
         if self.compressor.identity:  # the token in its own sum
@@ -38,9 +82,40 @@ class LinearAllreduce(Algorithm):
         return 2 * (self.size - 1) * (self.compressor.summed_bytes(numel) + 4 * sequence.TAIL) // p
 
     def feedback_scale(self, average):
+        """``1 / P`` when averaging: each rank compresses ``x / P`` (the error feedback sees that).
+
+        Parameters
+        ----------
+        average : bool
+            Whether the call averages.
+
+        Returns
+        -------
+        float
+            The factor.
+        """
         return np.float32(1.0 / self.size) if average else 1.0
 
     def prepare(self, x, key, step, average=True):
+        """Compress ``x / P`` (or ``x`` for a sum) through the error feedback; for a phased compressor, run its
+        first phase.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            This rank's float32 vector.
+        key : object
+            The call's key.
+        step : int
+            The key's step, identical on every rank.
+        average : bool
+            True for the mean, False for the sum.
+
+        Returns
+        -------
+        Pending
+            The call, for :meth:`complete`.
+        """
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()
         scale = np.float32(1.0 / self.size) if average else np.float32(1.0)
@@ -79,6 +154,20 @@ class LinearAllreduce(Algorithm):
                                    pending.fault).reshape(array.shape)
 
     def complete(self, pending, out=None):
+        """Allreduce the summable arrays (or each phase), then decode the summed form.
+
+        Parameters
+        ----------
+        pending : Pending
+            What :meth:`prepare` returned.
+        out : numpy.ndarray, optional
+            A float32 vector of the input's size for the result.
+
+        Returns
+        -------
+        numpy.ndarray
+            The reduced vector, identical on every rank.
+        """
         if self.compressor.phased:
             result = self._phases(pending)
             if out is not None:

@@ -24,7 +24,53 @@ __all__ = ["Algorithm", "Pending", "CallStats", "Timer"]
 
 @dataclasses.dataclass
 class CallStats:
-    """What one compressed allreduce cost this rank."""
+    """What one compressed allreduce cost this rank: bytes, seconds, and whether the result was finite.
+
+    The engine (:class:`gcomp.collectives.CompressedAllreduce`) records one per
+    call in its ``stats`` list; the DDP hook and :mod:`gcomp.mpi` expose them
+    as ``state.stats`` / ``ccomm.stats``.
+
+    Parameters
+    ----------
+    key : object
+        The call's key (a DDP bucket index, an MPI buffer key, ...).
+    step : int
+        The key's step (its call count on this rank, identical on every rank).
+    algorithm : str
+        The algorithm that ran (``"dense"``, ``"allreduce"``, ``"allgather"``,
+        ``"scatter-reduce-allgather"``, ``"hierarchical"`` or
+        ``"hierarchical/<inner>"`` on a group leader).
+    numel : int
+        Entries of the vector.
+    bytes_sent : int
+        Bytes this rank's transport sent for the call.
+    bytes_received : int
+        Bytes this rank's transport received for the call.
+    packet_bytes : int
+        Bytes of this rank's compressed form (the dense bytes on the dense path).
+    compress_s : float
+        Seconds spent compressing (error feedback included).
+    decompress_s : float
+        Seconds spent decoding, summing and averaging.
+    comm_s : float
+        Seconds spent in the transport's collectives.
+    nonfinite : bool
+        Whether the reduced vector held a NaN or an Inf.
+    intra_bytes_sent : int
+        The part of ``bytes_sent`` that stayed inside a group of fast links
+        (hierarchical calls; 0 otherwise).
+    intra_bytes_received : int
+        The part of ``bytes_received`` that stayed inside a group of fast links.
+
+    Examples
+    --------
+    >>> from gcomp.collectives import CallStats
+    >>> stats = CallStats(key="w", step=0, algorithm="allgather", numel=1000, bytes_sent=480, packet_bytes=250)
+    >>> stats.dense_bytes, stats.compression_ratio
+    (4000, 16.0)
+    >>> stats.as_dict()["bytes_sent"]
+    480
+    """
 
     key: object
     step: int
@@ -43,6 +89,7 @@ class CallStats:
 
     @property
     def dense_bytes(self):
+        """Bytes of the vector as float32 (``4 * numel``): what an uncompressed allreduce would carry per copy."""
         return 4 * self.numel
 
     @property
@@ -51,6 +98,13 @@ class CallStats:
         return self.dense_bytes / self.packet_bytes if self.packet_bytes else float("inf") if self.numel else 1.0
 
     def as_dict(self):
+        """Every field as a plain dict (``key`` as its ``str``), plus ``compression_ratio``: for logs and JSON.
+
+        Returns
+        -------
+        dict
+            The fields and the ratio.
+        """
         d = dataclasses.asdict(self)
         d["key"] = str(self.key)
         d["compression_ratio"] = self.compression_ratio
@@ -69,7 +123,43 @@ class Timer:
 
 @dataclasses.dataclass
 class Pending:
-    """What :meth:`Algorithm.prepare` hands to :meth:`Algorithm.complete`."""
+    """What :meth:`Algorithm.prepare` hands to :meth:`Algorithm.complete`: one call in flight.
+
+    Built by the algorithms (and by :meth:`gcomp.collectives.CompressedAllreduce.prepare`),
+    never by users; the fields are the call's state between its local part and
+    its communication.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The call's input vector (after the error feedback's additions, for
+        some algorithms); only its size is read after ``prepare``.
+    key : object
+        The call's key.
+    step : int
+        The key's step.
+    stats : CallStats
+        The call's stats, filled in as it runs.
+    payload : object
+        What the algorithm prepared (packets, compressed arrays, a phase
+        generator...), read back by its ``complete``.
+    average : bool
+        True for the mean over the ranks, False for the sum.
+    error : Exception, optional
+        A local failure of ``prepare``, raised by the engine after the
+        agreement step (so the ranks see the failure together).
+    fault : bool
+        This rank knows the call is already broken; it still communicates,
+        flagged, so that every rank raises :class:`gcomp.errors.SequenceError`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp.collectives import CallStats, Pending
+    >>> pending = Pending(np.zeros(4, np.float32), key="w", step=0, stats=CallStats("w", 0, "dense", 4))
+    >>> pending.average, pending.error, pending.fault
+    (True, None, False)
+    """
 
     x: np.ndarray
     key: object
@@ -85,13 +175,51 @@ class Pending:
 
 
 class Algorithm:
-    """Base class of the collective algorithms.
+    """Base class of the collective algorithms: one way to turn every rank's vector into the same reduced vector.
 
-    ``uses_feedback``: the result comes from compressed messages, so the error
-    feedback's :meth:`gcomp.feedback.ErrorFeedback.after_reduce` applies to it.
+    A subclass sets :attr:`name` and implements :meth:`estimated_bytes`,
+    :meth:`prepare` and :meth:`complete` (and, when it keeps memories under
+    other keys than the call's, :meth:`memory_keys` and :meth:`take_memory`).
+    The engine (:class:`gcomp.collectives.CompressedAllreduce`) builds one of
+    each algorithm of :data:`gcomp.collectives.ALGORITHMS` per transport and
+    picks among them per call; an algorithm can also be driven on its own, as
+    below.
+
+    Parameters
+    ----------
+    transport : gcomp.transports.Transport
+        Carries the bytes (the same ranks in the same order on every rank).
+    compressor : gcomp.Compressor
+        The compressor every rank uses.
+    feedback : gcomp.feedback.ErrorFeedback
+        The worker error feedback (``feedback("none", compressor)`` for none);
+        ``dense`` ignores it.
+    server_feedback : gcomp.feedback.ErrorFeedback, optional
+        The second memory of ``scatter-reduce-allgather`` (its reduced chunk's);
+        the other algorithms ignore it.
+
+    Examples
+    --------
+    The linear allreduce with fp16 on three in-process ranks (threads):
+
+    >>> import numpy as np
+    >>> from gcomp import compressor
+    >>> from gcomp.collectives import LinearAllreduce
+    >>> from gcomp.feedback import feedback
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport):
+    ...     comp = compressor("fp16")
+    ...     algorithm = LinearAllreduce(transport, comp, feedback("none", comp))
+    ...     pending = algorithm.prepare(np.full(4, transport.rank + 1.0, np.float32), key="w", step=0)
+    ...     return algorithm.complete(pending).tolist()
+    >>> run_local(3, rank)
+    [[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
     """
 
+    #: the algorithm's name, as ``algorithm=`` takes it and :class:`CallStats` records it
     name = ""
+    #: the result comes from compressed messages, so the error feedback's
+    #: :meth:`gcomp.feedback.ErrorFeedback.after_reduce` applies to it (False: dense, or applied inside)
     uses_feedback = True
 
     def __init__(self, transport, compressor, feedback, server_feedback=None):
@@ -102,27 +230,106 @@ class Algorithm:
 
     @property
     def size(self):
+        """The number of ranks (the transport's size)."""
         return self.transport.size
 
     def estimated_bytes(self, numel) -> int:
-        """Bytes this rank would send for a vector of ``numel`` (from max_payload_bytes)."""
+        """Bytes this rank would send for a vector of ``numel`` entries (from the compressor's bounds).
+
+        What ``algorithm="auto"`` compares: an upper bound from
+        ``max_payload_bytes`` (``summed_bytes`` for what an allreduce sums),
+        headers and sequence tokens included.  Local.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vector.
+
+        Returns
+        -------
+        int
+            Bytes sent by this rank.
+        """
         raise NotImplementedError
 
     def prepare(self, x, key, step, average=True) -> Pending:
+        """The local part of one call: error feedback and compression, no communication.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            This rank's float32 vector (flat, contiguous); some algorithms
+            compress it in place or keep it as scratch.
+        key : object
+            The call's key (its error-feedback memories and sequence token).
+        step : int
+            The key's step, identical on every rank.
+        average : bool
+            True for the mean over the ranks, False for the sum.
+
+        Returns
+        -------
+        Pending
+            The call, for :meth:`complete`.
+        """
         raise NotImplementedError
 
     def complete(self, pending: Pending, out=None) -> np.ndarray:
-        """The result, written into ``out`` (a float32 vector of the input's size) when given, which the algorithm
-        may use as scratch first; ``out`` may be the input's own memory (``pending.x`` is not read after
-        prepare(), except for its size)."""
+        """The communication and decoding of a prepared call; every rank gets the same result.
+
+        Collective: every rank calls it for the same call, in the same order.
+
+        Parameters
+        ----------
+        pending : Pending
+            What :meth:`prepare` returned.
+        out : numpy.ndarray, optional
+            A float32 vector of the input's size to write the result into,
+            which the algorithm may use as scratch first; it may be the input's
+            own memory (``pending.x`` is not read after :meth:`prepare`, except
+            for its size).
+
+        Returns
+        -------
+        numpy.ndarray
+            The reduced vector (``out`` when given and of the result's dtype).
+
+        Raises
+        ------
+        gcomp.errors.SequenceError
+            On every rank, when the ranks' calls no longer pair
+            (the sequence tokens of ``gcomp.collectives.sequence``).
+        """
         raise NotImplementedError
 
     def memory_keys(self, key):
-        """Every feedback key this algorithm uses for ``key`` (to reset them together)."""
+        """Every feedback key this algorithm uses for ``key`` (to reset them together).
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+
+        Returns
+        -------
+        list
+            The keys (``[key]`` unless the algorithm keeps memories per chunk).
+        """
         return [key]
 
     def feedback_scale(self, average):
-        """The factor this algorithm applies to its input before the error feedback sees it (1: none)."""
+        """The factor this algorithm applies to its input before the error feedback sees it (1: none).
+
+        Parameters
+        ----------
+        average : bool
+            Whether the call averages.
+
+        Returns
+        -------
+        float
+            The factor.
+        """
         return 1.0
 
     def take_memory(self, key, numel, average):
@@ -131,6 +338,20 @@ class Algorithm:
 
         The engine adds it to the first input of ``key`` after its compressor or
         algorithm changed (:meth:`gcomp.collectives.CompressedAllreduce.switch`).
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+        numel : int
+            Entries of the key's vector (a memory of another size is left out).
+        average : bool
+            Whether the key's last call averaged (the memories' units).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The memories summed into one vector.
         """
         memory = self.feedback.take(key) if self.feedback is not None else None
         if memory is None or memory.shape[0] != numel:

@@ -1,8 +1,9 @@
 """The engine both adapters use: picks an algorithm, checks agreement, keeps memories and stats.
 
-:class:`CompressedAllreduce` is the one object the DDP hook and the MPI
+:class:`~gcomp.collectives.CompressedAllreduce` is the one object the DDP hook and the MPI
 ``Allreduce`` drive.  Its construction is collective over the transport
-(unless ``agree=False``): it allgathers a fingerprint of :meth:`CompressedAllreduce.options`
+(unless ``agree=False``): it allgathers a fingerprint of
+:meth:`~gcomp.collectives.CompressedAllreduce.options`
 (compressor, algorithm, feedback, non-finite policy, ``min_numel``,
 ``verify``, kind of grouping) plus the adapter's own (``agree_extra``), and
 raises on every rank if any rank differs or failed to configure, before the
@@ -24,7 +25,7 @@ first collective that depends on them.  Per call it:
    vector becomes zeros) or ``"raise"`` (NonFiniteError).  In all three the
    error-feedback memories of that key are reset on every rank, so one bad step
    does not poison later ones;
-4. records :class:`CallStats`.
+4. records :class:`~gcomp.collectives.CallStats`.
 
 ``algorithm="auto"`` picks, per vector size, the algorithm that sends the
 fewest bytes by the compressor's ``max_payload_bytes`` (``summed_bytes`` for
@@ -43,12 +44,12 @@ only lose information.
 ``rank -> color``, or a list of groups the same on every rank: ``[[0, 1], [2, 3]]``
 or one color per rank ``[0, 0, 1, 1]``) makes every call
 :mod:`hierarchical <gcomp.collectives.hierarchical>`: dense inside each group,
-the algorithm above among the group leaders.  ``hierarchical_dense="flat"``
+the algorithm above among the group leaders (:func:`gcomp.collectives.split_groups`).  ``hierarchical_dense="flat"``
 sends a call whose leaders' hop would be dense through the plain ``dense``
 algorithm over every rank instead (bit-identical to an uncompressed allreduce;
 the DDP hook's default); ``"groups"`` keeps it hierarchical.
 
-:meth:`CompressedAllreduce.switch` changes the compressor between calls (the
+:meth:`~gcomp.collectives.CompressedAllreduce.switch` changes the compressor between calls (the
 adaptive policy, :mod:`gcomp.adapt`).  Error-feedback memories carry over:
 the first call of a key after its compressor or algorithm changed adds the
 key's old memories (worker, chunk and server residuals, in the input's units)
@@ -77,18 +78,95 @@ from .scatter_reduce_allgather import ScatterReduceAllgather
 
 __all__ = ["CompressedAllreduce", "ALGORITHMS", "NONFINITE_POLICIES"]
 
+#: ``{name: Algorithm class}`` of the flat algorithms ``algorithm=`` accepts (besides ``"auto"``); ``"hierarchical"``
+#: is not among them: the engine uses it when ``groups`` is given
 ALGORITHMS = {
     "dense": DenseAllreduce,
     "allreduce": LinearAllreduce,
     "allgather": AllgatherAlgorithm,
     "scatter-reduce-allgather": ScatterReduceAllgather,
 }
+#: what ``nonfinite=`` accepts: ``"propagate"`` (NaN/Inf reach the caller), ``"zero"`` (the vector becomes zeros),
+#: ``"raise"`` (:class:`gcomp.errors.NonFiniteError` on every rank); each resets the key's error-feedback memories
 NONFINITE_POLICIES = ("propagate", "zero", "raise")
 STATE_VERSION = 1
 
 
 class CompressedAllreduce:
-    """Compressed allreduce over a transport with error feedback (see the module docstring)."""
+    """Compressed allreduce over a transport with error feedback: the engine the DDP hook and :mod:`gcomp.mpi` drive.
+
+    Construction is collective over ``transport`` (unless ``agree=False``):
+    every rank checks that every other configured the same way.  A call,
+    ``engine(x, key)``, is collective too; it returns the mean (or sum) of the
+    ranks' vectors as their compressed forms decode, bit-identical on every
+    rank.  The module :mod:`gcomp.collectives.engine` describes what a call
+    checks and how the algorithm is chosen.
+
+    Parameters
+    ----------
+    transport : gcomp.transports.Transport
+        Carries the bytes (the same ranks in the same order on every rank).
+    compressor : str, dict or gcomp.Compressor
+        A spec (``"topk:ratio=0.01"``), a config dict or a compressor.
+    algorithm : str
+        ``"auto"`` (the fewest bytes per vector size) or a name of
+        :data:`gcomp.collectives.ALGORITHMS`.
+    error_feedback : str or gcomp.feedback.ErrorFeedback
+        ``"auto"`` (the compressor's default), ``"residual"``, ``"ef21"``,
+        ``"dgc"``, ``"none"``, or a memory built on the same compressor.
+    nonfinite : str
+        One of :data:`gcomp.collectives.NONFINITE_POLICIES`.
+    min_numel : int
+        Vectors with fewer entries go dense.
+    verify : bool or str
+        ``True`` or ``"first"``: check the ranks' agreement on the first call
+        of each key; ``"always"``: on every call; ``False``: never.
+    keep_stats : int
+        How many :class:`~gcomp.collectives.CallStats` to keep in ``stats``.
+    groups : None, str, int, callable or list
+        Hierarchical groups: ``"node"``, an int color for this rank, a callable
+        ``rank -> color``, or a list of groups the same on every rank
+        (:func:`gcomp.collectives.split_groups`); None: flat.
+    agree : bool
+        Check the options across ranks at construction (collective).
+    agree_extra : object, optional
+        The adapter's own options (JSON-able), fingerprinted with the engine's.
+    dense_mean : str
+        How the dense path averages: ``"scale-first"`` (each rank's vector
+        times ``1/P``, then the sum, as DDP) or ``"divide-after"`` (the sum,
+        then ``/ P``, as ``comm.Allreduce`` then a division).
+    hierarchical_dense : str
+        With ``groups``: ``"groups"`` (a call whose leaders' hop would be dense
+        stays hierarchical) or ``"flat"`` (it runs as one plain dense allreduce
+        over every rank, bit-identical to an uncompressed allreduce).
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        An invalid option (on every rank, after the agreement step).
+    gcomp.errors.MismatchError
+        On every rank, when the ranks' options differ.
+
+    Examples
+    --------
+    Top-k with residual error feedback on three in-process ranks (threads):
+
+    >>> import numpy as np
+    >>> from gcomp.collectives import CompressedAllreduce
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport):
+    ...     engine = CompressedAllreduce(transport, "topk:ratio=0.25", algorithm="allgather")
+    ...     x = np.arange(8, dtype=np.float32) * (transport.rank + 1)
+    ...     result = engine(x, key="w")             # the mean of the ranks' top-2 entries
+    ...     return result.tolist(), engine.stats[-1].algorithm
+    >>> run_local(3, rank)[0]
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 12.0, 14.0], 'allgather')
+
+    On one rank every call is the identity:
+
+    >>> run_local(1, lambda t: CompressedAllreduce(t, "topk:ratio=0.25")(np.arange(4.0), key="w").tolist())
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
 
     def __init__(self, transport, compressor, *, algorithm="auto", error_feedback="auto", nonfinite="propagate",
                  min_numel=0, verify=True, keep_stats=1000, groups=None, agree=True, agree_extra=None,
@@ -178,7 +256,22 @@ class CompressedAllreduce:
 
     # -- agreement on the options ------------------------------------------
     def options(self) -> dict:
-        """Every option that changes what goes on the wire or when (fingerprinted across ranks)."""
+        """Every option that changes what goes on the wire or when (fingerprinted across ranks).
+
+        Returns
+        -------
+        dict
+            JSON-able: compressor config, algorithm, feedback and its options,
+            non-finite policy, ``min_numel``, ``verify``, the kind of grouping.
+
+        Examples
+        --------
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import LocalGroup
+        >>> engine = CompressedAllreduce(LocalGroup(1).transports()[0], "topk:ratio=0.01")
+        >>> engine.options()["compressor"], engine.options()["feedback"]
+        ({'name': 'topk', 'ratio': 0.01}, 'residual')
+        """
         return {"compressor": self.compressor.get_config(), "algorithm": self.algorithm, "feedback": self.feedback.kind,
                 "feedback_options": self.feedback.options(), "nonfinite": self.nonfinite, "min_numel": self.min_numel,
                 "verify": "first" if self.verify is True else self.verify,
@@ -190,8 +283,38 @@ class CompressedAllreduce:
     def check_options(self, error=None, extra=None):
         """Allgather a fingerprint of :meth:`options` (plus ``extra``); raise on every rank if any rank differs.
 
-        ``error``: this rank failed to configure; it still takes part, then raises
-        it, and the others raise MismatchError naming it, so nobody waits.
+        Collective.  The constructor calls it (unless ``agree=False``).
+
+        Parameters
+        ----------
+        error : Exception, optional
+            This rank failed to configure: it still takes part, then raises
+            ``error``, and the others raise MismatchError naming it, so nobody waits.
+        extra : object, optional
+            More options to agree on (JSON-able).
+
+        Raises
+        ------
+        gcomp.errors.MismatchError
+            On every rank, when any rank's fingerprint differs (a rank that
+            failed to configure raises its own ``error`` instead).
+
+        Examples
+        --------
+        Two ranks built with different ratios and ``agree=False``; the check raises on both:
+
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.errors import MismatchError
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     spec = "topk:ratio=0.5" if transport.rank == 0 else "topk:ratio=0.25"
+        ...     engine = CompressedAllreduce(transport, spec, agree=False)
+        ...     try:
+        ...         engine.check_options()
+        ...     except MismatchError:
+        ...         return "MismatchError"
+        >>> run_local(2, rank)
+        ['MismatchError', 'MismatchError']
         """
         mine = bytes(32) if error is not None else _digest({**self.options(), "extra": extra})
         prints = self._gather_prints(mine)
@@ -213,7 +336,30 @@ class CompressedAllreduce:
 
     # -- choice ---------------------------------------------------------
     def choose(self, numel) -> str:
-        """The algorithm used for a vector of ``numel`` entries."""
+        """The algorithm used for a vector of ``numel`` entries (a name of :data:`ALGORITHMS` or ``"hierarchical"``).
+
+        Local.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vector.
+
+        Returns
+        -------
+        str
+            The algorithm's name.
+
+        Examples
+        --------
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.01")
+        ...     return engine.choose(100), engine.choose(1_000_000)
+        >>> run_local(3, rank)[0]
+        ('allgather', 'scatter-reduce-allgather')
+        """
         if self.groups is not None:
             if self.hierarchical_dense == "flat" and self._leaders_dense(numel):
                 return "dense"
@@ -248,6 +394,34 @@ class CompressedAllreduce:
 
     # -- agreement ------------------------------------------------------
     def fingerprint(self, key, numel, dtype, algorithm, average=True) -> bytes:
+        """The 32-byte digest of one call that :meth:`verify_agreement` compares across ranks.
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+        numel : int
+            Entries of the vector.
+        dtype : str
+            The caller's dtype name.
+        algorithm : str
+            The algorithm chosen.
+        average : bool
+            MEAN (True) or SUM.
+
+        Returns
+        -------
+        bytes
+            SHA-256 of the options and these.
+
+        Examples
+        --------
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import LocalGroup
+        >>> engine = CompressedAllreduce(LocalGroup(1).transports()[0], "topk:ratio=0.01")
+        >>> len(engine.fingerprint("w", 1000, "float32", "allgather"))
+        32
+        """
         return _digest({**self.options(), "algorithm": algorithm, "key": str(key), "numel": int(numel),
                         "dtype": str(dtype), "average": bool(average)})
 
@@ -256,7 +430,42 @@ class CompressedAllreduce:
         return [bytes(fp) for fp in self.transport.allgatherv(np.frombuffer(mine, np.uint8))]
 
     def verify_agreement(self, key, numel, dtype, algorithm, average=True):
-        """Allgather fingerprints; raise MismatchError on every rank if any differs."""
+        """Allgather fingerprints of one call; raise MismatchError on every rank if any differs.
+
+        Collective.  :meth:`complete` calls it as ``verify`` says.
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+        numel : int
+            Entries of the vector.
+        dtype : str
+            The caller's dtype name.
+        algorithm : str
+            The algorithm chosen.
+        average : bool
+            MEAN (True) or SUM.
+
+        Raises
+        ------
+        gcomp.errors.MismatchError
+            On every rank, when any rank's fingerprint differs.
+
+        Examples
+        --------
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.errors import MismatchError
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.01")
+        ...     try:                                  # rank 1 has a vector of another size
+        ...         engine.verify_agreement("w", 1000 + transport.rank, "float32", "allgather")
+        ...     except MismatchError:
+        ...         return "MismatchError"
+        >>> run_local(2, rank)
+        ['MismatchError', 'MismatchError']
+        """
         mine = self.fingerprint(key, numel, dtype, algorithm, average)
         differing = [r for r, fp in enumerate(self._gather_prints(mine)) if fp != mine]
         if differing:
@@ -272,7 +481,44 @@ class CompressedAllreduce:
         """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`.
 
         float64 input stays float64 on the dense path (reduced exactly, as the
-        transport sums it); every compressed path works in float32.
+        transport sums it); every compressed path works in float32.  A gcomp
+        error here (e.g. a key whose size changed on this rank) is raised by
+        :meth:`complete`, after the agreement step.
+
+        Parameters
+        ----------
+        x : array_like
+            This rank's vector (flattened).
+        key : object
+            The call's key: its memories, steps and agreement check.
+        step : int, optional
+            The key's step; None: the key's own count (identical on every rank
+            in a correct run).
+        average : bool
+            True for the mean over the ranks, False for the sum.
+        dtype : str
+            The caller's dtype name (fingerprinted: every rank must agree).
+
+        Returns
+        -------
+        gcomp.collectives.Pending
+            The call, for :meth:`complete`.
+
+        Examples
+        --------
+        The two halves of ``engine(x, key)``, the result written into a buffer of the caller's:
+
+        >>> import numpy as np
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "fp16")
+        ...     pending = engine.prepare(np.full(4, float(transport.rank), np.float32), key="w")
+        ...     out = np.empty(4, np.float32)
+        ...     result = engine.complete(pending, out=out)     # on any thread: the communication
+        ...     return result is out, out.tolist()
+        >>> run_local(2, rank)
+        [(True, [0.5, 0.5, 0.5, 0.5]), (True, [0.5, 0.5, 0.5, 0.5])]
         """
         x = np.asarray(x).reshape(-1)
         algorithm = self.choose(x.shape[0])
@@ -301,11 +547,39 @@ class CompressedAllreduce:
     def complete(self, pending, out=None) -> np.ndarray:
         """Communication and decoding of a prepared call; the result is identical on every rank.
 
-        ``out``: a float32 vector of the call's size to write the result into
-        (returned); it may be the input's own memory (the DDP hook passes the
-        bucket), so no fresh dense output is allocated per call.  An unusable
-        ``out`` is a ConfigError on this rank after the call has completed on
-        every rank (so nobody waits and the ranks stay paired).
+        Collective: every rank completes the same calls in the same order.
+
+        Parameters
+        ----------
+        pending : gcomp.collectives.Pending
+            What :meth:`prepare` returned.
+        out : numpy.ndarray, optional
+            A float32 vector of the call's size to write the result into
+            (returned); it may be the input's own memory (the DDP hook passes
+            the bucket), so no fresh dense output is allocated per call.  An
+            unusable ``out`` is a ConfigError on this rank after the call has
+            completed on every rank (so nobody waits and the ranks stay paired).
+
+        Returns
+        -------
+        numpy.ndarray
+            The reduced vector.
+
+        Raises
+        ------
+        gcomp.errors.MismatchError
+            On every rank, when the agreement check finds a rank that differs.
+        gcomp.errors.NonFiniteError
+            On every rank, with ``nonfinite="raise"`` and a NaN or Inf in the result.
+        gcomp.errors.SequenceError
+            On every rank, when the ranks' calls no longer pair.
+
+        Examples
+        --------
+        See :meth:`prepare`; the DDP hook overlaps the two::
+
+            pending = engine.prepare(bucket_vector, key=bucket_index)    # on the training thread
+            executor.submit(engine.complete, pending, out=bucket_vector)  # on the communication thread
         """
         bad_out = None
         if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1
@@ -355,9 +629,25 @@ class CompressedAllreduce:
         return out
 
     def set_layout(self, key, shapes):
-        """The shapes of the tensors that make up ``key``'s vector (see :meth:`gcomp.compressors.Compressor.set_layout`).
+        """The shapes of the tensors that make up ``key``'s vector (see :meth:`gcomp.Compressor.set_layout`).
 
         Identical on every rank (the same model); local, nothing is sent.
+        Kept across :meth:`switch`.
+
+        Parameters
+        ----------
+        key : object
+            The key.
+        shapes : list of tuple
+            The tensors' shapes, in the vector's order.
+
+        Examples
+        --------
+        PowerSGD factorizes each tensor of a bucket on its own::
+
+            engine = CompressedAllreduce(transport, "powersgd:rank=2")
+            engine.set_layout(0, [(256, 128), (128,)])    # the bucket holds a weight and a bias
+            engine(bucket, key=0)
         """
         self._shapes[key] = shapes
         self.compressor.set_layout(key, shapes)
@@ -370,6 +660,30 @@ class CompressedAllreduce:
         wire); the next call of every key re-checks agreement, so ranks that switched differently raise
         MismatchError instead of mixing packets.  The error feedback keeps its kind and memories; the first call
         of each key on its new path adds the key's old memories into its input (module docstring).
+
+        Parameters
+        ----------
+        compressor : str, dict or gcomp.Compressor
+            The new compressor.
+
+        Raises
+        ------
+        gcomp.errors.ConfigError
+            A nonlinear compressor with ``algorithm="allreduce"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.5", algorithm="allgather")
+        ...     engine(np.arange(4, dtype=np.float32), key="w")
+        ...     engine.switch("fp16")                # every rank, between the same two calls
+        ...     engine(np.arange(4, dtype=np.float32), key="w")
+        ...     return engine.compressor.name
+        >>> run_local(2, rank)
+        ['fp16', 'fp16']
         """
         comp = compressor if isinstance(compressor, Compressor) else build_compressor(compressor)
         if self.algorithm == "allreduce" and not comp.linear:
@@ -405,7 +719,30 @@ class CompressedAllreduce:
     def estimate_bytes(self, numel, compressor=None) -> int:
         """Bytes this rank would send on the slow links for one call of ``numel`` entries with ``compressor``
         (default: the current one): the flat algorithm's estimate, or, hierarchical, the leaders' hop (0 on a rank
-        that leads no group) or the flat dense path.  Local."""
+        that leads no group) or the flat dense path.  Local.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vector.
+        compressor : str, dict or gcomp.Compressor, optional
+            Estimate for this compressor instead of the current one.
+
+        Returns
+        -------
+        int
+            Bytes (an upper bound from the compressor's payload bounds).
+
+        Examples
+        --------
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.01")
+        ...     return engine.estimate_bytes(1_000_000) < engine.estimate_bytes(1_000_000, "none") / 20
+        >>> run_local(3, rank)
+        [True, True, True]
+        """
         comp = self.compressor if compressor is None else (
             compressor if isinstance(compressor, Compressor) else build_compressor(compressor))
         numel = int(numel)
@@ -433,11 +770,50 @@ class CompressedAllreduce:
 
     def bottleneck_bytes(self) -> int:
         """Bytes this rank has sent on the slow links so far: its transport's, plus the leaders' hop's
-        (hierarchical); the traffic inside groups is left out."""
+        (hierarchical); the traffic inside groups is left out.
+
+        Returns
+        -------
+        int
+            Bytes sent.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "none")
+        ...     engine(np.zeros(1000, np.float32), key="w")
+        ...     # the call's bytes, plus those of the agreement checks (construction, first call of "w")
+        ...     return engine.bottleneck_bytes() > engine.stats[-1].bytes_sent > 4000
+        >>> run_local(2, rank)
+        [True, True]
+        """
         return self.transport.counter.sent + (self._leaders.counter.sent if self._leaders is not None else 0)
 
     def reset(self, key):
-        """Forget every memory of ``key`` (worker, chunk and server feedback, compressor state)."""
+        """Forget every memory of ``key`` (worker, chunk and server feedback, compressor state).  Local.
+
+        Parameters
+        ----------
+        key : object
+            The key.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.5", error_feedback="residual")
+        ...     engine(np.arange(4, dtype=np.float32), key="w")
+        ...     kept = engine.feedback.memory("w").tolist()     # what top-2 of [0, 1, 2, 3] left out
+        ...     engine.reset("w")
+        ...     return kept, engine.feedback.memory("w")
+        >>> run_local(2, rank)[0]
+        ([0.0, 1.0, 0.0, 0.0], None)
+        """
         keys = {key}
         for algorithm in self._algorithms.values():
             keys.update(algorithm.memory_keys(key))
@@ -449,7 +825,16 @@ class CompressedAllreduce:
             self.server_feedback.reset(k)
 
     def free(self):
-        """Release the group transports this engine split off (hierarchical); the given transport stays the caller's."""
+        """Release the group transports this engine split off (hierarchical); the given transport stays the caller's.
+
+        Examples
+        --------
+        ::
+
+            engine = CompressedAllreduce(transport, "topk:ratio=0.01", groups="node")
+            ...
+            engine.free()         # on every rank, when done
+        """
         for t in (self._leaders, self._intra):
             if t is not None:
                 t.free()
@@ -458,15 +843,32 @@ class CompressedAllreduce:
     def warm_up(self, numel, compressor=None) -> float:
         """Compile (or load from Numba's cache) every kernel a call of ``numel`` entries runs; returns the seconds.
 
-        ``compressor``: warm up for that one instead of the current (the adaptive
-        policy warms up every setting of its ladder).
-
         The first call of a Numba kernel compiles it (seconds) or loads it from
         the on-disk cache; call this before timing anything.  It communicates
         nothing: it runs the algorithm this engine would use (among the leaders,
         for hierarchical) twice, on a normal random vector, over an in-process
         group of two ranks, with a copy of the compressor and fresh memories of
         the same kind.  This engine's memories, steps and stats are untouched.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vectors to warm up for.
+        compressor : str, dict or gcomp.Compressor, optional
+            Warm up for that one instead of the current (the adaptive policy
+            warms up every setting of its ladder).
+
+        Returns
+        -------
+        float
+            Seconds it took.
+
+        Examples
+        --------
+        ::
+
+            engine = CompressedAllreduce(transport, "topk:ratio=0.01")
+            engine.warm_up(model_numel)         # compiles now, not inside the first timed step
         """
         from ..transports import run_local
 
@@ -504,13 +906,50 @@ class CompressedAllreduce:
 
     # -- checkpointing --------------------------------------------------
     def state_dict(self):
-        """This rank's memories, steps and compressor state (never the transport)."""
+        """This rank's memories, steps and compressor state (never the transport).
+
+        Returns
+        -------
+        dict
+            Plain values and tensors (:mod:`gcomp.statecodec` packs them without pickle).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from gcomp.collectives import CompressedAllreduce
+        >>> from gcomp.transports import run_local
+        >>> def rank(transport):
+        ...     engine = CompressedAllreduce(transport, "topk:ratio=0.5")
+        ...     engine(np.arange(4, dtype=np.float32), key="w")
+        ...     saved = engine.state_dict()
+        ...     fresh = CompressedAllreduce(transport, "topk:ratio=0.5")
+        ...     fresh.load_state_dict(saved)         # the memories and steps of this rank
+        ...     return fresh.state_dict()["steps"]
+        >>> run_local(2, rank)
+        [{'w': 1}, {'w': 1}]
+        """
         return {"version": STATE_VERSION, "feedback": self.feedback.state_dict(),
                 "server_feedback": self.server_feedback.state_dict(), "steps": dict(self._steps),
                 # each key's last path, and whether a switch has happened since (its memories carry at its next call)
                 "paths": {k: [g != self._generation, a, i, avg] for k, (g, a, i, avg) in self._paths.items()}}
 
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output of this rank into an engine of the same configuration.  Local.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+
+        Raises
+        ------
+        gcomp.errors.StateError
+            A state of another version or shape.
+
+        Examples
+        --------
+        See :meth:`state_dict`.
+        """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StateError(f"expected an engine state with version {STATE_VERSION}, found "
                              f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}")

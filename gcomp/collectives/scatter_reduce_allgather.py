@@ -22,7 +22,32 @@ ALIGN = 64
 
 
 def chunk_bounds(numel, parts):
-    """Start offsets (``parts + 1`` of them) of ``parts`` contiguous chunks, aligned to 64 entries."""
+    """Start offsets (``parts + 1`` of them) of ``parts`` contiguous chunks, aligned to 64 entries.
+
+    The chunks of ``scatter-reduce-allgather``: rank ``r`` owns
+    ``bounds[r]:bounds[r + 1]``.  Every inner boundary is a multiple of 64;
+    a chunk may be empty when ``numel`` is small.
+
+    Parameters
+    ----------
+    numel : int
+        Entries of the vector.
+    parts : int
+        The number of chunks (the world size), at least 1.
+
+    Returns
+    -------
+    list of int
+        ``parts + 1`` non-decreasing offsets, from 0 to ``numel``.
+
+    Examples
+    --------
+    >>> from gcomp.collectives import chunk_bounds
+    >>> chunk_bounds(200, 3)
+    [0, 64, 128, 200]
+    >>> chunk_bounds(100, 4)
+    [0, 0, 0, 64, 100]
+    """
     bounds = [0]
     for j in range(1, parts):
         b = (numel * j // parts) // ALIGN * ALIGN
@@ -32,16 +57,92 @@ def chunk_bounds(numel, parts):
 
 
 class ScatterReduceAllgather(Algorithm):
+    """``scatter-reduce-allgather``: the two-phase compressed allreduce (module docstring).
+
+    Each rank reduces the chunk it owns (:func:`chunk_bounds`) from every rank's
+    compressed chunk, compresses the result again through its server error
+    feedback, and the server packets are allgathered.  Works with any
+    compressor; each rank sends about ``2 (P - 1) / P`` compressed vectors.
+
+    Parameters
+    ----------
+    transport : gcomp.transports.Transport
+        Carries the bytes.
+    compressor : gcomp.Compressor
+        The compressor every rank uses.
+    feedback : gcomp.feedback.ErrorFeedback
+        The worker error feedback (one memory per chunk).
+    server_feedback : gcomp.feedback.ErrorFeedback, optional
+        The server error feedback (this rank's reduced chunk); the engine
+        passes ``feedback.server_memory()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gcomp import compressor
+    >>> from gcomp.collectives import ScatterReduceAllgather
+    >>> from gcomp.feedback import feedback
+    >>> from gcomp.transports import run_local
+    >>> def rank(transport):
+    ...     comp = compressor("fp16")
+    ...     memory = feedback("none", comp)
+    ...     algorithm = ScatterReduceAllgather(transport, comp, memory, memory.server_memory())
+    ...     x = np.full(200, transport.rank + 1.0, np.float32)
+    ...     return set(algorithm.complete(algorithm.prepare(x, key="w", step=0)).tolist())
+    >>> run_local(3, rank)
+    [{2.0}, {2.0}, {2.0}]
+    """
+
     name = "scatter-reduce-allgather"
 
     def estimated_bytes(self, numel):
+        """Bytes of ``P - 1`` chunk packets (alltoall) and ``P - 1`` copies of this rank's server packet.
+
+        Parameters
+        ----------
+        numel : int
+            Entries of the vector.
+
+        Returns
+        -------
+        int
+            Bytes sent by this rank (:meth:`Algorithm.estimated_bytes`).
+        """
         per_chunk = wire.HEADER_SIZE + self.compressor.max_payload_bytes(-(-numel // self.size))
         return 2 * (self.size - 1) * per_chunk + (self.size - 1) * sequence.PREFIX_SIZE
 
     def memory_keys(self, key):
+        """The chunks' worker keys ``"<key>/chunk<j>"`` and the server key ``"<key>/server"``.
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+
+        Returns
+        -------
+        list
+            The feedback keys.
+        """
         return [f"{key}/chunk{j}" for j in range(self.size)] + [f"{key}/server"]
 
     def take_memory(self, key, numel, average):
+        """The chunks' worker memories in place, plus this rank's server memory scaled to one rank's share.
+
+        Parameters
+        ----------
+        key : object
+            The call's key.
+        numel : int
+            Entries of the key's vector.
+        average : bool
+            Whether the key's last call averaged.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The memories as one addend to the next input (:meth:`Algorithm.take_memory`).
+        """
         # the chunks' worker memories in place, and this rank's server memory (of the chunk it owns, in units of
         # the reduced chunk: a mean when averaging) scaled back to one rank's share of the sum
         bounds = chunk_bounds(numel, self.size)
@@ -61,6 +162,24 @@ class ScatterReduceAllgather(Algorithm):
         return out
 
     def prepare(self, x, key, step, average=True):
+        """Compress each chunk of ``x`` through its worker error feedback into a packet for its owner.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            This rank's float32 vector.
+        key : object
+            The call's key.
+        step : int
+            The key's step, identical on every rank.
+        average : bool
+            True for the mean, False for the sum.
+
+        Returns
+        -------
+        Pending
+            The call, for :meth:`complete`.
+        """
         stats = CallStats(key, step, self.name, x.shape[0])
         t = Timer()
         bounds = chunk_bounds(x.shape[0], self.size)
@@ -75,6 +194,20 @@ class ScatterReduceAllgather(Algorithm):
         return Pending(x, key, step, stats, payload=(bounds, packets), average=average)
 
     def complete(self, pending, out=None):
+        """Alltoall the chunk packets, reduce and recompress the owned chunk, allgather the server packets.
+
+        Parameters
+        ----------
+        pending : Pending
+            What :meth:`prepare` returned.
+        out : numpy.ndarray, optional
+            A float32 vector of the input's size for the result.
+
+        Returns
+        -------
+        numpy.ndarray
+            The reduced vector, identical on every rank.
+        """
         bounds, packets = pending.payload
         rank, size, key = self.transport.rank, self.size, pending.key
         if pending.fault:

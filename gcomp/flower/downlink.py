@@ -11,7 +11,7 @@ state).  When sampled again it gets the packets of the rounds since then, in
 order, or the dense ``p`` when it holds nothing, or when those packets would
 weigh more than the dense model (the server keeps packets only while their
 total is under the dense size).  Every downlink message carries a
-ConfigRecord :data:`CONFIG_KEY` with the round, the round the packets start
+ConfigRecord ``"gcomp.downlink"`` with the round, the round the packets start
 from (-1: dense), the compressor, and the CRC-32 of ``p``'s bytes; the client
 applies the packets with the same float32 operations as the server and
 refuses (with an error reply, after which the server sends it the dense model)

@@ -4,8 +4,8 @@ A model travels in Flower as an :class:`flwr.app.ArrayRecord` of named arrays.
 gcomp compresses one flat float32 vector per model (the arrays concatenated in
 the record's order), so a top-k keeps the largest entries of the whole update,
 and sends it as one gcomp wire packet (docs/wire-format.md) inside an
-ArrayRecord holding a single :class:`flwr.app.Array` under :data:`PACKET_KEY`
-with ``stype`` :data:`PACKET_STYPE`: its ``data`` is the packet's bytes,
+ArrayRecord holding a single :class:`flwr.app.Array` under :data:`~gcomp.flower.PACKET_KEY`
+with ``stype`` :data:`~gcomp.flower.PACKET_STYPE`: its ``data`` is the packet's bytes,
 nothing else (no numpy header, no pickle).
 """
 
@@ -39,7 +39,7 @@ class Layout:
         return int(sum(int(np.prod(s)) for s in self.shapes))
 
     def matrix_shapes(self):
-        """Each array's shape, for :meth:`gcomp.compressors.Compressor.set_layout` (PowerSGD per tensor)."""
+        """Each array's shape, for :meth:`gcomp.Compressor.set_layout` (PowerSGD per tensor)."""
         return [tuple(s) for s in self.shapes]
 
 

@@ -15,7 +15,7 @@ Flower's server-side DP wrappers...).  In each round it:
    ``gcomp.flower`` logger naming the node and the reason, and aggregates the
    others (the round completes);
 4. records the bytes Flower carried up and down for each node
-   (:attr:`CompressionStrategy.history`): the array payloads of the messages
+   (:attr:`gcomp.flower.CompressionStrategy.history`): the array payloads of the messages
    (the packet, or the dense model), and Flower's own count of all records.
 
 With ``uplink="none"`` the update travels as dense float32 and the aggregate
@@ -55,10 +55,42 @@ def _strategy_base():
 class CompressionStrategy(_strategy_base()):
     """Wrap ``strategy`` so that it aggregates the dense models behind clients' compressed updates.
 
-    ``uplink``: the compressor spec the clients' :func:`gcomp.flower.compression_mod` uses; packets of another
-    codec, another model size or above its payload bound are rejected.  ``downlink``: a compressor spec to send
-    the global model as compressed differences with server-side error feedback (:mod:`gcomp.flower.downlink`;
-    the clients' gcomp mod applies them), or None to send it dense.
+    A Flower ``Strategy``: pass it to ``strategy.start(...)`` where the inner
+    strategy would go (the module :mod:`gcomp.flower.strategy` describes a round).
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy
+        The inner strategy (FedAvg, FedProx, ...), which aggregates ArrayRecords.
+    uplink : str, dict or gcomp.Compressor
+        The compressor spec the clients' :func:`gcomp.flower.compression_mod`
+        uses; packets of another codec, another model size or above its
+        payload bound are rejected.
+    downlink : str, dict or gcomp.Compressor, optional
+        A compressor to send the global model as compressed differences with
+        server-side error feedback (:mod:`gcomp.flower.downlink`; the clients'
+        gcomp mod applies them), or None to send it dense.
+
+    Raises
+    ------
+    gcomp.errors.ConfigError
+        A compressor without a wire codec.
+
+    Examples
+    --------
+    In a ServerApp (docs/federated.md)::
+
+        strategy = CompressionStrategy(FedAvg(fraction_train=0.25), uplink="topk:ratio=0.01")
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model), num_rounds=10)
+        print(strategy.bytes_per_round())
+
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> from gcomp.flower import CompressionStrategy
+    >>> strategy = CompressionStrategy(FedAvg(), uplink="topk:ratio=0.01", downlink="fp16")
+    >>> strategy.uplink, strategy.downlink.compressor
+    (gcomp.compressor('topk', ratio=0.01), gcomp.compressor('fp16'))
+    >>> strategy.history                  # one dict per training round, once rounds run
+    []
     """
 
     def __init__(self, strategy, uplink="topk:ratio=0.01", downlink=None):
@@ -78,10 +110,41 @@ class CompressionStrategy(_strategy_base()):
 
     # -- Flower's Strategy interface -------------------------------------------
     def summary(self):
+        """Log the uplink compressor and the inner strategy, then the inner strategy's own summary.
+
+        Flower calls it when the strategy starts.
+        """
         log.info("gcomp CompressionStrategy: uplink %s around %s", self.spec, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round, arrays, config, grid):
+        """The inner strategy's train messages; remembers ``arrays`` as the round's base (and compresses the
+        downlink when configured), and starts the round's :attr:`history` entry.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        arrays : flwr.app.ArrayRecord
+            The global model sent this round.
+        config : flwr.app.ConfigRecord
+            The round's training config (passed to the inner strategy).
+        grid : flwr.serverapp.Grid
+            Flower's grid (passed to the inner strategy).
+
+        Returns
+        -------
+        list of flwr.app.Message
+            The train messages, one per sampled node.
+
+        Examples
+        --------
+        Flower's ``strategy.start`` calls it each round; by hand::
+
+            messages = strategy.configure_train(1, ArrayRecord(model), ConfigRecord({"lr": 0.1}), grid)
+            replies = grid.send_and_receive(messages)
+            arrays, metrics = strategy.aggregate_train(1, replies)
+        """
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         base, layout = flatten(arrays)
         self._base = (server_round, base, layout)
@@ -115,6 +178,34 @@ class CompressionStrategy(_strategy_base()):
         return messages
 
     def aggregate_train(self, server_round, replies):
+        """Decode and check every reply's packet into a dense model, drop the bad ones, and let the inner strategy
+        aggregate the rest.
+
+        Parameters
+        ----------
+        server_round : int
+            The round (its :meth:`configure_train` must have run).
+        replies : iterable of flwr.app.Message
+            The clients' train replies.
+
+        Returns
+        -------
+        tuple
+            What the inner strategy's ``aggregate_train`` returns (the
+            aggregated ArrayRecord and MetricRecord, or None for either).
+
+        Raises
+        ------
+        gcomp.errors.ConfigError
+            No :meth:`configure_train` for this round.
+
+        Examples
+        --------
+        See :meth:`configure_train`; a dropped reply is named in :attr:`history`::
+
+            arrays, metrics = strategy.aggregate_train(1, replies)
+            print(strategy.history[-1]["dropped"])      # {node id: reason}
+        """
         replies = list(replies)
         if self._base is None or self._base[0] != server_round:
             raise ConfigError(f"expected configure_train of round {server_round} before its aggregate_train, found "
@@ -150,14 +241,95 @@ class CompressionStrategy(_strategy_base()):
         return self.strategy.aggregate_train(server_round, kept)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
+        """The inner strategy's evaluate messages, unchanged (evaluation is not compressed).
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        arrays : flwr.app.ArrayRecord
+            The global model.
+        config : flwr.app.ConfigRecord
+            The evaluation config.
+        grid : flwr.serverapp.Grid
+            Flower's grid.
+
+        Returns
+        -------
+        list of flwr.app.Message
+            The inner strategy's messages.
+        """
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round, replies):
+        """The inner strategy's aggregate of the evaluate replies, unchanged.
+
+        Parameters
+        ----------
+        server_round : int
+            The round.
+        replies : iterable of flwr.app.Message
+            The clients' evaluate replies.
+
+        Returns
+        -------
+        flwr.app.MetricRecord or None
+            The inner strategy's result.
+        """
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     # -- decoding ----------------------------------------------------------------
     def decode(self, msg, base, layout):
-        """``(record key, ArrayRecord of base + update)`` of one reply; RejectedUpdate or WireFormatError if bad."""
+        """``(record key, ArrayRecord of base + update)`` of one reply; RejectedUpdate or WireFormatError if bad.
+
+        What :meth:`aggregate_train` does to each reply, for one reply on its own.
+
+        Parameters
+        ----------
+        msg : flwr.app.Message
+            A client's train reply holding one gcomp packet.
+        base : numpy.ndarray
+            The flat float32 global model the client's update is relative to.
+        layout : gcomp.flower.records.Layout
+            The model's array names, shapes and dtypes (``base``'s layout).
+
+        Returns
+        -------
+        tuple
+            ``(key, record)``: the reply's record key and the dense model as an ArrayRecord.
+
+        Raises
+        ------
+        gcomp.flower.strategy.RejectedUpdate
+            A packet of another codec, above the payload bound, or not finite.
+        gcomp.errors.WireFormatError
+            A packet that does not decode (another size, corrupt bytes...).
+
+        Examples
+        --------
+        A reply built by :func:`gcomp.flower.compression_mod` (its example),
+        decoded on the server:
+
+        >>> import numpy as np
+        >>> from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
+        >>> from flwr.serverapp.strategy import FedAvg
+        >>> from gcomp.flower import CompressionStrategy, compression_mod
+        >>> from gcomp.flower.records import flatten
+        >>> model = ArrayRecord([np.zeros(8, np.float32)])
+        >>> metadata = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+        ...                     group_id="1", created_at=0.0, ttl=600.0, message_type="train")
+        >>> context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+        >>> def train(msg, context):
+        ...     trained = [a + np.arange(8, dtype=np.float32) for a in msg.content["arrays"].to_numpy_ndarrays()]
+        ...     return Message(RecordDict({"arrays": ArrayRecord(trained)}), reply_to=msg)
+        >>> reply = compression_mod("topk:ratio=0.25")(Message(RecordDict({"arrays": model}), metadata=metadata),
+        ...                                            context, train)
+        >>> strategy = CompressionStrategy(FedAvg(), uplink="topk:ratio=0.25")
+        >>> base, layout = flatten(model)
+        >>> key, dense = strategy.decode(reply, base, layout)
+        >>> key, dense.to_numpy_ndarrays()[0].tolist()
+        ('arrays', [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 7.0])
+        """
         key, model, _ = self._decode(msg, base, layout)
         return key, model
 
@@ -187,7 +359,23 @@ class CompressionStrategy(_strategy_base()):
 
     # -- bytes -------------------------------------------------------------------
     def bytes_per_round(self):
-        """``[{round, uplink, downlink, clients, dropped}]``: bytes summed over the round's nodes."""
+        """``[{round, uplink, downlink, clients, dropped}]``: bytes summed over the round's nodes.
+
+        Returns
+        -------
+        list of dict
+            One dict per training round of :attr:`history`: the round, the
+            uplink and downlink array bytes summed over its nodes, how many
+            nodes were sent the model, and how many replies were dropped.
+
+        Examples
+        --------
+        ::
+
+            strategy.start(grid, initial, num_rounds=10)
+            for row in strategy.bytes_per_round():
+                print(row["round"], row["uplink"], row["downlink"])
+        """
         return [{"round": s["round"], "uplink": sum(s["uplink_bytes"].values()),
                  "downlink": sum(s["downlink_bytes"].values()), "clients": len(s["downlink_bytes"]),
                  "dropped": len(s["dropped"])} for s in self.history]
