@@ -56,7 +56,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import statecodec
-from .adapt import adapter_compressor
+from .adapt import adapter_compressor, build_policy, is_adaptive
 from .collectives import CompressedAllreduce
 from .compressors import Compressor
 from .compressors import compressor as build_compressor
@@ -819,10 +819,7 @@ def Allreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state=None, key
         gcomp.mpi.Allreduce(MPI.COMM_WORLD, send, recv, compressor="qsgd", op=gcomp.mpi.MEAN)
     """
     if state is not None:
-        if not isinstance(state, CompressedComm):
-            raise TypeError(f"expected state to be a gcomp.mpi.CompressedComm, found {type(state).__name__}")
-        if state.compressor != (compressor if isinstance(compressor, Compressor) else build_compressor(compressor)):
-            raise ConfigError(f"expected compressor {state.compressor!r} (the state's), found {compressor!r}")
+        _check_state(state, compressor)
         return state.Allreduce(sendbuf, recvbuf, op, key=key)
     options.setdefault("error_feedback", "none")
     options.setdefault("verify", "always")
@@ -848,8 +845,7 @@ def Iallreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state, key=Non
     recvbuf : numpy.ndarray or torch.Tensor
         Receives the result once the request completes.
     compressor : str, dict or gcomp.Compressor
-        The compressor, for symmetry with :func:`Allreduce`; the state's
-        compressor is used (this one is not checked against it).
+        The compressor; it must be the state's (as in :func:`Allreduce`).
     op : mpi4py.MPI.Op, MEAN or str
         ``MPI.SUM`` or :data:`MEAN`.
     state : CompressedComm
@@ -866,6 +862,8 @@ def Iallreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state, key=Non
     ------
     TypeError
         ``state`` is not a :class:`CompressedComm`.
+    ConfigError
+        ``compressor`` is not the state's.
 
     Examples
     --------
@@ -881,6 +879,21 @@ def Iallreduce(comm, sendbuf, recvbuf, *, compressor, op=MPI.SUM, state, key=Non
     array([1., 1., 1., 1.], dtype=float32)
     >>> ccomm.Free()
     """
-    if not isinstance(state, CompressedComm):
-        raise TypeError("expected state to be a gcomp.mpi.CompressedComm (nonblocking calls need its comm thread)")
+    _check_state(state, compressor)
     return state.Iallreduce(sendbuf, recvbuf, op, key=key)
+
+
+def _check_state(state, compressor):
+    """The module-level calls' ``state``: a CompressedComm built with ``compressor`` (local: the options agreed when
+    the state was built, so a mismatch here is the same on every rank that passes the same arguments)."""
+    if not isinstance(state, CompressedComm):
+        raise TypeError(f"expected state to be a gcomp.mpi.CompressedComm (it holds the memories and the "
+                        f"communication thread), found {type(state).__name__}")
+    if state.policy is not None:
+        same = is_adaptive(compressor) and build_policy(compressor).config() == state.policy.config()
+        if not same:
+            raise ConfigError(f"expected the state's adaptive policy {state.policy.config()} as compressor, "
+                              f"found {compressor!r}")
+        return
+    if state.compressor != (compressor if isinstance(compressor, Compressor) else build_compressor(compressor)):
+        raise ConfigError(f"expected compressor {state.compressor!r} (the state's), found {compressor!r}")

@@ -30,7 +30,7 @@ import logging
 import numpy as np
 
 from .. import statecodec, wire
-from ..compressors import Compressor, with_seed
+from ..compressors import with_seed
 from ..errors import ConfigError, StateError
 from ..feedback import feedback
 from .downlink import CONFIG_KEY as DOWNLINK_KEY
@@ -71,7 +71,7 @@ class _Mod:
     """The callable :func:`compression_mod` returns: ``mod(msg, context, call_next) -> Message``."""
 
     def __init__(self, spec, error_feedback, seed, zstd):
-        self.compressor = with_seed(spec, seed) if not isinstance(spec, Compressor) else spec
+        self.compressor = with_seed(spec, seed)
         if self.compressor.codec is None:
             raise ConfigError(f"expected a compressor with a wire codec because the update travels as a gcomp packet, "
                               f"found {self.compressor.name!r}")
@@ -166,8 +166,8 @@ def compression_mod(spec="topk:ratio=0.01", *, error_feedback="auto", seed=None,
         ``"auto"`` (the compressor's default: residual for biased compressors,
         none for unbiased ones), ``"residual"`` or ``"none"``.
     seed : int, optional
-        Replaces the spec's seed (randomized compressors); None keeps it.  Not
-        applied when ``spec`` is a Compressor instance (its own seed is used).
+        Replaces the spec's seed (randomized compressors, a Compressor
+        instance included: a copy with this seed); None keeps it.
     zstd : bool
         Add the wire format's zstd stage where it shrinks the packet.
 

@@ -103,6 +103,31 @@ def test_waitall_takes_gcomp_and_mpi_requests(ccomm):
     assert buf[0] == 1.0
 
 
+def test_module_calls_check_the_state_compressor(ccomm):
+    """Allreduce and Iallreduce with a state take only the state's compressor (the adaptive policy by its spec)."""
+    x = np.ones(2000, np.float32)
+    recv = np.empty_like(x)
+    for call in (gcomp.mpi.Allreduce, gcomp.mpi.Iallreduce):
+        with pytest.raises(ConfigError, match="the state's"):
+            call(MPI.COMM_SELF, x, recv, compressor="topk:ratio=0.2", state=ccomm)
+        with pytest.raises(TypeError, match="CompressedComm"):
+            call(MPI.COMM_SELF, x, recv, compressor="topk:ratio=0.1", state=object())
+    gcomp.mpi.Iallreduce(MPI.COMM_SELF, x, recv, compressor="topk:ratio=0.1", state=ccomm).Wait()
+    np.testing.assert_array_equal(recv, x)
+    spec = "adaptive:ladder=none;topk:ratio=0.01"
+    adaptive = gcomp.mpi.CompressedComm(MPI.COMM_SELF, spec)
+    try:
+        recv[:] = 0
+        gcomp.mpi.Allreduce(MPI.COMM_SELF, x, recv, compressor=spec, state=adaptive)
+        np.testing.assert_array_equal(recv, x)
+        gcomp.mpi.Iallreduce(MPI.COMM_SELF, x, recv, compressor=adaptive.policy, state=adaptive).Wait()
+        for other in ("adaptive:ladder=none;topk:ratio=0.1", "topk:ratio=0.01"):
+            with pytest.raises(ConfigError, match="adaptive policy"):
+                gcomp.mpi.Allreduce(MPI.COMM_SELF, x, recv, compressor=other, state=adaptive)
+    finally:
+        adaptive.Free()
+
+
 @pytest.mark.slow
 def test_buffer_conventions_at_three_ranks():
     import os

@@ -48,6 +48,21 @@ def test_error_feedback_memory_carried_across_rounds():
     np.testing.assert_array_equal(memory, expected)
 
 
+def test_seed_replaces_the_seed_of_a_compressor_instance_too():
+    """compression_mod(instance, seed=7) sends what the spec with seed=7 sends, not what the instance's seed gives."""
+    model = [np.zeros((40, 50), np.float32)]
+    update = [np.random.Generator(np.random.PCG64(4)).normal(size=(40, 50)).astype(np.float32)]
+
+    def indices(mod):
+        app = client([mod], lambda received: [r + u for r, u in zip(received, update, strict=True)])
+        return np.asarray(wire.decode(_packet(app(train_message(model), context()))).arrays["indices"]).tolist()
+
+    instance = gcomp.compressor("randomk:ratio=0.05,seed=3")
+    reseeded = indices(compression_mod(instance, seed=7, error_feedback="none"))
+    assert reseeded == indices(compression_mod("randomk:ratio=0.05,seed=7", error_feedback="none"))
+    assert reseeded != indices(compression_mod(instance, error_feedback="none"))
+
+
 def test_memory_survives_skipped_rounds_and_is_per_client():
     model = [np.zeros(400, np.float32)]
     update = [np.linspace(-1, 1, 400, dtype=np.float32)]
