@@ -548,10 +548,13 @@ class CompressionState:
         dtype = str(host.dtype).replace("torch.", "")
         # float32 and float64 as they are (the engine reduces float64 exactly where it sends it dense)
         x = host.numpy() if host.dtype in (torch.float32, torch.float64) else host.float().numpy()
+        # a CPU float32 bucket receives the result in place: no fresh dense output, no copy back
+        in_place = x if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous() else None
         pendings = []
         for engine_key, slices in plan:
             part = x if slices is None else np.concatenate([x[lo:hi] for lo, hi in slices])
-            pending = self.engine.prepare(part, key=engine_key, dtype=dtype)
+            pending = self.engine.prepare(part, key=engine_key, dtype=dtype,
+                                          out=in_place if slices is None and len(plan) == 1 else None)
             pending.stats.step = step
             pendings.append((pending, slices))
         if self.policy is not None:
@@ -560,8 +563,6 @@ class CompressionState:
         # DDP reads an exception set on the returned future as a value; chaining through then() re-raises it properly.
         raw = torch.futures.Future()
         fut = raw.then(lambda f: f.value())
-        # a CPU float32 bucket receives the result in place: no fresh dense output, no copy back
-        in_place = x if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous() else None
         self._executor.submit(self._communicate, raw, tensor, x.shape[0], pendings, key, step, in_place)
         self._end_policy_step(bucket, step)
         self._finish_iteration(bucket)

@@ -66,7 +66,7 @@ class AllgatherAlgorithm(Algorithm):
         """
         return (self.size - 1) * (sequence.PREFIX_SIZE + wire.HEADER_SIZE + self.compressor.max_payload_bytes(numel))
 
-    def prepare(self, x, key, step, average=True):
+    def prepare(self, x, key, step, average=True, out=None):
         """Compress ``x`` through the error feedback into one wire packet behind the call's sequence prefix.
 
         Parameters
@@ -79,6 +79,8 @@ class AllgatherAlgorithm(Algorithm):
             The key's step, identical on every rank.
         average : bool
             True for the mean, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out``; unused here.
 
         Returns
         -------

@@ -96,7 +96,7 @@ class LinearAllreduce(Algorithm):
         """
         return np.float32(1.0 / self.size) if average else 1.0
 
-    def prepare(self, x, key, step, average=True):
+    def prepare(self, x, key, step, average=True, out=None):
         """Compress ``x / P`` (or ``x`` for a sum) through the error feedback; for a phased compressor, run its
         first phase.
 
@@ -110,6 +110,11 @@ class LinearAllreduce(Algorithm):
             The key's step, identical on every rank.
         average : bool
             True for the mean, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out``: with a phased
+            compressor that fuses the residual (PowerSGD with residual error
+            feedback) the last phase writes the result straight into it, even
+            when it is ``x`` itself (no fresh dense vector, no copy).
 
         Returns
         -------
@@ -124,7 +129,8 @@ class LinearAllreduce(Algorithm):
                         if self.compressor.fuses_residual and x.dtype == np.float32 else None)
             if residual is not None:
                 # the residual update runs inside the phases' own passes (no v, no after_phases): the same bits
-                phases = self.compressor.phases(x, key, residual=residual, scale=scale, divisor=self.size)
+                # x is read only by the first phase: the result may go into x's own memory (the DDP bucket)
+                phases = self.compressor.phases(x, key, out=out, residual=residual, scale=scale, divisor=self.size)
                 fused = True
             else:
                 x = self.feedback.before_phases(x, key, scale)
@@ -171,7 +177,8 @@ class LinearAllreduce(Algorithm):
         if self.compressor.phased:
             result = self._phases(pending)
             if out is not None:
-                out[:] = result
+                if result is not out:  # unless prepare() was given this out and the last phase wrote into it
+                    out[:] = result
                 return out
             return result
         c, sums = pending.payload

@@ -252,7 +252,7 @@ class Algorithm:
         """
         raise NotImplementedError
 
-    def prepare(self, x, key, step, average=True) -> Pending:
+    def prepare(self, x, key, step, average=True, out=None) -> Pending:
         """The local part of one call: error feedback and compression, no communication.
 
         Parameters
@@ -266,6 +266,12 @@ class Algorithm:
             The key's step, identical on every rank.
         average : bool
             True for the mean over the ranks, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out`` (the same
+            array, a writable contiguous float32 vector of ``x``'s size): an
+            algorithm may then write the result straight into it at
+            :meth:`complete` (the linear allreduce does, for PowerSGD with
+            fused residual error feedback); others ignore it.
 
         Returns
         -------

@@ -57,7 +57,7 @@ class DenseAllreduce(Algorithm):
         p = max(self.size, 1)
         return 2 * (self.size - 1) * 4 * numel // p + 2 * (self.size - 1) * 4 * sequence.TAIL // p
 
-    def prepare(self, x, key, step, average=True):
+    def prepare(self, x, key, step, average=True, out=None):
         """A copy of ``x`` to reduce (nothing is compressed).
 
         Parameters
@@ -70,6 +70,8 @@ class DenseAllreduce(Algorithm):
             The key's step, identical on every rank.
         average : bool
             True for the mean, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out``; unused here.
 
         Returns
         -------

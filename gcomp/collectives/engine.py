@@ -477,7 +477,7 @@ class CompressedAllreduce:
             )
 
     # -- work -----------------------------------------------------------
-    def prepare(self, x, key=0, step=None, *, average=True, dtype="float32"):
+    def prepare(self, x, key=0, step=None, *, average=True, dtype="float32", out=None):
         """Local part of one call (feedback, compression); returns a pending call for :meth:`complete`.
 
         float64 input stays float64 on the dense path (reduced exactly, as the
@@ -498,6 +498,12 @@ class CompressedAllreduce:
             True for the mean over the ranks, False for the sum.
         dtype : str
             The caller's dtype name (fingerprinted: every rank must agree).
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out`` (the same
+            array; it may be ``x`` itself): an algorithm may write the result
+            straight into it (PowerSGD with residual error feedback does: no
+            fresh dense vector, no copy).  Ignored unless it is a writable
+            contiguous float32 vector of ``x``'s size.
 
         Returns
         -------
@@ -535,7 +541,9 @@ class CompressedAllreduce:
             x = self._carry(old[1:], key, x)
         self._paths[key] = (self._generation, *path)
         try:
-            pending = chosen.prepare(x, key, step, average=average)
+            usable = (out is not None and isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 1
+                      and out.shape[0] == x.shape[0] and out.flags.c_contiguous and out.flags.writeable)
+            pending = chosen.prepare(x, key, step, average=average, out=out if usable else None)
         except GcompError as exc:
             # Raised in complete(), after the agreement step, so that the ranks see the failure together
             # (a size change on one rank fails its feedback here, and its fingerprint differs).

@@ -254,7 +254,7 @@ class HierarchicalAllreduce(Algorithm):
         """
         return sorted({k for a in self.inner.values() for k in a.memory_keys(key)} | {key}, key=str)
 
-    def prepare(self, x, key, step, average=True):
+    def prepare(self, x, key, step, average=True, out=None):
         """A copy of ``x`` with the call's sequence token behind it, for the group's dense sum.
 
         Parameters
@@ -267,6 +267,8 @@ class HierarchicalAllreduce(Algorithm):
             The key's step, identical on every rank.
         average : bool
             True for the mean, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out``; unused here.
 
         Returns
         -------

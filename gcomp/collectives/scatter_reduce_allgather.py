@@ -161,7 +161,7 @@ class ScatterReduceAllgather(Algorithm):
                 out[lo:hi] += memory if factor == 1.0 else memory * np.float32(factor)
         return out
 
-    def prepare(self, x, key, step, average=True):
+    def prepare(self, x, key, step, average=True, out=None):
         """Compress each chunk of ``x`` through its worker error feedback into a packet for its owner.
 
         Parameters
@@ -174,6 +174,8 @@ class ScatterReduceAllgather(Algorithm):
             The key's step, identical on every rank.
         average : bool
             True for the mean, False for the sum.
+        out : numpy.ndarray, optional
+            The vector :meth:`complete` will be given as ``out``; unused here.
 
         Returns
         -------

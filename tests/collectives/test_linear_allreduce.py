@@ -98,3 +98,65 @@ def test_packet_bytes_count_only_the_summed_arrays(name, size):
         else:
             ring = sum(2 * (size - 1) * (a + tail * (i == 0)) // size for i, a in enumerate(arrays))
         assert (stats.bytes_sent, stats.bytes_received) == (ring, ring)
+
+
+@pytest.mark.parametrize("layout", [None, [(40, 30), (30,), (9, 10)]])
+def test_powersgd_result_written_into_the_input_itself(layout):
+    """prepare(x, out=x) then complete(out=x) (what the DDP hook does with its bucket): the last phase writes the
+    result into x's own memory, with the same bits and the same residual memories as a call with a fresh output."""
+    from gcomp.transports import run_local
+
+    size, numel = 3, 40 * 30 + 30 + 90
+    xs = inputs(size, numel, steps=STEPS, seed=12)
+
+    def fn(t, in_place):
+        engine = CompressedAllreduce(t, "powersgd:rank=2", algorithm="allreduce", error_feedback="residual")
+        if layout is not None:
+            engine.set_layout("b", layout)
+        results = []
+        for step in range(STEPS):
+            x = np.array(xs[step][t.rank], dtype=np.float32, copy=True)
+            if in_place:
+                out = engine.complete(engine.prepare(x, key="b", out=x), out=x)
+                assert out is x
+            else:
+                out = engine.complete(engine.prepare(x, key="b"))
+                assert not np.shares_memory(out, x)
+            results.append((out.copy(), engine.feedback.memory("b").copy()))
+        return results
+
+    fresh_out = run_local(size, fn, False)
+    in_place = run_local(size, fn, True)
+    for rank in range(size):
+        for (a, ma), (b, mb) in zip(fresh_out[rank], in_place[rank], strict=True):
+            assert a.tobytes() == b.tobytes() and ma.tobytes() == mb.tobytes()
+
+
+def test_powersgd_in_place_allocates_no_dense_vector():
+    """With out given to prepare, complete allocates nothing of the vector's size (traced by tracemalloc, both
+    ranks' complete calls between two barriers)."""
+    import tracemalloc
+
+    from gcomp.transports import run_local
+
+    numel = 300 * 200
+
+    def fn(t, give_out):
+        engine = CompressedAllreduce(t, "powersgd:rank=2", algorithm="allreduce", error_feedback="residual")
+        engine.set_layout("b", [(300, 200)])
+        x = np.random.default_rng(1 + t.rank).standard_normal(numel).astype(np.float32)
+        engine.complete(engine.prepare(x.copy(), key="b"))  # first call: the memories exist from now on
+        pending = engine.prepare(x, key="b", out=x if give_out else None)
+        t.barrier()
+        if t.rank == 0:
+            tracemalloc.start()
+        t.barrier()
+        engine.complete(pending, out=x)
+        t.barrier()
+        if t.rank == 0:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            return peak
+
+    assert run_local(2, fn, False)[0] >= 4 * numel  # a fresh result vector on each rank
+    assert run_local(2, fn, True)[0] < 4 * numel // 2
