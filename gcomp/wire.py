@@ -284,11 +284,17 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
         raise TypeError(f"expected a Compressed, found {type(c).__name__}")
     if reserve.__class__ is not int and (isinstance(reserve, bool) or not isinstance(reserve, int)) or reserve < 0:
         raise ValueError(f"expected reserve a non-negative int, found {reserve!r}")
-    codec = _codec_for(c.codec)
-    if c.dtype not in DTYPES:
+    cls = compressors.REGISTRY.get(c.codec)
+    codec = None if cls is None else cls.codec
+    if codec is None:
+        codec = _codec_for(c.codec)  # raises CodecError
+    dtype_id = _DTYPE_IDS.get(c.dtype) if type(c.dtype) is str else None
+    if dtype_id is None:
         raise CodecError(f"expected dtype in {DTYPES}, found {c.dtype!r}")
     ptuple = tuple([int(c.params[name]) for name in codec.params]) if codec.params else ()
-    layout = _layout(codec, c.numel, c.count, ptuple)
+    layout = _LAYOUTS.get((id(codec), c.numel, c.count, ptuple))
+    if layout is None or layout.codec is not codec:
+        layout = _layout(codec, c.numel, c.count, ptuple)
     flags = 0
     index_kind, index_len = None, 0
     if codec.sparse:
@@ -324,9 +330,10 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
             payload_len = len(packed)
             flags |= FLAG_ZSTD
             out = np.concatenate([out[:start], np.frombuffer(packed, np.uint8)])
-    HEADER.pack_into(out, reserve, MAGIC, MAJOR, codec.since, codec.codec_id, flags, DTYPES.index(c.dtype), c.numel,
+    HEADER.pack_into(out, reserve, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel,
                      c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, payload_len, 0)
-    _CRC.pack_into(out, reserve + CRC_OFFSET, zlib.crc32(out[reserve:]))  # header (CRC field zero) and payload
+    # header (CRC field zero) and payload
+    _CRC.pack_into(out, reserve + CRC_OFFSET, zlib.crc32(out[reserve:] if reserve else out))
     return out
 
 
@@ -397,11 +404,37 @@ def _peek_v1(mv, total, expected_numel):
 
 
 def _read_v1(mv, total, expected_numel):
-    """The checks of a version-1 header (module docstring); returns its fields and the validated layout."""
+    """The checks of a version-1 header (module docstring); returns its fields and the validated layout.
+
+    A header whose fields other than step, seed and checksum equal those of a header that passed every
+    header-only check before (``_HEADERS``, same codec class still registered under its id) skips those
+    checks: they depend on nothing else.  The magic, ``expected_numel``, the total length and the checksum
+    are checked on every packet, in the documented order.
+    """
     if total < HEADER_SIZE:
         raise TruncatedError(f"expected at least {HEADER_SIZE} bytes for a gcomp header, found {total}")
+    fields = _HEADER_IN.unpack_from(mv, 0)
+    hit = _HEADERS.get(fields[2:9] + fields[11:18])
+    if hit is not None and fields[0] == MAGIC and _BY_CODEC_ID.get(fields[3]) is hit[0] and hit[0].codec is hit[1]:
+        codec, layout = hit[1], hit[2]
+        numel, payload_len, crc = fields[7], fields[17], fields[18]
+        if expected_numel is not None and numel != expected_numel:
+            raise SizeError(f"expected numel {expected_numel} (the receiver's buffer), found {numel}")
+        if total != HEADER_SIZE + payload_len:
+            raise TruncatedError(f"expected exactly {HEADER_SIZE + payload_len} bytes (header + payload), found {total}")
+        check = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(_ZERO_CRC, zlib.crc32(mv[:CRC_OFFSET])))
+        if check != crc:
+            raise ChecksumError(f"expected CRC-32 {crc:#010x} from the header, computed {check:#010x}: the packet is corrupt")
+        return (codec, fields[4], fields[5], numel, fields[8], fields[9], fields[10], layout, fields[15], fields[16],
+                payload_len, crc)
+    return _read_v1_checked(mv, total, expected_numel, fields)
+
+
+def _read_v1_checked(mv, total, expected_numel, fields):
+    """:func:`_read_v1` with every check, in the documented order; a header that passes the header-only
+    checks enters ``_HEADERS``."""
     (magic, major, minor, codec_id, flags, dtype_id, reserved, numel, count, step, seed, p0, p1, p2, p3,
-     index_len, raw_len, payload_len, crc) = _HEADER_IN.unpack_from(mv, 0)
+     index_len, raw_len, payload_len, crc) = fields
     if magic != MAGIC:
         raise MagicError(f"expected magic {MAGIC!r}, found {bytes(magic)!r}: not a gcomp packet")
     if minor > MINOR:
@@ -452,6 +485,10 @@ def _read_v1(mv, total, expected_numel):
             raise SizeError(f"expected raw_len at most {ZSTD_MAX_RATIO}x the zstd payload ({payload_len}), found {raw_len}")
     elif payload_len != raw_len:
         raise SizeError(f"expected payload_len == raw_len ({raw_len}) without zstd, found {payload_len}")
+    # every header-only check passed (expected_numel aside, which is checked on every packet)
+    if len(_HEADERS) >= _LAYOUTS_MAX:
+        _HEADERS.clear()
+    _HEADERS[fields[2:9] + fields[11:18]] = (cls, codec, layout)
     if total != HEADER_SIZE + payload_len:
         raise TruncatedError(f"expected exactly {HEADER_SIZE + payload_len} bytes (header + payload), found {total}")
     check = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(_ZERO_CRC, zlib.crc32(mv[:CRC_OFFSET])))
@@ -461,6 +498,15 @@ def _read_v1(mv, total, expected_numel):
 
 
 _ZERO_CRC = b"\0\0\0\0"
+
+#: header fields (minor .. count, p0 .. payload_len: all but magic, major, step, seed and checksum) of headers that
+#: passed every header-only check -> (codec class, codec, layout); at most ``_LAYOUTS_MAX`` entries, then it
+#: starts afresh (only valid headers enter, and hostile ones cannot grow it past that)
+_HEADERS = {}
+#: codec id -> registered class (the registry's own table: a re-registered id no longer matches a cached entry)
+_BY_CODEC_ID = compressors._BY_CODEC_ID
+#: dtype name -> the header's dtype id
+_DTYPE_IDS = {name: i for i, name in enumerate(DTYPES)}
 
 #: major version -> header reader
 _READERS = {MAJOR: _peek_v1}

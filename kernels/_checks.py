@@ -43,6 +43,9 @@ def check_f32_inplace(x, name="x"):
 
 def out_array(out, size, dtype, name="out"):
     """Return ``out`` after checking it, or allocate a new array of ``size`` elements."""
+    if type(out) is np.ndarray and out.dtype is dtype and out.ndim == 1 and out.flags.c_contiguous \
+            and out.flags.writeable and out.shape[0] >= size:
+        return out  # the common case (``dtype`` given as a dtype object): every check below passes
     dtype = np.dtype(dtype)
     if out is None:
         return np.empty(size, dtype=dtype)

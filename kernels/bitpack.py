@@ -53,6 +53,9 @@ __all__ = ["BITS", "packed_size", "pack_bits", "unpack_bits"]
 #: code widths supported everywhere
 BITS = (1, 2, 4, 8)
 
+_U8 = np.dtype(np.uint8)
+_F32 = np.dtype(np.float32)
+
 _U1 = np.uint64(0x0101010101010101)
 _U2 = np.uint64(0x0303030303030303)
 _U4 = np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -60,6 +63,8 @@ _U4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 
 def check_bits(bits, name="bits"):
     """``bits`` must be one of 1, 2, 4, 8 (returned as an int)."""
+    if type(bits) is int and bits in BITS:
+        return bits  # the common case: a plain int that is allowed
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"expected an integer {name} in (1, 2, 4, 8), found {type(bits).__name__} {bits!r}")
     if int(bits) not in BITS:
@@ -69,6 +74,8 @@ def check_bits(bits, name="bits"):
 
 def check_bucket_size(bucket_size):
     """A positive multiple of 8, so each bucket starts on a byte boundary of the packed codes."""
+    if type(bucket_size) is int and bucket_size > 0 and not bucket_size & 7:
+        return bucket_size  # the common case, in two tests
     bucket_size = check_int(bucket_size, "bucket_size")
     if bucket_size <= 0 or bucket_size % 8:
         raise ValueError(f"expected bucket_size to be a positive multiple of 8, found {bucket_size}")
@@ -77,6 +84,9 @@ def check_bucket_size(bucket_size):
 
 def check_packed(packed, nbytes, name="packed"):
     """``packed``: a 1-D uint8 array of at least ``nbytes`` bytes (made C-contiguous)."""
+    if type(packed) is np.ndarray and packed.dtype is _U8 and packed.ndim == 1 and packed.flags.c_contiguous \
+            and packed.shape[0] >= nbytes:
+        return packed  # the common case, decided in attribute reads (what the checks below would return)
     if not isinstance(packed, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy array, found {type(packed).__name__}")
     if packed.dtype != np.uint8:
@@ -90,6 +100,9 @@ def check_packed(packed, nbytes, name="packed"):
 
 def check_scales(scales, nbuckets, name):
     """Per-bucket float32 parameters: a 1-D float array with exactly ``nbuckets`` entries."""
+    if type(scales) is np.ndarray and scales.dtype is _F32 and scales.ndim == 1 and scales.flags.c_contiguous \
+            and scales.shape[0] == nbuckets:
+        return scales  # the common case (what the checks below would return)
     if not isinstance(scales, np.ndarray):
         raise TypeError(f"expected {name} to be a numpy array, found {type(scales).__name__}")
     if scales.dtype not in (np.float16, np.float32, np.float64):
@@ -101,6 +114,9 @@ def check_scales(scales, nbuckets, name):
 
 def decode_out(out, n, accumulate):
     """The float32 output of a decoder: ``out`` checked, or a new array; ``accumulate`` needs ``out``."""
+    if type(accumulate) is bool and type(out) is np.ndarray and out.dtype is _F32 and out.ndim == 1 \
+            and out.flags.c_contiguous and out.flags.writeable and out.shape[0] >= n:
+        return out  # the common case: a caller's buffer that passes every check of out_array
     if not isinstance(accumulate, (bool, np.bool_)):
         raise TypeError(f"expected accumulate to be a bool, found {type(accumulate).__name__}")
     if accumulate and out is None:
@@ -112,6 +128,9 @@ def check_residual(residual, n):
     """``residual``: None, or a writeable contiguous float32 vector of length ``n``."""
     if residual is None:
         return None
+    if type(residual) is np.ndarray and residual.dtype is _F32 and residual.ndim == 1 and residual.shape[0] == n \
+            and residual.flags.c_contiguous and residual.flags.writeable:
+        return residual  # the common case
     if not isinstance(residual, np.ndarray):
         raise TypeError(f"expected residual to be a numpy array, found {type(residual).__name__}")
     if residual.dtype != np.float32:

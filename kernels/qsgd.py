@@ -56,6 +56,9 @@ from .random import seed_key32
 
 __all__ = ["qsgd_code_bits", "qsgd_encode", "qsgd_decode"]
 
+#: the value buffer of an encode without error feedback: never written, so one empty array serves every call
+_NO_VBUF = np.empty(0, np.float32)
+
 #: elements per chunk of a bucket: codes and values of a chunk stay in L1
 _CHUNK = 2048
 
@@ -384,7 +387,7 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
     norms = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
-    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
     encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
     config.run(n, *encoders,
                x, residual, levels, bucket_size, np.uint64(seed), bits, packed, norms, cw, vbuf)

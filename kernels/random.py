@@ -30,20 +30,31 @@ def _splitmix64_py(x: int) -> int:
     return z ^ (z >> 31)
 
 
+def _derive_seed_py(seed: int, step: int, key: int) -> int:
+    """:func:`derive_seed` in plain Python (the reference the compiled one is tested against)."""
+    h = _splitmix64_py(seed)
+    h = _splitmix64_py(h ^ step)
+    return _splitmix64_py(h ^ key)
+
+
 def derive_seed(seed: int, step: int = 0, key: int = 0) -> int:
     """A 64-bit seed from (global seed, step, key), identical on every rank and machine.
 
-    All three must be non-negative integers below 2**64.
+    All three must be non-negative integers below 2**64.  Three SplitMix64
+    rounds: ``h = sm(seed)``, ``h = sm(h ^ step)``, ``h = sm(h ^ key)``,
+    computed by a compiled kernel (the same values as :func:`_derive_seed_py`).
     """
-    for name, v in (("seed", seed), ("step", step), ("key", key)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"expected an integer {name}, found {type(v).__name__}")
-        if not 0 <= int(v) < 1 << 64:
-            raise ValueError(f"expected 0 <= {name} < 2**64, found {v}")
-    h = _splitmix64_py(int(seed))
-    h = _splitmix64_py(h ^ int(step))
-    h = _splitmix64_py(h ^ int(key))
-    return h
+    if not (type(seed) is int and type(step) is int and type(key) is int  # the common case: plain ints in range
+            and 0 <= seed < _TWO64 and 0 <= step < _TWO64 and 0 <= key < _TWO64):
+        for name, v in (("seed", seed), ("step", step), ("key", key)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"expected an integer {name}, found {type(v).__name__}")
+            if not 0 <= int(v) < _TWO64:
+                raise ValueError(f"expected 0 <= {name} < 2**64, found {v}")
+        seed, step, key = int(seed), int(step), int(key)
+    if (seed | step | key) >> 63:  # passed as int64 bit patterns (the kernel reads them back as uint64)
+        return int(_derive_seed_kernel(seed - (seed >> 63 << 64), step - (step >> 63 << 64), key - (key >> 63 << 64)))
+    return int(_derive_seed_kernel(seed, step, key))
 
 
 @kernel
@@ -54,6 +65,17 @@ def splitmix64(x):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+_TWO64 = 1 << 64
+
+
+@kernel
+def _derive_seed_kernel(seed, step, key):
+    """:func:`derive_seed` on int64 bit patterns (one call instead of three Python SplitMix64 rounds)."""
+    h = splitmix64(np.uint64(seed))
+    h = splitmix64(h ^ np.uint64(step))
+    return splitmix64(h ^ np.uint64(key))
 
 
 @kernel

@@ -35,6 +35,7 @@ from . import config
 from ._checks import as_f32, check_int, check_seed
 from .random import seed_key32
 from .topk import (
+    _SMALL_N,
     _collect_ge_par,
     _collect_ge_ser,
     _finish,
@@ -42,6 +43,7 @@ from .topk import (
     _histogram_par,
     _histogram_top,
     _kth_from_hist,
+    _kth_key_small,
     _margin_rank,
     _sample_keys,
     _sample_keys_par,
@@ -64,7 +66,8 @@ def _make_sampled_into(par):
             hist = _histogram_par(sample)
         else:
             sample = _sample_keys(bits, m, seed_key32(seed))
-            hist = _histogram_top(sample)
+            # a short sample selects with little scratch (_kth_key_small, the same T) rather than a histogram
+            hist = _histogram_top(sample) if sample.shape[0] > _SMALL_N else np.zeros(0, np.int64)
         m = sample.shape[0]
         r = _margin_rank(m, k, n)
         cap = 2 * k + 1024
@@ -72,7 +75,10 @@ def _make_sampled_into(par):
         cand_val = np.empty(cap, np.float32)
         total = 0
         for _attempt in range(3):
-            t, _ = _kth_from_hist(sample, hist, r)
+            if hist.shape[0] == 0:
+                t, _ = _kth_key_small(sample, r)
+            else:
+                t, _ = _kth_from_hist(sample, hist, r)
             if par:
                 total = _collect_ge_par(bits, x, t, cand_idx, cand_val, cap)
             else:

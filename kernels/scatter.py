@@ -20,6 +20,8 @@ import numpy as np
 from ._checks import as_f32, check_f32_inplace, check_indices, check_int, out_array
 from .config import kernel
 
+_F32 = np.dtype(np.float32)
+
 _I64 = np.dtype(np.int64)
 
 __all__ = [
@@ -189,7 +191,8 @@ def scatter_set(indices, values, out):
 
 def gather(x, indices, out=None):
     """``x[indices]`` as float32 (``x`` float16/32/64, converted; values copied as they are)."""
-    if isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype != np.float32 and x.dtype in (np.float16, np.float64):
+    if isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype is not _F32 and x.dtype != np.float32 \
+            and x.dtype in (np.float16, np.float64):
         # convert only the gathered values, not the whole vector
         idx = check_indices(indices, x.shape[0])  # numpy gathers here, unchecked: the range is checked first
         out = out_array(out, idx.shape[0], np.float32)

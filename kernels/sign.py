@@ -48,6 +48,9 @@ from .config import PAR_CHUNK, kernel
 
 __all__ = ["sign_encode", "sign_decode"]
 
+#: the value buffer of an encode without error feedback: never written, so one empty array serves every call
+_NO_VBUF = np.empty(0, np.float32)
+
 #: elements per chunk of a bucket: bits and values of a chunk stay in L1
 _CHUNK = 2048
 
@@ -287,7 +290,7 @@ def sign_encode(x, bucket_size, residual=None):
     scales = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
-    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
     encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
     config.run(n, *encoders, x, residual, bucket_size, packed, scales, cw, vbuf)
     return packed, scales

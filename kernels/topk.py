@@ -17,6 +17,14 @@ and NaN above +Inf.  :func:`topk_exact`
    the boundary bin is huge, the exact k-th key and a collection that takes
    ties up to ``need``).
 
+Step 1 runs from 1,024 entries on.  Key sets of at most 65,536 entries (short
+inputs, samples, candidates) find the k-th key with 7- and 8-bit digits
+(:func:`_kth_key_small`: 128/256-bin histograms, a few KiB of scratch) instead
+of the 2048-bin ones, whose 68 KiB of zeroed scratch per call dominated the
+cost of a small vector; a short input then takes one collecting pass (keys
+above it, ties up to ``need``).  Every select is exact, so the result does not
+depend on which one ran.
+
 The sample only decides how fast the answer comes, never what it is.  Ties at
 the threshold are broken by lowest index, so the result is deterministic;
 indices come out ascending with their values.
@@ -108,7 +116,74 @@ def _kth_key(bits, k):
 
     ``bits`` are uint32 patterns (masked here); requires 1 <= k <= bits.size.
     """
+    if bits.shape[0] <= _SMALL_N:
+        return _kth_key_small(bits, k)
     return _kth_from_hist(bits, _histogram_top(bits), k)
+
+
+#: exact top-k tries the sampled threshold from this size on (below it: the small-input select, then one
+#: collecting pass); the sample changes only the speed, never the result
+_SAMPLED_MIN = 1024
+
+#: inputs up to this size take the small-input select (:func:`_kth_key_small`: 2 KiB of scratch per digit
+#: instead of the 2048-bin histograms' 68 KiB, zeroed per call); it gives the same (T, need)
+_SMALL_N = 65536
+
+
+@kernel
+def _digit_hist4(keys, m, shift, width, h4, hist):
+    """``hist[:width]`` = the histogram of digit ``(key >> shift) & (width - 1)`` over ``keys[:m]`` (four
+    interleaved int32 copies in ``h4``, so repeated bins do not serialise on one counter; h4 left zeroed)."""
+    dmask = np.uint32(width - 1)
+    sh = np.uint32(shift)
+    m4 = m - (m & 3)
+    for i in range(0, m4, 4):
+        h4[0, (keys[i] >> sh) & dmask] += 1
+        h4[1, (keys[i + 1] >> sh) & dmask] += 1
+        h4[2, (keys[i + 2] >> sh) & dmask] += 1
+        h4[3, (keys[i + 3] >> sh) & dmask] += 1
+    for i in range(m4, m):
+        h4[0, (keys[i] >> sh) & dmask] += 1
+    for b in range(width):
+        hist[b] = np.int64(h4[0, b]) + np.int64(h4[1, b]) + np.int64(h4[2, b]) + np.int64(h4[3, b])
+        h4[0, b] = 0
+        h4[1, b] = 0
+        h4[2, b] = 0
+        h4[3, b] = 0
+
+
+@kernel
+def _kth_key_small(bits, k):
+    """:func:`_kth_key` by radix select on a 7-bit, then three 8-bit digits of the key (128/256-bin histograms).
+
+    The same (T, need) as the 11/11/9-bit select (both are exact); its scratch is
+    small enough that a short input does not pay for zeroing 2048-bin histograms.
+    """
+    n = bits.shape[0]
+    mask = np.uint32(0x7FFFFFFF)
+    h4 = np.zeros((4, 256), np.int32)
+    hist = np.empty(256, np.int64)
+    cand = np.empty(n + 1, dtype=np.uint32)
+    for i in range(n):
+        cand[i] = bits[i] & mask
+    c = n
+    need = k
+    t = np.uint32(0)
+    for d in range(4):
+        shift = 24 - 8 * d
+        width = 128 if d == 0 else 256
+        _digit_hist4(cand, c, shift, width, h4, hist)
+        b, need = _find_bin(hist[:width], need)
+        ub = np.uint32(b)
+        t |= ub << np.uint32(shift)
+        if d < 3:
+            c2 = 0
+            for j in range(c):
+                key = cand[j]
+                cand[c2] = key
+                c2 += ((key >> np.uint32(shift)) & np.uint32(width - 1)) == ub
+            c = c2
+    return t, need
 
 
 # ---------------------------------------------------------------------------
@@ -656,7 +731,7 @@ def _make_topk_into(par):
         """Top-k of x (outputs with k + 1 slots): a sampled threshold when it works, else the radix select."""
         n = x.shape[0]
         bits = x.view(np.uint32)
-        if n >= 65536:
+        if n >= _SAMPLED_MIN:
             sample = _sample_keys(bits, _exact_sample_size(n, k), seed_key32(_SAMPLE_SEED))
             t, _ = _kth_key(sample, _margin_rank(sample.shape[0], k, n))
             cap = 2 * k + 1024
@@ -673,6 +748,10 @@ def _make_topk_into(par):
                     return _finish(cand_idx, cand_val, got, k, out_idx, out_val)
         if par:
             return _topk_from_hist_par(x, _histogram_par(bits), k, out_idx, out_val)
+        elif n <= _SMALL_N:
+            # short inputs: the exact k-th key with little scratch, then one collecting pass (same result)
+            t, need = _kth_key_small(bits, k)
+            return _collect_ties_ser(bits, x, t, need, out_idx, out_val)
         else:
             return _topk_from_hist_ser(x, _histogram_top(bits), k, out_idx, out_val)
 

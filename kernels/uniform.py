@@ -68,6 +68,9 @@ from .random import seed_key32
 
 __all__ = ["MODES", "ROUNDINGS", "uniform_encode", "uniform_decode"]
 
+#: the value buffer of an encode without error feedback: never written, so one empty array serves every call
+_NO_VBUF = np.empty(0, np.float32)
+
 MODES = ("maxmin", "absmax")
 ROUNDINGS = ("nearest", "stochastic")
 
@@ -530,7 +533,7 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     offsets = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
-    vbuf = np.empty(chunk if residual is not None else 0, dtype=np.float32)
+    vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
     absmax, stochastic = mode == "absmax", rounding == "stochastic"
     encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
     config.run(n, *encoders,

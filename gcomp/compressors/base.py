@@ -60,6 +60,7 @@ from ._params import Param
 __all__ = ["Compressed", "Compressor", "as_flat_f32", "input_kind", "DTYPES", "KINDS"]
 
 _F32 = np.dtype(np.float32)
+_TWO64 = 1 << 64
 
 #: Dtypes a compressor accepts, by name; also the wire format's dtype ids.
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -593,7 +594,9 @@ class Compressor:
         """
         if not self.randomized:
             return 0
-        return derive_seed(int(self._params.get("seed", 0)), step, key_to_int(key))
+        if type(key) is not int or not 0 <= key < _TWO64:  # a plain int key in range is its own integer
+            key = key_to_int(key)
+        return derive_seed(int(self._params.get("seed", 0)), step, key)
 
     def decompress(self, c: Compressed, out=None):
         """The dense vector of ``c`` in the kind and dtype that were compressed, or written into ``out``.
