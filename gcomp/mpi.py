@@ -58,8 +58,7 @@ from mpi4py import MPI
 from . import statecodec
 from .adapt import adapter_compressor, build_policy, is_adaptive
 from .collectives import CompressedAllreduce
-from .compressors import Compressor
-from .compressors import compressor as build_compressor
+from .compressors import with_seed
 from .errors import ConfigError, StateError
 from .transports.mpi import MPITransport
 
@@ -451,6 +450,7 @@ class CompressedComm:
                  verify="always", min_numel=0, seed=None, hierarchical=None, transport=None,
                  hierarchical_dense="groups"):
         self.policy, comp, error_feedback = adapter_compressor(spec, seed, error_feedback, algorithm)
+        self._seed = seed  # the module-level calls check their compressor argument with the same seed applied
         self.comm = comm
         self._own = comm.Dup()  # compressed traffic never mixes with the caller's collectives
         self.hierarchical = hierarchical
@@ -890,10 +890,11 @@ def _check_state(state, compressor):
         raise TypeError(f"expected state to be a gcomp.mpi.CompressedComm (it holds the memories and the "
                         f"communication thread), found {type(state).__name__}")
     if state.policy is not None:
-        same = is_adaptive(compressor) and build_policy(compressor).config() == state.policy.config()
+        same = compressor is state.policy or (
+            is_adaptive(compressor) and build_policy(compressor, state._seed).config() == state.policy.config())
         if not same:
             raise ConfigError(f"expected the state's adaptive policy {state.policy.config()} as compressor, "
                               f"found {compressor!r}")
         return
-    if state.compressor != (compressor if isinstance(compressor, Compressor) else build_compressor(compressor)):
+    if with_seed(compressor, state._seed) != state.compressor:  # the state's seed replaced the spec's, if given
         raise ConfigError(f"expected compressor {state.compressor!r} (the state's), found {compressor!r}")

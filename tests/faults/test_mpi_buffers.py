@@ -114,8 +114,16 @@ def test_module_calls_check_the_state_compressor(ccomm):
             call(MPI.COMM_SELF, x, recv, compressor="topk:ratio=0.1", state=object())
     gcomp.mpi.Iallreduce(MPI.COMM_SELF, x, recv, compressor="topk:ratio=0.1", state=ccomm).Wait()
     np.testing.assert_array_equal(recv, x)
+    seeded = gcomp.mpi.CompressedComm(MPI.COMM_SELF, "randomk:ratio=0.1", seed=5)
+    try:  # the spec the state was built from, its seed replaced by the state's seed option
+        gcomp.mpi.Allreduce(MPI.COMM_SELF, x, recv, compressor="randomk:ratio=0.1", state=seeded)
+        gcomp.mpi.Iallreduce(MPI.COMM_SELF, x, recv, compressor="randomk:ratio=0.1", state=seeded).Wait()
+        with pytest.raises(ConfigError, match="the state's"):
+            gcomp.mpi.Iallreduce(MPI.COMM_SELF, x, recv, compressor="randomk:ratio=0.2", state=seeded)
+    finally:
+        seeded.Free()
     spec = "adaptive:ladder=none;topk:ratio=0.01"
-    adaptive = gcomp.mpi.CompressedComm(MPI.COMM_SELF, spec)
+    adaptive = gcomp.mpi.CompressedComm(MPI.COMM_SELF, spec, seed=3)
     try:
         recv[:] = 0
         gcomp.mpi.Allreduce(MPI.COMM_SELF, x, recv, compressor=spec, state=adaptive)
