@@ -47,11 +47,6 @@ nitpick_ignore_regex = [
     ("py:class", r"(numpy|np|torch|hypothesis|mpi4py|flwr|datetime|collections\.abc|typing|concurrent\.futures)(\..+)?"),
     ("py:class", r"callable|iterable|scalar|array_like|mpi4py communicator|object|type"),
 ]
-# Known unresolved references in files other engineers own (issue 15); remove each line once its docstring is fixed.
-nitpick_ignore = [
-    ("py:attr", "AdaptivePolicy.switches"),                          # gcomp/adapt.py module docstring
-    ("py:attr", "AdaptivePolicy.history"),                           # gcomp/adapt.py module docstring
-]
 # undoc-members: a public name without a docstring still shows (tests/test_docs_site.py fails on it)
 autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource", "show-inheritance": True}
 autodoc_typehints = "signature"

@@ -21,9 +21,11 @@ What it measures, per step, with an injectable ``clock`` (seconds) and
 * the compute time: the step's wall time (from the end of the previous step)
   less that wait.
 
-The decision, every ``every`` steps, from the window's totals of every rank
-(one small allgather of float64 numbers, so every rank decides on the same
-inputs and takes the same decision):
+The decision.  The first comes at the end of step 2, right after the first
+measured step (step 1 has no previous end to time its compute from); then
+one every ``every`` steps, and one a single step after a probe.  From the
+window's totals of every rank (one small allgather of float64 numbers, so
+every rank decides on the same inputs and takes the same decision):
 
 * ``compute`` = the least, over ranks, of compute seconds per step;
 * ``bandwidth`` = the least, over ranks that sent bytes, of bytes / seconds of
@@ -36,24 +38,42 @@ inputs and takes the same decision):
   measured seconds differ from its previous measurement by more than
   ``LINK_CHANGE`` (2x either way), and then every other setting's
   measurement is forgotten; ``limit = budget * compute``;
-* ``fit`` = the first (least compressed) setting with ``predicted <= limit``,
-  else the last;
+* only settings up to the **floor** are candidates: ``floor`` is the most
+  compressed setting the policy may use (default: top-k 1% on
+  :data:`DEFAULT_LADDER`, see :data:`DEFAULT_FLOOR`; the last setting of any
+  other ladder).  The rule weighs time, not accuracy: the floor is the
+  declared quality limit;
+* ``fit`` = the first (least compressed) setting up to the floor with
+  ``predicted <= limit``, else the floor;
 * more compression when the current setting does not fit (``fit > current``:
   go to ``fit``); less when a lighter setting fits with headroom (the first
   with ``predicted <= margin * limit``, if it is lighter than the current);
   otherwise stay;
-* probe: after ``probe`` decisions in a row without a switch at a setting
-  other than the first, go one setting lighter (``probe=0``: never).  The
-  bandwidth is bytes over seconds, latency included: on small messages (a
-  small model, heavily compressed) it reads low, and the rule alone would keep
-  the compression after the link got faster; the probe's larger messages
-  measure the link again, and the rule moves back if the probe does not fit;
-* hysteresis: at most one switch per ``dwell`` steps (the first may come at
-  the first decision); a probe waits for it too.
+* probe: after ``probe * 2**b`` decisions in a row without a switch, at a
+  setting other than the first, go one setting lighter for one step.  ``b``
+  counts the probes in a row that went back (at most :data:`PROBE_BACKOFF`);
+  it is 0 again after a probe that stays, and when the current setting's
+  measured seconds fall by more than ``LINK_CHANGE``.  The decision one step
+  after the probe closes it: if the rule then wants a heavier setting than the
+  probed one, it goes there at once (the return is not held by the dwell),
+  else it stays.  The bandwidth is bytes over seconds, latency included: on
+  small messages (a small model, heavily compressed) it reads low, and the
+  rule alone would keep the compression after the link got faster; the
+  probe's larger messages measure the link again;
+* hysteresis: at most one switch per ``dwell`` steps, a probe's return
+  excepted (the first switch may come at the first decision; a probe waits for
+  the dwell too).  On a steady link the probes come ever more rarely: at most
+  two switches per ``probe * every`` steps at first, then per twice, four
+  times ... that (up to ``2**PROBE_BACKOFF``), each probe costing one step.
+
+The policy starts at ``start``, by default the floor: before its first
+measurement no step sends more than the most compressed setting allowed (a
+dense start costs its first steps on a slow link; on a fast one the first
+decision moves back).
 
 Every switch is logged (``gcomp.adapt`` logger) and appended to
-:attr:`AdaptivePolicy.switches`; every decision, with its inputs, to
-:attr:`AdaptivePolicy.history` (for a plot of the setting next to the
+:attr:`gcomp.adapt.AdaptivePolicy.switches`; every decision, with its inputs, to
+:attr:`gcomp.adapt.AdaptivePolicy.history` (for a plot of the setting next to the
 bandwidth).  Error-feedback memories carry over a switch (the engine adds a
 key's old memories into its next input).  ``state_dict()`` holds the setting,
 the counters, the open window and the records.
@@ -68,19 +88,25 @@ import numpy as np
 from .compressors import Compressor, with_seed
 from .errors import ConfigError, StateError
 
-__all__ = ["AdaptivePolicy", "DEFAULT_LADDER", "LINK_CHANGE", "is_adaptive", "build_policy"]
+__all__ = ["AdaptivePolicy", "DEFAULT_LADDER", "DEFAULT_FLOOR", "LINK_CHANGE", "PROBE_BACKOFF", "is_adaptive",
+           "build_policy"]
 
 log = logging.getLogger("gcomp.adapt")
 
 #: from the least compression to the most
 DEFAULT_LADDER = ("none", "fp16", "uniform:bits=8", "uniform:bits=4", "uniform:bits=2", "topk:ratio=0.1",
                   "topk:ratio=0.01", "topk:ratio=0.001")
-STATE_VERSION = 1
+#: the default ladder's floor, its most compressed setting the policy uses unless told (``floor=``): top-k 0.1%
+#: does not reach the dense run's accuracy in docs/results.md's runs, top-k 1% does
+DEFAULT_FLOOR = "topk:ratio=0.01"
+STATE_VERSION = 2
 #: error feedbacks whose memory carries over a switch (residual: exactly; none: nothing to carry)
 FEEDBACKS = ("residual", "none")
 KEEP_HISTORY = 10000
 #: a setting's measured time changing by more than this factor between two of its windows means the link changed
 LINK_CHANGE = 2.0
+#: the probe interval doubles after each probe that went back, at most this many times (to ``probe * 2**3``)
+PROBE_BACKOFF = 3
 
 
 def _positive(name, value, *, integer=False, low=0.0, high=math.inf, closed_high=True):
@@ -108,15 +134,19 @@ class AdaptivePolicy:
     budget : float
         Communication seconds allowed per second of compute (1.0: hidden behind compute).
     every : int
-        Steps per decision.
+        Steps per decision (the first comes at step 2, after the first measured step; one comes a step after a probe).
     dwell : int
-        At least this many steps between two switches (0: no hysteresis).
+        At least this many steps between two switches, a probe's return excepted (0: no hysteresis).
     margin : float
         In (0, 1]: a lighter setting must fit within ``margin * budget * compute`` before the policy moves back to it.
     probe : int
-        Decisions in a row without a switch before trying one setting lighter (0: never).
+        Decisions in a row without a switch before trying one setting lighter for one step (0: never); doubled after
+        each probe that went back, up to ``2**PROBE_BACKOFF`` times.
     start : int or str
-        Index or spec of the first setting.
+        Index or spec of the first setting, or ``"floor"`` (the default): the floor.
+    floor : int, str or None
+        Index or spec of the most compressed setting the policy may use; None: :data:`DEFAULT_FLOOR` on the default
+        ladder, else the ladder's last setting.
     seed : int or None
         Replaces every setting's seed (as the adapters' ``seed=``); None keeps the specs' seeds.
     clock : callable or None
@@ -129,14 +159,18 @@ class AdaptivePolicy:
     --------
     >>> from gcomp.adapt import AdaptivePolicy
     >>> policy = AdaptivePolicy(["none", "fp16", "topk:ratio=0.01"], every=2, dwell=4)
-    >>> policy.setting
-    'none'
+    >>> policy.setting  # it starts at its floor, the ladder's last setting here
+    'topk:ratio=0.01'
     >>> policy.config()["ladder"][2]
     {'name': 'topk', 'ratio': 0.01}
+    >>> AdaptivePolicy().names[AdaptivePolicy().floor]  # the default ladder stops short of top-k 0.1%
+    'topk:ratio=0.01'
+    >>> AdaptivePolicy(start="none").setting
+    'none'
     """
 
-    def __init__(self, ladder=DEFAULT_LADDER, *, budget=1.0, every=5, dwell=10, margin=0.8, probe=10, start=0,
-                 seed=None, clock=None, byte_counter=None):
+    def __init__(self, ladder=DEFAULT_LADDER, *, budget=1.0, every=10, dwell=10, margin=0.8, probe=10, start="floor",
+                 floor=None, seed=None, clock=None, byte_counter=None):
         if isinstance(ladder, (str, dict, Compressor)) or not hasattr(ladder, "__iter__"):
             raise ConfigError(f"adaptive policy: expected the ladder as a list of compressor specs, found {ladder!r}")
         ladder = list(ladder)
@@ -154,15 +188,16 @@ class AdaptivePolicy:
         self.dwell = _positive("dwell", dwell, integer=True, low=-1)
         self.margin = _positive("margin", margin, high=1.0)
         self.probe = _positive("probe", probe, integer=True, low=-1)
-        if isinstance(start, str) or isinstance(start, dict):
-            wanted = with_seed(start, seed).get_config()
-            if wanted not in configs:
-                raise ConfigError(f"adaptive policy: expected start to be one of the ladder's settings {configs}, "
-                                  f"found {wanted}")
-            start = configs.index(wanted)
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < len(rungs):
-            raise ConfigError(f"adaptive policy: expected start an index in [0, {len(rungs)}) or a ladder spec, "
-                              f"found {start!r}")
+        if floor is None:
+            default = [with_seed(spec, seed).get_config() for spec in DEFAULT_LADDER]
+            floor = default.index(with_seed(DEFAULT_FLOOR, seed).get_config()) if configs == default else len(rungs) - 1
+        self.floor = _index("floor", floor, configs, seed)
+        start = self.floor if isinstance(start, str) and start.strip() == "floor" else _index("start", start, configs,
+                                                                                              seed)
+        if start > self.floor:
+            raise ConfigError(f"adaptive policy: expected start at or above the floor (index {self.floor}, "
+                              f"{self.names[self.floor]}) because the policy never uses settings past it, found "
+                              f"index {start} ({self.names[start]})")
         if clock is not None and not callable(clock):
             raise ConfigError(f"adaptive policy: expected clock a callable giving seconds, found {clock!r}")
         if byte_counter is not None and not callable(byte_counter):
@@ -176,7 +211,15 @@ class AdaptivePolicy:
         self.last_switch = None  # step of the last switch
         self.stays = 0  # decisions in a row without a switch
         self.measured = {}  # setting -> its communication seconds per step, measured since the link last changed
+        self.next_decision = 2  # the step whose end decides next (step 2: the first measured step)
+        self.backoff = 0  # probes in a row that went back: the probe interval is probe * 2**backoff
+        self.probing = None  # the setting a probe left, until the decision that closes the probe
+        #: The switches in order, each a dict with ``step``, ``from``, ``to``, ``reason``, ``compute_s``,
+        #: ``bandwidth_Bps`` and ``predicted_s``.
         self.switches = []
+        #: The decisions in order (the last 10 000), each a dict with ``step``, ``setting``, ``rung``, ``target``,
+        #: ``switched``, ``reason`` and, when measured, ``compute_s``, ``bandwidth_Bps``, ``limit_s``, ``bytes``,
+        #: ``predicted_s`` and ``measured_s``.
         self.history = []
         self._estimates = {}  # numel -> bytes per setting (the engine's estimate)
         self._prev_end = None
@@ -198,7 +241,7 @@ class AdaptivePolicy:
         """What must agree across ranks (fingerprinted by the adapters)."""
         return {"name": "adaptive", "ladder": [c.get_config() for c in self.ladder], "budget": self.budget,
                 "every": self.every, "dwell": self.dwell, "margin": self.margin, "probe": self.probe,
-                "start": self.start}
+                "start": self.start, "floor": self.floor}
 
     def attach(self, engine):
         """Drive ``engine``: it is switched to the current setting now and at every switch.
@@ -299,7 +342,7 @@ class AdaptivePolicy:
         return est
 
     def end_step(self, transport=None, *, blocking=False):
-        """Close a step; every ``every`` steps decide (collective over ``transport``: call it on every rank).
+        """Close a step; on a decision step decide (collective over ``transport``: call it on every rank).
 
         Parameters
         ----------
@@ -329,7 +372,7 @@ class AdaptivePolicy:
         self._prev_end = now
         self._reset_step()
         self.step += 1
-        if self.step % self.every:
+        if self.step < self.next_decision:
             return None
         return self._decide(transport)
 
@@ -349,12 +392,14 @@ class AdaptivePolicy:
     def _decide(self, transport):
         rows = self._gather(transport)
         self._reset_window()
+        self.next_decision = self.step + self.every
         record = {"step": self.step, "setting": self.setting, "rung": self.rung}
         steps = [r[0] for r in rows]
         speeds = [r[3] / r[2] for r in rows if r[3] > 0 and r[2] > 0]
         if min(steps) < 1 or not speeds:
             record.update(reason="no measurements", switched=False, target=self.rung)
             self.stays += 1
+            self.probing = None
             self._keep(record)
             return record
         compute = float(min(r[1] / r[0] for r in rows))
@@ -364,27 +409,44 @@ class AdaptivePolicy:
         before = self.measured.get(self.rung)
         if before is not None and not before / LINK_CHANGE <= seconds <= before * LINK_CHANGE:
             self.measured = {}  # the link changed: the other settings' measurements no longer hold
+            if seconds < before / LINK_CHANGE:
+                self.backoff = 0  # faster: probe again soon
         self.measured[self.rung] = seconds
         predicted = [self.measured.get(k, b / bandwidth) for k, b in enumerate(per_step)]
         limit = self.budget * compute
-        fit = next((k for k, t in enumerate(predicted) if t <= limit), len(self.ladder) - 1)
+        fit = next((k for k in range(self.floor + 1) if predicted[k] <= limit), self.floor)
         if fit > self.rung:
             target, reason = fit, "communication over budget"
         elif fit < self.rung:
-            target = next((k for k, t in enumerate(predicted) if t <= self.margin * limit), self.rung)
+            target = next((k for k in range(self.floor + 1) if predicted[k] <= self.margin * limit), self.rung)
             target, reason = min(target, self.rung), "room under budget"
         else:
-            target, reason = self.rung, "within budget"
-        if target == self.rung and self.rung > 0 and self.probe and self.stays >= self.probe:
+            target, reason = self.rung, "within budget" if predicted[self.rung] <= limit else "over budget at the floor"
+        returning = False
+        if self.probing is not None:  # this decision closes a probe
+            if target > self.rung:
+                returning, reason = True, f"{reason}; the probe goes back"
+                self.backoff = min(self.backoff + 1, PROBE_BACKOFF)
+            else:
+                target, reason = self.rung, f"{reason}; the probe stays"
+                self.backoff = 0
+            self.probing = None
+        interval = self.probe * 2 ** self.backoff
+        probing = (not returning and target == self.rung and self.rung > 0 and self.probe > 0
+                   and self.stays >= interval)
+        if probing:
             target, reason = self.rung - 1, f"probe after {self.stays} decisions without a switch"
         record.update(compute_s=compute, bandwidth_Bps=bandwidth, limit_s=limit, bytes=per_step, predicted_s=predicted,
                       measured_s={str(k): v for k, v in sorted(self.measured.items())}, target=target)
-        held = self.last_switch is not None and self.step - self.last_switch < self.dwell
+        held = not returning and self.last_switch is not None and self.step - self.last_switch < self.dwell
         if target != self.rung and held:
             reason = f"{reason}; held: last switch at step {self.last_switch}, dwell {self.dwell}"
         record["reason"] = reason
         record["switched"] = target != self.rung and not held
         if record["switched"]:
+            if probing:
+                self.probing = self.rung
+                self.next_decision = self.step + 1  # the probe lasts one step
             self._switch(target, record)
             self.stays = 0
         else:
@@ -425,7 +487,8 @@ class AdaptivePolicy:
     def state_dict(self) -> dict:
         """The setting, counters, the open window and the records (plain values; no clock, no engine)."""
         return {"version": STATE_VERSION, "config": self.config(), "rung": self.rung, "step": self.step,
-                "last_switch": self.last_switch, "stays": self.stays,
+                "last_switch": self.last_switch, "stays": self.stays, "next_decision": self.next_decision,
+                "backoff": self.backoff, "probing": self.probing,
                 "measured": {str(k): v for k, v in sorted(self.measured.items())}, "switches": [dict(s) for s in self.switches],
                 "history": [dict(h) for h in self.history],
                 "window": [self._win_steps, self._win_compute, self._win_comm, self._win_bytes, list(self._win_est)],
@@ -460,6 +523,16 @@ class AdaptivePolicy:
         if isinstance(stays, bool) or not isinstance(stays, ints) or stays < 0:
             raise StateError(f"expected the policy's stays a non-negative integer, found {stays!r}")
         self.stays = int(stays)
+        following, backoff, probing = state.get("next_decision"), state.get("backoff"), state.get("probing")
+        if (isinstance(following, bool) or not isinstance(following, ints) or following <= step
+                or isinstance(backoff, bool) or not isinstance(backoff, ints) or not 0 <= backoff <= PROBE_BACKOFF
+                or not (probing is None or (isinstance(probing, ints) and not isinstance(probing, bool)
+                                            and 0 <= probing < len(self.ladder)))):
+            raise StateError(f"expected the policy's next decision after step {step}, a probe backoff in "
+                             f"[0, {PROBE_BACKOFF}] and the setting a probe left (or None), found {following!r}, "
+                             f"{backoff!r}, {probing!r}")
+        self.next_decision, self.backoff = int(following), int(backoff)
+        self.probing = None if probing is None else int(probing)
         measured = state.get("measured", {})
         if not isinstance(measured, dict) or not all(
                 isinstance(k, str) and k.isdigit() and int(k) < len(self.ladder) and isinstance(v, (int, float))
@@ -477,6 +550,20 @@ class AdaptivePolicy:
         self._reset_step()
         if self.engine is not None and self.engine.compressor.get_config() != self.compressor.get_config():
             self.engine.switch(self.compressor)
+
+
+def _index(name, value, configs, seed) -> int:
+    """The index in the ladder (``configs``) of ``value``: an index or a spec of one of its settings."""
+    if isinstance(value, (str, dict)):
+        wanted = with_seed(value, seed).get_config()
+        if wanted not in configs:
+            raise ConfigError(f"adaptive policy: expected {name} to be one of the ladder's settings {configs}, "
+                              f"found {wanted}")
+        return configs.index(wanted)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < len(configs):
+        raise ConfigError(f"adaptive policy: expected {name} an index in [0, {len(configs)}) or a ladder spec, "
+                          f"found {value!r}")
+    return int(value)
 
 
 def _spec(comp) -> str:
@@ -540,7 +627,7 @@ def build_policy(spec, seed=None) -> AdaptivePolicy:
     spec : AdaptivePolicy, dict or str
         An AdaptivePolicy (returned as it is; ``seed`` must then be None), a
         dict ``{"name": "adaptive", **options}`` or a string
-        ``"adaptive:budget=0.5,every=5,dwell=10,margin=0.8,probe=10,start=0,ladder=none;fp16;topk:ratio=0.01"``
+        ``"adaptive:budget=0.5,every=10,dwell=10,margin=0.8,probe=10,start=0,floor=2,ladder=none;fp16;topk:ratio=0.01"``
         (``ladder``, its settings separated by ``;``, must come last: a setting may hold commas).
     seed : int or None
         Replaces every setting's seed (None keeps them).
@@ -575,7 +662,7 @@ def build_policy(spec, seed=None) -> AdaptivePolicy:
             if not eq:
                 raise ConfigError(f"adaptive spec: expected key=value, found {part!r} in {spec!r}")
             options[key.strip()] = _value(value.strip())
-    known = {"ladder", "budget", "every", "dwell", "margin", "probe", "start"}
+    known = {"ladder", "budget", "every", "dwell", "margin", "probe", "start", "floor"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"adaptive spec: unknown options {unknown}; known: {sorted(known)}")

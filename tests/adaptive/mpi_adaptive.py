@@ -53,7 +53,7 @@ def main():
     checks = Checks(comm)
     with checks.check("adaptive/hierarchical"):
         link = Link(rank)
-        policy = AdaptivePolicy(every=2, dwell=2, probe=0, clock=link)
+        policy = AdaptivePolicy(every=2, dwell=2, probe=0, start=0, clock=link)
         ccomm = gcomp.mpi.CompressedComm(comm, policy, hierarchical=[[0, 1], [2]])
         link.comm = ccomm
         rng = np.random.default_rng([5, rank])
@@ -71,7 +71,7 @@ def main():
         # an explicit end of step, then a checkpoint restored into a fresh CompressedComm
         ccomm.end_step()
         saved = ccomm.state_dict()
-        fresh = gcomp.mpi.CompressedComm(comm, AdaptivePolicy(every=2, dwell=2, probe=0, clock=link),
+        fresh = gcomp.mpi.CompressedComm(comm, AdaptivePolicy(every=2, dwell=2, probe=0, start=0, clock=link),
                                          hierarchical=[[0, 1], [2]])
         fresh.load_state_dict(saved)
         assert fresh.policy.setting == policy.setting and fresh.policy.switches == policy.switches

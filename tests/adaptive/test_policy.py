@@ -5,20 +5,22 @@ seconds, and a collective advances it by the bytes the engine really sent
 divided by the script's rate, while the byte counter reports those bytes.
 The tests recompute the documented rule from the same inputs (the engine's
 byte estimates, the least bandwidth and compute over ranks) and check the
-policy's choice, its hysteresis, the agreement of every rank, the error
-feedback carried across switches, and its checkpoint.
+policy's choice, its floor, its first decision, its probes and their
+backoff, its hysteresis, the agreement of every rank, the error feedback
+carried across switches, and its checkpoint.
 """
 
 import numpy as np
 import pytest
 
-from gcomp.adapt import DEFAULT_LADDER, AdaptivePolicy, build_policy, is_adaptive
+from gcomp.adapt import DEFAULT_FLOOR, DEFAULT_LADDER, PROBE_BACKOFF, AdaptivePolicy, build_policy, is_adaptive
 from gcomp.collectives import CompressedAllreduce
 from gcomp.errors import ConfigError, MismatchError, StateError
 from gcomp.transports import run_local
 
 NUMEL = 20000
 COMPUTE = 0.05  # seconds per step
+FLOOR = list(DEFAULT_LADDER).index(DEFAULT_FLOOR)  # the default ladder's floor: top-k 1%
 
 
 class ScriptedLink:
@@ -68,20 +70,20 @@ def make(t, **options):
     return policy, engine, link
 
 
-def rule(estimates, bandwidth, compute, rung, budget=1.0, margin=0.8):
+def rule(estimates, bandwidth, compute, rung, budget=1.0, margin=0.8, floor=FLOOR):
     """The documented rule, written out again, for settings not measured yet: the rung to move to from ``rung``
-    (ignoring the dwell)."""
-    return choose([b / bandwidth for b in estimates], budget * compute, rung, margin)
+    (ignoring the dwell and probes)."""
+    return choose([b / bandwidth for b in estimates], budget * compute, rung, margin, floor)
 
 
-def choose(predicted, limit, rung, margin=0.8):
-    """The rule's choice from the predicted seconds per step of every setting."""
-    fits = [k for k, p in enumerate(predicted) if p <= limit]
-    fit = fits[0] if fits else len(estimates) - 1
+def choose(predicted, limit, rung, margin=0.8, floor=FLOOR):
+    """The rule's choice from the predicted seconds per step of every setting, among those up to the floor."""
+    fits = [k for k, p in enumerate(predicted[: floor + 1]) if p <= limit]
+    fit = fits[0] if fits else floor
     if fit > rung:
         return fit
     if fit < rung:
-        roomy = [k for k, p in enumerate(predicted) if p <= margin * limit]
+        roomy = [k for k, p in enumerate(predicted[: floor + 1]) if p <= margin * limit]
         return min(roomy[0], rung) if roomy else rung
     return rung
 
@@ -120,21 +122,46 @@ def test_estimates_bound_the_bytes_sent(size):
 
 
 @pytest.mark.parametrize("rate,label", [(1e9, "fast"), (5e4, "slow"), (4e5, "middle")])
-def test_picks_the_setting_its_rule_says(rate, label):
-    size, steps = 4, 12
-    expected = rule(estimates(size), rate, COMPUTE, 0)
-    results = run_local(size, lambda t: drive(t, *make(t, every=4, dwell=4), steps, lambda s, r: rate)[0])
-    settings = results[0]
-    assert all(r == settings for r in results)
-    # the first step is not measured (no previous end), so the first decision (step 4) has steps 1..3
-    assert settings[:3] == ["none"] * 3
-    assert [index_of(s) for s in settings[3:]] == [expected] * (steps - 3), (label, settings)
+@pytest.mark.parametrize("start", ["floor", 0])
+def test_picks_the_setting_its_rule_says(rate, label, start):
+    """The first decision comes at step 2 (the first measured step) and moves at once to the rule's setting; then a
+    decision every ``every`` steps keeps it.  From the floor (the default start) or from ``none``: the slow link ends
+    at the floor, top-k 1%, never at the ladder's last setting (top-k 0.1%)."""
+    size, steps, every = 4, 12, 4
+
+    def fn(t):
+        policy, engine, link = make(t, every=every, dwell=4, start=start)
+        return drive(t, policy, engine, link, steps, lambda s, r: rate)[0], policy.history
+
+    results = run_local(size, fn)
+    settings, history = results[0]
+    assert all(r == results[0] for r in results)
+    first = FLOOR if start == "floor" else 0
+    expected = rule(estimates(size), rate, COMPUTE, first)
+    assert [h["step"] for h in history] == [2, 6, 10]
+    assert settings[0] == DEFAULT_LADDER[first]  # step 1 at the start
+    assert [index_of(s) for s in settings[1:]] == [expected] * (steps - 1), (label, settings)
     if label == "fast":
         assert expected == 0
     if label == "slow":
-        assert expected >= 6  # a sparse setting
+        assert expected == FLOOR < len(DEFAULT_LADDER) - 1  # a sparse setting, and the floor holds
     if label == "middle":
-        assert 0 < expected < len(DEFAULT_LADDER) - 1  # neither end: the rule is not trivially satisfied
+        assert 0 < expected < FLOOR  # neither end: the rule is not trivially satisfied
+
+
+def test_the_floor_is_an_option():
+    """``floor=`` lets the policy go further (to the ladder's last setting); a custom ladder's floor is its last."""
+    size = 2
+
+    def fn(t, options):
+        policy, engine, link = make(t, every=2, dwell=2, **options)
+        return drive(t, policy, engine, link, 4, lambda s, r: 5e4)[0][-1], policy.floor
+
+    assert run_local(size, fn, {})[0] == (DEFAULT_FLOOR, FLOOR)
+    last = len(DEFAULT_LADDER) - 1
+    assert run_local(size, fn, {"floor": last})[0] == (DEFAULT_LADDER[-1], last)
+    assert run_local(size, fn, {"floor": "uniform:bits=2"})[0] == ("uniform:bits=2", 4)
+    assert AdaptivePolicy(["none", "topk:ratio=0.001"]).floor == 1
 
 
 def test_a_changing_link_moves_to_compression_and_back():
@@ -144,7 +171,7 @@ def test_a_changing_link_moves_to_compression_and_back():
         return 1e9 if step < 10 or step >= 30 else 2e5
 
     def fn(t):
-        policy, engine, link = make(t, every=every, dwell=dwell)
+        policy, engine, link = make(t, every=every, dwell=dwell, start=0)
         settings = drive(t, policy, engine, link, 50, rate)[0]
         return settings, policy.switches, policy.history
 
@@ -167,30 +194,45 @@ def test_a_changing_link_moves_to_compression_and_back():
             assert str(record["rung"]) in record["measured_s"]  # the current setting was just measured
 
 
-def test_never_switches_faster_than_its_dwell():
-    """A link that flips between fast and slow at every decision: the policy switches once per dwell at most."""
+@pytest.mark.parametrize("probe", [0, 2])
+def test_never_switches_faster_than_its_dwell(probe):
+    """A link that flips between fast and slow at every decision: the policy switches once per dwell at most, but
+    for a probe's return, one step after its probe."""
     size, every, dwell = 2, 2, 8
 
     def rate(step, rank):
         return 1e9 if (step // every) % 2 == 0 else 1e5
 
     def fn(t):
-        policy, engine, link = make(t, every=every, dwell=dwell)
-        drive(t, policy, engine, link, 60, rate)
+        policy, engine, link = make(t, every=every, dwell=dwell, probe=probe)
+        drive(t, policy, engine, link, 80, rate, latency=0.002)
         return policy.switches, policy.history
 
     switches, history = run_local(size, fn)[0]
-    steps = [s["step"] for s in switches]
+    steps = [s["step"] for s in switches if "the probe goes back" not in s["reason"]]
     assert len(steps) >= 3, switches  # it does follow the link, slowly
     assert all(b - a >= dwell for a, b in zip(steps, steps[1:], strict=False)), steps
+    for s in switches:
+        if "the probe goes back" in s["reason"]:
+            probe_step = max(x["step"] for x in switches if x["step"] < s["step"])
+            assert s["step"] == probe_step + 1
     held = [h for h in history if "held" in h.get("reason", "")]
     assert held, "some decisions wanted a switch inside the dwell and were held"
 
 
+def probe_stays(history):
+    """For each probe that switched: the decisions in a row without a switch before it."""
+    out = []
+    for p in (h for h in history if h["switched"] and h["reason"].startswith("probe")):
+        back = max((h["step"] for h in history if h["switched"] and h["step"] < p["step"]), default=0)
+        out.append(len([h for h in history if back < h["step"] < p["step"]]))
+    return out
+
+
 def test_a_probe_measures_a_lighter_setting_again():
-    """Each collective costs 5 ms of latency besides its bytes: once compressed, the small messages make the link
-    look slow and the rule alone stays put after the link got fast; a probe (after 3 decisions without a switch)
-    tries one setting lighter, and the rule takes it from there."""
+    """Each collective costs 30 ms of latency besides its bytes: at the floor the small messages make the link look
+    slow (bytes / seconds), and the rule alone stays there after the link got fast; probes (after 3 decisions without
+    a switch) try one setting lighter for one step, and the policy walks back to ``none``."""
     size, every = 2, 2
 
     def rate(step, rank):
@@ -198,16 +240,68 @@ def test_a_probe_measures_a_lighter_setting_again():
 
     def fn(t, probe):
         policy, engine, link = make(t, every=every, dwell=2, probe=probe)
-        settings = drive(t, policy, engine, link, 60, rate, latency=0.005)[0]
+        settings = drive(t, policy, engine, link, 60, rate, latency=0.03)[0]
         return settings, policy.switches, policy.history
 
     without = run_local(size, fn, 0)[0]
     with_probe = run_local(size, fn, 3)[0]
-    assert index_of(without[0][-1]) > 0 and len(without[1]) == 1, without[1]  # compressed once, never back
+    assert set(without[0]) == {DEFAULT_FLOOR} and without[1] == []  # never left the floor
     probes = [h for h in with_probe[2] if h.get("reason", "").startswith("probe")]
     assert probes and all(p["target"] == p["rung"] - 1 and p["switched"] for p in probes)
     assert all(h["rung"] > 0 for h in probes)
     assert with_probe[0][-1] == "none"  # the fast link, found again
+
+
+def test_probes_back_off_on_a_steady_link():
+    """A steady slow link: every probe (one step, one setting lighter) goes back at the next decision, one step
+    later although the dwell holds other switches; the decisions without a switch before the next probe double each
+    time, up to ``probe * 2**PROBE_BACKOFF``."""
+    size, every, probe = 3, 2, 2
+
+    def fn(t):
+        policy, engine, link = make(t, every=every, dwell=6, probe=probe)
+        settings = drive(t, policy, engine, link, 300, lambda s, r: 5e4, latency=0.005)[0]
+        return settings, policy.switches, policy.history
+
+    results = run_local(size, fn)
+    settings, switches, history = results[0]
+    assert all(r[1] == switches for r in results)
+    probes = [h for h in history if h["switched"] and h["reason"].startswith("probe")]
+    assert len(probes) >= PROBE_BACKOFF + 2, [s["step"] for s in switches]
+    for p in probes:
+        after = next(h for h in history if h["step"] > p["step"])
+        assert after["step"] == p["step"] + 1 and after["switched"] and after["target"] == p["rung"], after
+        assert "the probe goes back" in after["reason"]
+    assert probe_stays(history) == [probe * 2 ** min(i, PROBE_BACKOFF) for i in range(len(probes))]
+    # the price: one step one setting lighter per probe, every other step at the floor
+    assert sum(index_of(s) != FLOOR for s in settings) == len(probes)
+    assert all(index_of(s) in (FLOOR, FLOOR - 1) for s in settings)
+
+
+def test_a_probe_that_stays_resets_the_backoff():
+    """The link of the first test above, fast from step 40: the probes before went back (after 3, then 6
+    decisions), the next one stays, and from then on a probe comes after 3 decisions again, up to ``none``."""
+    size, every, probe = 2, 2, 3
+    fast_from = 40
+
+    def rate(step, rank):
+        return 5e4 if step < fast_from else 1e9
+
+    def fn(t):
+        policy, engine, link = make(t, every=every, dwell=4, probe=probe)
+        settings = drive(t, policy, engine, link, 120, rate, latency=0.03)[0]
+        return settings, policy.history, policy.backoff
+
+    settings, history, backoff = run_local(size, fn)[0]
+    probes = [h for h in history if h["switched"] and h["reason"].startswith("probe")]
+    stays = probe_stays(history)
+    early = [s for p, s in zip(probes, stays, strict=True) if p["step"] < fast_from]
+    assert early == [3, 6]
+    kept = [h for h in history if "the probe stays" in h["reason"]]
+    assert kept and kept[0]["step"] > fast_from
+    later = [s for p, s in zip(probes, stays, strict=True) if p["step"] > kept[0]["step"]]
+    assert later and all(s == probe for s in later), stays
+    assert settings[-1] == "none" and backoff == 0
 
 
 def test_a_measured_setting_is_predicted_at_its_measured_time():
@@ -221,7 +315,7 @@ def test_a_measured_setting_is_predicted_at_its_measured_time():
         return 0.05 if step < 20 else 0.15
 
     def fn(t):
-        policy, engine, link = make(t, every=every, dwell=2)
+        policy, engine, link = make(t, every=every, dwell=2, start=0)
         settings = drive(t, policy, engine, link, 40, lambda s, r: 1e6, compute, latency=0.02)[0]
         return settings, policy.switches, policy.history
 
@@ -246,7 +340,7 @@ def test_every_rank_takes_the_same_decision_when_measurements_differ():
         return COMPUTE / (2 if rank == 1 else 1)
 
     def fn(t):
-        policy, engine, link = make(t, every=3, dwell=3)
+        policy, engine, link = make(t, every=3, dwell=3, start=0)
         settings = drive(t, policy, engine, link, 9, rate, compute)[0]
         return settings, policy.history
 
@@ -379,7 +473,8 @@ def test_ranks_with_another_ladder_are_refused_at_the_first_call():
 
 def test_options_are_checked():
     for bad in ({"budget": 0}, {"every": 0}, {"dwell": -1}, {"margin": 1.5}, {"start": 8}, {"start": "qsgd"},
-                {"ladder": []}, {"ladder": ["none", "none"]}, {"ladder": "none"}, {"clock": 3}):
+                {"ladder": []}, {"ladder": ["none", "none"]}, {"ladder": "none"}, {"clock": 3}, {"floor": 8},
+                {"floor": "qsgd"}, {"start": 7}, {"start": "topk:ratio=0.001"}, {"floor": 2, "start": 3}):
         with pytest.raises(ConfigError):
             AdaptivePolicy(**bad)
 
@@ -388,6 +483,9 @@ def test_specs():
     policy = build_policy("adaptive:budget=0.5,every=3,dwell=6,ladder=none;topk:ratio=0.01", seed=None)
     assert policy.config()["ladder"] == [{"name": "none"}, {"name": "topk", "ratio": 0.01}]
     assert (policy.budget, policy.every, policy.dwell) == (0.5, 3, 6)
+    assert policy.floor == policy.start == 1 and policy.setting == "topk:ratio=0.01"
+    named = build_policy("adaptive:start=none,floor=topk:ratio=0.1")
+    assert (named.start, named.floor) == (0, 5) and named.config()["floor"] == 5
     assert is_adaptive("adaptive") and is_adaptive(policy) and not is_adaptive("topk")
     seeded = build_policy("adaptive", seed=5)
     assert all(c.get_config().get("seed", 5) == 5 for c in seeded.ladder)

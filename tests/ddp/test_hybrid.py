@@ -116,7 +116,7 @@ class ScriptedLink:
 
 def _adaptive(rank):
     link = ScriptedLink(rank)
-    policy = AdaptivePolicy(every=2, dwell=3, clock=link)
+    policy = AdaptivePolicy(every=2, dwell=3, start=0, clock=link)
     model = make_model(seed=0)
     ddp = DDP(model)
     state = gcomp.ddp.register(ddp, policy, start_iter=1, min_numel=256, hierarchical=_pair)
