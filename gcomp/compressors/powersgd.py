@@ -348,9 +348,23 @@ class PowerSGD(Compressor):
         return super().compress(x, step=step, key=key)
 
     def _decompress(self, c):
+        return self._decompress_into(c, None)
+
+    def _decompress_into(self, c, out):
+        """``P Q^T`` (first ``numel`` entries) by the same kernel as the phases' last pass, into ``out`` or a new
+        vector: decoding into the caller's buffer allocates nothing of the vector's size."""
+        p, q = c.arrays["p"], c.arrays["q"]
         if c.numel == 0:
-            return np.zeros(0, np.float32)
-        return np.ascontiguousarray((c.arrays["p"] @ c.arrays["q"].T).reshape(-1)[: c.numel])
+            return np.zeros(0, np.float32) if out is None else out
+        p = np.ascontiguousarray(p, dtype=np.float32)
+        q = np.asarray(q, dtype=np.float32)
+        if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1] or not (p.shape[0] - 1) * q.shape[0] < c.numel <= p.shape[0] * q.shape[0]:
+            dense = np.ascontiguousarray((p @ q.T).reshape(-1)[: c.numel])  # a form the kernel does not take
+            if out is None:
+                return dense
+            out[:] = dense
+            return out
+        return self._outer(p, q, c.numel, out, None, np.float32(1.0))
 
     def combine(self, items):
         raise ConfigError("powersgd is linear in its phases, not as a whole: sum p_phase() outputs, then q_phase() outputs")
