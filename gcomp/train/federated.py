@@ -2,7 +2,8 @@
 
 One run per compressor.  Each run starts Flower's simulation engine
 (:func:`flwr.simulation.run_simulation`, Ray backend) with ``clients`` virtual
-SuperNodes; each holds one partition of the digits training split (IID, or
+SuperNodes; each holds one partition of the training split (the digits, or
+MNIST-1D generated once under the output directory; IID, or
 Dirichlet(``non_iid``): :mod:`gcomp.flower.partition`).  Every round the
 server samples ``fraction`` of the clients (at least one) from its own seeded
 generator, so every compressor sees the same clients in the same rounds; each
@@ -31,33 +32,41 @@ import numpy as np
 __all__ = ["train_federated", "run_federated", "validate_federated", "client_app", "server_app", "federated_kpis",
            "parse_local_dp"]
 
-_DATA_CACHE = {}  # (seed, clients, non_iid) -> data and partitions, one entry per process
+_DATA_CACHE = {}  # (seed, clients, non_iid, dataset, data path) -> data and partitions, one entry per process
 
 
-def _data(seed, clients, non_iid):
-    """(x_train, y_train, x_test, y_test, parts), cached per process."""
-    key = (seed, clients, non_iid)
+def _data(cfg):
+    """(x_train, y_train, x_test, y_test, parts) of a run's ``cfg``, cached per process.
+
+    The digits by default; mnist1d from the ``data_path`` the runner generated (``dataset_params`` checked)."""
+    seed, clients, non_iid = cfg["seed"], cfg["clients"], cfg["non_iid"]
+    key = (seed, clients, non_iid, cfg.get("dataset", "digits"), cfg.get("data_path"))
     if key not in _DATA_CACHE:
         from gcomp.flower.partition import partition
 
-        from .data import load_digits_split
+        from .data import load_dataset
 
-        x_tr, y_tr, x_te, y_te = load_digits_split(seed)
+        x_tr, y_tr, x_te, y_te = load_dataset(cfg)
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = (x_tr, y_tr, x_te, y_te, partition(y_tr, clients, non_iid, seed))
     return _DATA_CACHE[key]
+
+
+def _model(cfg):
+    """The run's model, initialised from its seed, for the dataset's sample size (64 for the digits)."""
+    from .models import build_model
+
+    return build_model(cfg["model"], cfg["hidden"], cfg["seed"], cfg.get("inputs", 64))
 
 
 def _train_local(cfg, arrays, partition_id, server_round):
     """Local SGD on one client's partition from ``arrays``; returns (state dict, examples, loss, seconds)."""
     import torch
 
-    from .models import build_model
-
     torch.set_num_threads(1)
-    x_tr, y_tr, _, _, parts = _data(cfg["seed"], cfg["clients"], cfg["non_iid"])
+    x_tr, y_tr, _, _, parts = _data(cfg)
     idx = parts[partition_id]
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    model = _model(cfg)
     model.load_state_dict(arrays.to_torch_state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
     rng = np.random.Generator(np.random.PCG64([cfg["seed"], server_round, partition_id]))
@@ -182,10 +191,8 @@ def _partitions(grid, expected, timeout):
 def _evaluate(cfg, arrays):
     import torch
 
-    from .models import build_model
-
-    _, _, x_te, y_te, _ = _data(cfg["seed"], cfg["clients"], cfg["non_iid"])
-    model = build_model(cfg["model"], cfg["hidden"], cfg["seed"])
+    _, _, x_te, y_te, _ = _data(cfg)
+    model = _model(cfg)
     model.load_state_dict(arrays.to_torch_state_dict())
     with torch.no_grad():
         logits = model(torch.from_numpy(x_te))
@@ -201,8 +208,6 @@ def server_app(cfg, sink):
 
     from gcomp.flower import CompressionStrategy
 
-    from .models import build_model
-
     app = ServerApp()
 
     @app.main()
@@ -212,7 +217,7 @@ def server_app(cfg, sink):
                                 min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=cfg["clients"])
         strategy = inner if cfg.get("compressor") is None else CompressionStrategy(
             inner, uplink=cfg["compressor"], downlink=cfg.get("downlink"))
-        initial = ArrayRecord(build_model(cfg["model"], cfg["hidden"], cfg["seed"]).state_dict())
+        initial = ArrayRecord(_model(cfg).state_dict())
         records = []
         clock = [time.perf_counter()]
 
@@ -287,15 +292,18 @@ def validate_federated(opts):
 
     import gcomp
 
-    from .data import TRAIN_SAMPLES
+    from .data import parse_dataset, train_samples
     from .links import parse_links
 
     try:
         import flwr  # noqa: F401
     except ImportError:
         raise ValueError("--architecture federated needs Flower: pip install 'gcomp[flower]'") from None
-    if opts.dataset != "digits":
-        raise ValueError(f"expected --dataset digits with --architecture federated, found {opts.dataset!r}")
+    try:
+        dataset_name, _ = parse_dataset(opts.dataset)
+    except ValueError as exc:
+        raise ValueError(f"--dataset {opts.dataset}: {exc}") from None
+    samples = train_samples(opts.dataset)
     if not 2 <= opts.clients <= 200:
         raise ValueError(f"expected 2 to 200 --clients, found {opts.clients}")
     if not (math.isfinite(opts.fraction) and 0 < opts.fraction <= 1):
@@ -306,15 +314,17 @@ def validate_federated(opts):
         raise ValueError(f"expected --local-epochs >= 1, found {opts.local_epochs}")
     if opts.non_iid is not None and not (math.isfinite(opts.non_iid) and opts.non_iid > 0):
         raise ValueError(f"expected --non-iid ALPHA > 0 (Dirichlet concentration), found {opts.non_iid}")
-    if 2 * opts.clients > TRAIN_SAMPLES:
-        raise ValueError(f"expected at most {TRAIN_SAMPLES // 2} clients ({TRAIN_SAMPLES} training samples, two each "
+    if 2 * opts.clients > samples:
+        raise ValueError(f"expected at most {samples // 2} clients ({samples} training samples, two each "
                          f"at least), found {opts.clients}")
     if opts.batch_size < 1:
         raise ValueError(f"expected a batch size of at least 1, found {opts.batch_size}")
     if not (math.isfinite(opts.lr) and opts.lr > 0):
         raise ValueError(f"expected a positive learning rate, found {opts.lr}")
-    if opts.model not in ("mlp", "cnn"):
-        raise ValueError(f"expected model mlp or cnn, found {opts.model!r}")
+    if opts.model not in ("mlp", "cnn", "cnn1d"):
+        raise ValueError(f"expected model mlp, cnn or cnn1d, found {opts.model!r}")
+    if opts.model == "cnn" and dataset_name != "digits":
+        raise ValueError(f"expected --model mlp or cnn1d for {dataset_name} because cnn takes 8x8 digit images")
     if not 0.0 < opts.target_accuracy <= 1.0:
         raise ValueError(f"expected a target accuracy in (0, 1], found {opts.target_accuracy}")
     if opts.emulate:
@@ -379,8 +389,12 @@ def parse_local_dp(text):
     return dp
 
 
-def _config(opts, spec):
-    return {"local_dp": parse_local_dp(opts.local_dp) if opts.local_dp else None, "compressor": spec,
+def _config(opts, spec, data=None):
+    """A run's config; ``data``: the dataset fields (runner's ``_dataset_config``), digits when None."""
+    from .data import input_size
+
+    return {**(data or {"dataset": "digits"}), "inputs": input_size(opts.dataset),
+            "local_dp": parse_local_dp(opts.local_dp) if opts.local_dp else None, "compressor": spec,
             "clients": opts.clients, "fraction": opts.fraction, "rounds": opts.rounds,
             "local_epochs": opts.local_epochs, "non_iid": opts.non_iid, "model": opts.model, "hidden": opts.hidden,
             "batch_size": opts.batch_size, "lr": opts.lr, "momentum": opts.momentum, "seed": opts.seed,
@@ -455,10 +469,11 @@ def federated_kpis(opts, spec, sink, links):
 def train_federated(opts):
     """``gcomp train --architecture federated``: one simulation per compressor; results.json, plots; the results."""
     links = validate_federated(opts)
-    from .runner import _check_out, _clear_stale_runs
+    from .runner import _check_out, _clear_stale_runs, _dataset_config, _dataset_record
 
     _check_out(opts.out)
     _clear_stale_runs(opts.out)
+    data = _dataset_config(opts)  # mnist1d: generated once into out/data/, every client loads that file
     import flwr
     import torch
 
@@ -467,7 +482,7 @@ def train_federated(opts):
     split = "IID" if opts.non_iid is None else f"Dirichlet({opts.non_iid:g})"
     print(f"gcomp train: federated on Flower {flwr.__version__} (simulation engine), {opts.clients} clients, "
           f"{opts.fraction:g} per round, {opts.rounds} rounds of {opts.local_epochs} local epoch(s), {split}, "
-          f"{opts.model}{'; downlink ' + opts.downlink if opts.downlink else ''}"
+          f"{opts.model} on {opts.dataset}{'; downlink ' + opts.downlink if opts.downlink else ''}"
           f"{'; local DP ' + opts.local_dp + ' before compression' if opts.local_dp else ''}; "
           f"{len(opts.compressors)} run(s): {', '.join(opts.compressors)}", flush=True)
     header = {"gcomp": gcomp.__version__, "torch": torch.__version__, "flwr": flwr.__version__,
@@ -477,11 +492,12 @@ def train_federated(opts):
               "model": opts.model, "hidden": opts.hidden, "architecture": "federated", "topology": None,
               "links": [link.spec for link in links], "emulated": False, "target_accuracy": opts.target_accuracy,
               "seed": opts.seed, "options": dataclasses.asdict(opts),
-              "local_dp": parse_local_dp(opts.local_dp) if opts.local_dp else None, "downlink": opts.downlink}
+              "local_dp": parse_local_dp(opts.local_dp) if opts.local_dp else None, "downlink": opts.downlink,
+              "dataset": opts.dataset, "dataset_generator": _dataset_record(opts)}
     runs = []
     for spec in opts.compressors:
         start = time.time()
-        sink = run_federated(_config(opts, spec))
+        sink = run_federated(_config(opts, spec, data))
         run = federated_kpis(opts, spec, sink, links)
         run["simulation_wall_s"] = time.time() - start
         runs.append(run)

@@ -20,7 +20,7 @@ from gcomp.cli import main
     (["--local-dp", "clip=1,eps=1"], "expected --local-dp clip=C,epsilon=E"),
     (["--downlink", "nosuch"], "--downlink nosuch"),
     (["--emulate"], "--emulate is not available"),
-    (["--dataset", "mnist1d"], "expected --dataset digits"),
+    (["--dataset", "mnist1d", "--model", "cnn"], "cnn takes 8x8 digit images"),
     (["--link", "20mbit,5mbit"], "expected 1 or 20 link specs"),
 ])
 def test_bad_federated_options_fail_before_starting(extra, message, capsys, tmp_path):

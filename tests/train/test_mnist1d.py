@@ -212,3 +212,38 @@ def test_cnn_topk_1pct_stays_within_3_points_of_dense(tmp_path):
     assert topk["final_accuracy"] >= dense["final_accuracy"] - 0.03, (dense["final_accuracy"], topk["final_accuracy"])
     # the hook compressed: about 1% of the values (plus indices and headers) on the wire
     assert topk["counted_compression_ratio"] > 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_federated_run_on_mnist1d_trains_the_cnn1d_from_the_cached_set(tmp_path, capsys):
+    """`gcomp train --architecture federated --dataset mnist1d:...` on Flower's simulation engine: the clients train
+    the 1-D CNN on their partitions of the generated set (cached under --out/data/), results.json records the
+    generator, and top-k's uplink is a fraction of the dense model."""
+    from gcomp.train.federated import validate_federated
+
+    out = tmp_path / "out"
+    argv = ["train", "--architecture", "federated", "--dataset", "mnist1d:samples=600,seed=3", "--clients", "3",
+            "--fraction", "1", "--rounds", "1", "--local-epochs", "1", "--hidden", "32", "--batch-size", "16",
+            "--compressor", "topk:ratio=0.05", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    header = results["header"]
+    assert header["model"] == "cnn1d" and header["dataset"] == "mnist1d:samples=600,seed=3"
+    generator = header["dataset_generator"]
+    assert generator["params"] == mnist1d_params(samples=600, seed=3)
+    assert load_npz(str(out / generator["cache"]), generator["params"])[0].shape == (480, 40)
+    (run,) = results["runs"]
+    assert run["rounds"] == 1 and run["sampled"] == {"1": [0, 1, 2]}
+    assert 0.0 <= run["final_accuracy"] <= 1.0
+    # the dense payload is the float32 parameters of the CNN1D of width 32 on 40-sample signals, not the digits MLP
+    params = sum(p.numel() for p in build_model("cnn1d", 32, inputs=40).parameters())
+    assert 4 * params <= run["dense_model_bytes"] < 4 * params + 4096
+    assert run["uplink_bytes_per_client_per_round"] < run["dense_model_bytes"] / 5
+    # cnn is the 8x8-image model: refused for mnist1d before anything starts
+    bad = TrainOptions(architecture="federated", dataset="mnist1d:samples=600,seed=3", model="cnn", clients=3,
+                       compressors=["none"], out=str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="cnn takes 8x8 digit images"):
+        validate_federated(bad)
