@@ -188,6 +188,23 @@ def natural_encode(x, seed, residual=None):
     return exps, signs
 
 
+#: the empty error-feedback scratch of an encode without residual (never written: its size is 0)
+_NO_VBUF = np.empty(0, np.float32)
+_NO_DBITS = np.empty(0, np.uint32)
+
+
+def _natural_encode_trusted(x, seed):
+    """:func:`natural_encode` without error feedback and without its argument checks, for a caller whose arguments
+    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
+    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
+    n = x.shape[0]
+    exps = np.empty(n, dtype=np.uint8)
+    signs = np.empty((n + 7) // 8, dtype=np.uint8)
+    sw = np.empty((min(_CHUNK, n) + 7) // 8, dtype=np.uint64)
+    config.run(n, _natural_encode, _natural_encode_par, x, None, np.uint64(seed), exps, signs, sw, _NO_VBUF, _NO_DBITS)
+    return exps, signs
+
+
 def natural_decode(exponents, signs, n, out=None, accumulate=False):
     """Decode ``(exponents, signs)`` to float32[n] (see the module docstring).
 

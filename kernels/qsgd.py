@@ -394,6 +394,19 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
     return packed, norms
 
 
+def _qsgd_encode_trusted(x, levels, bits, bucket_size, seed):
+    """:func:`qsgd_encode` without error feedback and without its argument checks, for a caller whose arguments
+    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
+    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
+    n = x.shape[0]
+    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+    norms = np.empty(-(-n // bucket_size), dtype=np.float32)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, serial, parallel, x, None, levels, bucket_size, np.uint64(seed), bits, packed, norms, cw, _NO_VBUF)
+    return packed, norms
+
+
 def qsgd_decode(packed, norms, levels, bucket_size, n, out=None, accumulate=False):
     """Decode QSGD codes: ``value = (norm * (1 / levels)) * (code - levels)``; returns float32[n].
 

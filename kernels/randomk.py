@@ -219,6 +219,13 @@ def randomk_indices(n, k, seed, out=None):
     return _randomk(n, k, seed, out, "bitmap" if _use_bitmap(n, k) else "hash")
 
 
+def _randomk_indices_trusted(n, k, seed):
+    """:func:`randomk_indices` without its argument checks, for a caller whose ``0 <= k <= n <= 2**40`` and
+    int ``seed`` in [0, 2**64) are valid already (a compressor: k from its ratio, seed from ``seed_for``):
+    the same kernels with the same arguments, so the same indices."""
+    return _randomk(n, k, np.uint64(seed), np.empty(k, np.int64), "bitmap" if _use_bitmap(n, k) else "hash")
+
+
 def randomk_select(x, k, seed):
     """``(indices, values)``: :func:`randomk_indices` ``(x.size, k, seed)`` and ``x`` at them.
 

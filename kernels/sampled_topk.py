@@ -139,3 +139,20 @@ def topk_sampled(x, k, seed, sample_fraction=0.01, min_fraction=0.5):
     c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), m, min_count, idx, val,
                    at_least=config.PARALLEL_MIN_SELECTION)
     return idx[:c], val[:c]
+
+
+def _topk_sampled_trusted(x, k, seed, sample_fraction, min_fraction):
+    """:func:`topk_sampled` without its argument checks, for a caller whose arguments are valid already
+    (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32 array; ``k`` an
+    int in [0, x.size]; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same
+    result."""
+    n = x.shape[0]
+    if k == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    if k == n:
+        return np.arange(n, dtype=np.int64), x.copy()
+    idx = np.empty(k + 1, np.int64)
+    val = np.empty(k + 1, np.float32)
+    c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), sample_size(n, sample_fraction),
+                   max(1, math.ceil(min_fraction * k)), idx, val, at_least=config.PARALLEL_MIN_SELECTION)
+    return idx[:c], val[:c]

@@ -296,6 +296,19 @@ def sign_encode(x, bucket_size, residual=None):
     return packed, scales
 
 
+def _sign_encode_trusted(x, bucket_size):
+    """:func:`sign_encode` without error feedback and without its argument checks, for a caller whose arguments
+    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
+    array): the same kernel with the same arguments, so the same bits."""
+    n = x.shape[0]
+    packed = np.empty((n + 7) // 8, dtype=np.uint8)
+    scales = np.empty(-(-n // bucket_size), dtype=np.float32)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, serial, parallel, x, None, bucket_size, packed, scales, cw, _NO_VBUF)
+    return packed, scales
+
+
 def sign_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
     """Decode scaled signs: ``+scale`` for bit 1, ``-scale`` for bit 0; returns float32[n].
 

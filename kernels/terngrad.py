@@ -311,6 +311,19 @@ def terngrad_encode(x, bucket_size, seed, residual=None):
     return packed, scales
 
 
+def _terngrad_encode_trusted(x, bucket_size, seed):
+    """:func:`terngrad_encode` without error feedback and without its argument checks, for a caller whose arguments
+    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
+    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
+    n = x.shape[0]
+    packed = np.empty((2 * n + 7) // 8, dtype=np.uint8)
+    scales = np.empty(-(-n // bucket_size), dtype=np.float32)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, serial, parallel, x, None, bucket_size, np.uint64(seed), packed, scales, cw, _NO_VBUF)
+    return packed, scales
+
+
 def terngrad_decode(packed, scales, bucket_size, n, out=None, accumulate=False):
     """Decode TernGrad codes: ``value = scale * (code - 1)``; returns float32[n].
 

@@ -541,6 +541,22 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     return packed, scales, offsets
 
 
+def _uniform_encode_trusted(x, bits, bucket_size, absmax, stochastic, seed):
+    """:func:`uniform_encode` without error feedback and without its argument checks, for a caller whose arguments
+    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
+    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
+    n = x.shape[0]
+    nb = -(-n // bucket_size)
+    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+    scales = np.empty(nb, dtype=np.float32)
+    offsets = np.empty(nb, dtype=np.float32)
+    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
+    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
+    config.run(n, serial, parallel,
+               x, None, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, _NO_VBUF)
+    return packed, scales, offsets
+
+
 def uniform_decode(packed, scales, offsets, bits, bucket_size, n, out=None, accumulate=False):
     """Decode: ``value = offset + scale * code`` per bucket; returns float32[n].
 

@@ -60,6 +60,7 @@ from ._params import Param
 __all__ = ["Compressed", "Compressor", "as_flat_f32", "input_kind", "DTYPES", "KINDS"]
 
 _F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
 _TWO64 = 1 << 64
 
 #: Dtypes a compressor accepts, by name; also the wire format's dtype ids.

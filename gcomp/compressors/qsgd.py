@@ -73,6 +73,12 @@ class QSGD(Compressor):
         return {"levels": self.levels, "bucket_size": self.bucket_size, "bits": self.bits}
 
     def _encode(self, x, seed, residual=None):
+        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
+            fast = self.__dict__.get("_fast")
+            if fast is None:
+                fast = self._fast = (int(self.levels), int(self.bits), int(self.bucket_size), self._params_dict())
+            packed, norms = kq._qsgd_encode_trusted(x, fast[0], fast[1], fast[2], seed)
+            return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "norms": norms}, dict(fast[3]))
         packed, norms = kq.qsgd_encode(x, self.levels, self.bucket_size, seed, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "norms": norms}, self._params_dict())
 

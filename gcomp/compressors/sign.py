@@ -33,7 +33,10 @@ class Sign(Compressor):
         return packed_bytes(numel, 1) + 4 * nbuckets(numel, self.bucket_size)
 
     def _encode(self, x, seed, residual=None):
-        packed, scales = ks.sign_encode(x, self.bucket_size, residual=residual)
+        if residual is None:  # bucket_size was checked when this compressor was built: no checks per call
+            packed, scales = ks._sign_encode_trusted(x, int(self.bucket_size))
+        else:
+            packed, scales = ks.sign_encode(x, self.bucket_size, residual=residual)
         return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
 
     def _decode(self, c, out=None, accumulate=False):

@@ -6,7 +6,7 @@ from ..kernels import scatter
 from ..kernels.error_feedback import ef_topk
 from ..kernels.topk import topk_exact
 from ._params import ratio_param, sparse_payload_bound
-from .base import _F32, Compressed, Compressor, _stamp, as_flat_f32, count_from_ratio
+from .base import _F32, _I64, Compressed, Compressor, _stamp, as_flat_f32, count_from_ratio
 from .codec import Codec, sparse_values
 
 
@@ -28,7 +28,16 @@ class SparseCompressor(Compressor):
         return sparse_decompress(c)
 
     def _decompress_into(self, c, out):
-        scatter.sparse_to_dense(c.arrays["indices"], c.arrays["values"], c.numel, out)  # zeroes and sets in one call
+        # ``out`` passed decompress's checks (float32, 1-D, contiguous, writeable, c.numel entries); when the
+        # packet's arrays are what sparse_to_dense would pass on as they are, its kernel is called directly (it
+        # checks the index range itself); anything else takes the checked wrapper
+        idx, val = c.arrays["indices"], c.arrays["values"]
+        if (type(idx) is np.ndarray and idx.dtype is _I64 and idx.ndim == 1 and type(val) is np.ndarray
+                and val.dtype is _F32 and val.ndim == 1 and val.shape[0] == idx.shape[0]
+                and idx.flags.c_contiguous and val.flags.c_contiguous
+                and scatter._sparse_to_dense(idx, val, out.shape[0], out)):  # zeroes and sets in one call
+            return out
+        scatter.sparse_to_dense(idx, val, c.numel, out)  # converts, or raises naming what is wrong
         return out
 
     def decompress_add(self, c, acc, scale=1.0):

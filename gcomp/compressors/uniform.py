@@ -87,6 +87,14 @@ class Uniform(Compressor):
                 "stochastic": int(self.rounding == "stochastic")}
 
     def _encode(self, x, seed, residual=None):
+        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
+            fast = self.__dict__.get("_fast")
+            if fast is None:
+                fast = self._fast = (int(self.bits), int(self.bucket_size), self.mode == "absmax",
+                                     self.rounding == "stochastic", self._params_dict())
+            packed, scales, offsets = ku._uniform_encode_trusted(x, fast[0], fast[1], fast[2], fast[3], seed)
+            return Compressed(self.name, x.shape[0], "float32",
+                              {"codes": packed, "scales": scales, "offsets": offsets}, dict(fast[4]))
         packed, scales, offsets = ku.uniform_encode(
             x, self.bits, self.bucket_size, mode=self.mode, rounding=self.rounding, seed=seed, residual=residual
         )

@@ -4,7 +4,10 @@
   SplitMix64 reference, the same errors for bad arguments;
 * exact top-k's small-input select (``_kth_key_small``: 7/8-bit digits) gives
   the same ``(T, need)`` as the 11/11/9-bit histogram select, and exact top-k
-  stays the numpy reference on both sides of its size thresholds.
+  stays the numpy reference on both sides of its size thresholds;
+* the unchecked encoders the compressors call (``_*_trusted``: their arguments
+  were checked when the compressor was built) give the bytes of the checked
+  public wrappers, below and above the parallel threshold.
 """
 
 import numpy as np
@@ -81,3 +84,35 @@ def test_exact_topk_around_the_size_thresholds(n):
             idx, val = topk_exact(x, k)
             ridx, rval = _topk_ref(x, k)
             assert np.array_equal(idx, ridx) and np.array_equal(val.view(np.uint32), rval.view(np.uint32)), (n, k)
+
+
+@pytest.mark.parametrize("n", [0, 1, 8, 1000, 10_003, (1 << 18) + 5])
+def test_trusted_encoders_are_the_checked_wrappers(n):
+    from gcomp.kernels import natural as kn
+    from gcomp.kernels import qsgd as kq
+    from gcomp.kernels import randomk as kr
+    from gcomp.kernels import sampled_topk as ks
+    from gcomp.kernels import sign as kg
+    from gcomp.kernels import terngrad as kt
+    from gcomp.kernels import uniform as ku
+
+    rng = np.random.default_rng(n + 3)
+    x = rng.standard_normal(n, dtype=np.float32) * np.exp(rng.standard_normal(n, dtype=np.float32))
+    seed = int(rng.integers(0, 1 << 63)) * 2 + 1  # above 2**63 too
+    pairs = [(ku._uniform_encode_trusted(x, bits, bs, absmax, sto, seed),
+              ku.uniform_encode(x, bits, bs, mode="absmax" if absmax else "maxmin",
+                                rounding="stochastic" if sto else "nearest", seed=seed))
+             for bits, bs, absmax, sto in ((8, 512, False, False), (4, 64, False, True), (2, 8, True, True),
+                                           (1, 1 << 17, False, True))]
+    pairs += [(kq._qsgd_encode_trusted(x, lv, kq.qsgd_code_bits(lv), bs, seed), kq.qsgd_encode(x, lv, bs, seed))
+              for lv, bs in ((4, 512), (1, 8), (127, 1 << 17))]
+    pairs += [(kt._terngrad_encode_trusted(x, bs, seed), kt.terngrad_encode(x, bs, seed)) for bs in (8, 512, 1 << 17)]
+    pairs += [(kg._sign_encode_trusted(x, bs), kg.sign_encode(x, bs)) for bs in (8, 512, 1 << 17)]
+    pairs.append((kn._natural_encode_trusted(x, seed), kn.natural_encode(x, seed)))
+    for k in sorted({0, min(n, 1), -(-n // 100), n}):
+        pairs.append(((kr._randomk_indices_trusted(n, k, seed),), (kr.randomk_indices(n, k, seed),)))
+        pairs.append((ks._topk_sampled_trusted(x, k, seed, 0.01, 0.5), ks.topk_sampled(x, k, seed, 0.01, 0.5)))
+    for got, want in pairs:
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()

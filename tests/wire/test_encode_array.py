@@ -6,7 +6,9 @@ import pytest
 import gcomp
 from gcomp import wire
 
-SPECS = ["topk:ratio=0.01", "randomk:ratio=0.05", "qsgd", "uniform:bits=2", "sign", "fp16", "powersgd", "none"]
+# topk:ratio=0.5 sends a bitmap index section, 0.01 a varint one; encode (no zstd) joins its pieces itself
+SPECS = ["topk:ratio=0.01", "topk:ratio=0.5", "randomk:ratio=0.05", "qsgd", "uniform:bits=2", "sign", "fp16", "bf16",
+         "natural", "terngrad", "dgc:ratio=0.05", "powersgd", "none"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
