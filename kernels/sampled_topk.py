@@ -128,17 +128,7 @@ def topk_sampled(x, k, seed, sample_fraction=0.01, min_fraction=0.5):
         raise ValueError(f"expected 0 < sample_fraction <= 1, found {sample_fraction!r}")
     if not (isinstance(min_fraction, (int, float)) and 0.0 <= min_fraction <= 1.0):
         raise ValueError(f"expected 0 <= min_fraction <= 1, found {min_fraction!r}")
-    if k == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    if k == n:
-        return np.arange(n, dtype=np.int64), x.copy()
-    idx = np.empty(k + 1, np.int64)
-    val = np.empty(k + 1, np.float32)
-    m = sample_size(n, sample_fraction)
-    min_count = max(1, math.ceil(min_fraction * k))
-    c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), m, min_count, idx, val,
-                   at_least=config.PARALLEL_MIN_SELECTION)
-    return idx[:c], val[:c]
+    return _topk_sampled_trusted(x, k, seed, sample_fraction, min_fraction)
 
 
 def _topk_sampled_trusted(x, k, seed, sample_fraction, min_fraction):
