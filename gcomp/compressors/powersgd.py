@@ -33,6 +33,7 @@ summable.  The Q memory is per key and saved by :meth:`state_dict`.
 """
 
 import math
+import threading
 
 import numpy as np
 
@@ -42,6 +43,11 @@ from ..kernels.random import derive_seed, uniform01_array
 from ._params import bool_param, int_param, seed_param
 from .base import Compressed, Compressor, key_to_int
 from .codec import F32, Codec
+
+# The key of the compress() call running on this thread, for _compress (which the base class calls without it).
+# Per thread: the DDP hook's training thread compresses a bucket while its communication thread compresses a
+# server-side chunk (scatter-reduce-allgather), and one attribute on the instance let one call use the other's key.
+_ACTIVE = threading.local()
 
 _EPS = 1e-8
 
@@ -334,7 +340,7 @@ class PowerSGD(Compressor):
         if n == 0:
             return Compressed(self.name, 0, "float32", {"p": np.zeros((0, 0), np.float32), "q": np.zeros((0, 0), np.float32)},
                               {"rows": 0, "cols": 0, "rank": 0})
-        key = self._active_key
+        key = _ACTIVE.key
         p = self.p_phase(x, key, flat=True)  # a packet is always the flat matrix view (its codec's form)
         q = self.q_phase(x, p, key, flat=True)
         p_hat = self._p_hat.pop(key)
@@ -344,7 +350,7 @@ class PowerSGD(Compressor):
         return Compressed(self.name, n, "float32", {"p": p_hat, "q": q}, {"rows": rows, "cols": cols, "rank": p_hat.shape[1]})
 
     def compress(self, x, *, step=0, key=0):
-        self._active_key = key
+        _ACTIVE.key = key
         return super().compress(x, step=step, key=key)
 
     def _decompress(self, c):
