@@ -176,16 +176,7 @@ def natural_encode(x, seed, residual=None):
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
-    residual = check_residual(residual, n)
-    exps = np.empty(n, dtype=np.uint8)
-    signs = np.empty((n + 7) // 8, dtype=np.uint8)
-    chunk = min(_CHUNK, n)
-    sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
-    with_res = residual is not None
-    vbuf = np.empty(chunk if with_res else 0, dtype=np.float32)
-    dbits = np.empty(chunk if with_res else 0, dtype=np.uint32)
-    config.run(n, _natural_encode, _natural_encode_par, x, residual, np.uint64(seed), exps, signs, sw, vbuf, dbits)
-    return exps, signs
+    return _natural_encode_trusted(x, seed, check_residual(residual, n))
 
 
 #: the empty error-feedback scratch of an encode without residual (never written: its size is 0)
@@ -193,15 +184,17 @@ _NO_VBUF = np.empty(0, np.float32)
 _NO_DBITS = np.empty(0, np.uint32)
 
 
-def _natural_encode_trusted(x, seed):
-    """:func:`natural_encode` without error feedback and without its argument checks, for a caller whose arguments
-    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
-    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
+def _natural_encode_trusted(x, seed, residual=None):
+    """:func:`natural_encode` after its argument checks (its body), for a caller whose arguments are valid already
+    (``x`` a 1-D contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked)."""
     n = x.shape[0]
     exps = np.empty(n, dtype=np.uint8)
     signs = np.empty((n + 7) // 8, dtype=np.uint8)
-    sw = np.empty((min(_CHUNK, n) + 7) // 8, dtype=np.uint64)
-    config.run(n, _natural_encode, _natural_encode_par, x, None, np.uint64(seed), exps, signs, sw, _NO_VBUF, _NO_DBITS)
+    chunk = min(_CHUNK, n)
+    sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
+    vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
+    dbits = _NO_DBITS if residual is None else np.empty(chunk, dtype=np.uint32)
+    config.run(n, _natural_encode, _natural_encode_par, x, residual, np.uint64(seed), exps, signs, sw, vbuf, dbits)
     return exps, signs
 
 

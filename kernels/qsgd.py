@@ -381,29 +381,22 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
-    residual = check_residual(residual, n)
-    nb = -(-n // bucket_size)
+    return _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, check_residual(residual, n))
+
+
+def _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, residual=None):
+    """:func:`qsgd_encode` after its argument checks (its body), for a caller whose arguments are valid already
+    (a compressor's parameters, checked when it was built; ``bits`` the code width of ``levels``; ``x`` a 1-D
+    contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked)."""
+    n = x.shape[0]
     packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
-    norms = np.empty(nb, dtype=np.float32)
+    norms = np.empty(-(-n // bucket_size), dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
     encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
     config.run(n, *encoders,
                x, residual, levels, bucket_size, np.uint64(seed), bits, packed, norms, cw, vbuf)
-    return packed, norms
-
-
-def _qsgd_encode_trusted(x, levels, bits, bucket_size, seed):
-    """:func:`qsgd_encode` without error feedback and without its argument checks, for a caller whose arguments
-    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
-    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
-    n = x.shape[0]
-    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
-    norms = np.empty(-(-n // bucket_size), dtype=np.float32)
-    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
-    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
-    config.run(n, serial, parallel, x, None, levels, bucket_size, np.uint64(seed), bits, packed, norms, cw, _NO_VBUF)
     return packed, norms
 
 

@@ -526,7 +526,15 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
-    residual = check_residual(residual, n)
+    return _uniform_encode_trusted(x, bits, bucket_size, mode == "absmax", rounding == "stochastic", seed,
+                                   check_residual(residual, n))
+
+
+def _uniform_encode_trusted(x, bits, bucket_size, absmax, stochastic, seed, residual=None):
+    """:func:`uniform_encode` after its argument checks (its body), for a caller whose arguments are valid already
+    (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32 array; ``seed`` an int
+    in [0, 2**64); ``residual`` None or checked)."""
+    n = x.shape[0]
     nb = -(-n // bucket_size)
     packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
     scales = np.empty(nb, dtype=np.float32)
@@ -534,26 +542,9 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)
-    absmax, stochastic = mode == "absmax", rounding == "stochastic"
     encoders = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
     config.run(n, *encoders,
                x, residual, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, vbuf)
-    return packed, scales, offsets
-
-
-def _uniform_encode_trusted(x, bits, bucket_size, absmax, stochastic, seed):
-    """:func:`uniform_encode` without error feedback and without its argument checks, for a caller whose arguments
-    are valid already (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32
-    array; ``seed`` an int in [0, 2**64)): the same kernel with the same arguments, so the same bits."""
-    n = x.shape[0]
-    nb = -(-n // bucket_size)
-    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
-    scales = np.empty(nb, dtype=np.float32)
-    offsets = np.empty(nb, dtype=np.float32)
-    cw = np.empty((min(_CHUNK, bucket_size, n) + 7) // 8, dtype=np.uint64)
-    serial, parallel = _ENCODERS if bucket_size <= PAR_CHUNK else _BIG_ENCODERS
-    config.run(n, serial, parallel,
-               x, None, bits, bucket_size, absmax, stochastic, np.uint64(seed), packed, scales, offsets, cw, _NO_VBUF)
     return packed, scales, offsets
 
 

@@ -15,7 +15,7 @@ import math
 from ..kernels.error_feedback import ef_sampled_topk
 from ..kernels.sampled_topk import _topk_sampled_trusted
 from ._params import int_param, ratio_param, seed_param, sparse_payload_bound
-from .base import Compressed, _stamp, as_flat_f32, count_from_ratio
+from .base import _stamp, as_flat_f32, count_from_ratio
 from .codec import Codec, sparse_values
 from .topk import SparseCompressor
 
@@ -58,13 +58,10 @@ class DGC(SparseCompressor):
         return sparse_payload_bound(numel, self.k(numel, 0))
 
     def _compress(self, x, *, step, seed):
-        n = x.shape[0]
-        # self.k(n, step), its ratio_at inlined for the steps after the warm-up (the common case)
-        k = count_from_ratio(n, self.ratio if not self.warmup_steps or step >= self.warmup_steps else self.ratio_at(step))
         # the parameters were checked when this compressor was built, x is flat float32 (Compressor.compress)
         # and seed an int in range: no checks per call
-        idx, val = _topk_sampled_trusted(x, k, seed, self.sample_fraction, self.min_fraction)
-        return Compressed(self.name, n, "float32", {"indices": idx, "values": val}, {}, count=idx.shape[0])
+        idx, val = _topk_sampled_trusted(x, self.k(x.shape[0], step), seed, self.sample_fraction, self.min_fraction)
+        return self._sparse(x, idx, val)
 
     def compress_with_residual(self, x, residual, *, step=0, key=0):
         flat, dtype = as_flat_f32(x)
