@@ -279,9 +279,7 @@ def _prepare(c):
     if dtype_id is None:
         raise CodecError(f"expected dtype in {DTYPES}, found {c.dtype!r}")
     ptuple = tuple([int(c.params[name]) for name in codec.params]) if codec.params else ()
-    layout = _LAYOUTS.get((id(codec), c.numel, c.count, ptuple))
-    if layout is None or layout.codec is not codec:
-        layout = _layout(codec, c.numel, c.count, ptuple)
+    layout = _layout(codec, c.numel, c.count, ptuple)
     flags = 0
     idx, index_kind, index_len = None, None, 0
     if codec.sparse:
@@ -449,11 +447,7 @@ def _read_v1(mv, total, expected_numel):
         numel, payload_len, crc = fields[7], fields[17], fields[18]
         if expected_numel is not None and numel != expected_numel:
             raise SizeError(f"expected numel {expected_numel} (the receiver's buffer), found {numel}")
-        if total != HEADER_SIZE + payload_len:
-            raise TruncatedError(f"expected exactly {HEADER_SIZE + payload_len} bytes (header + payload), found {total}")
-        check = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(_ZERO_CRC, zlib.crc32(mv[:CRC_OFFSET])))
-        if check != crc:
-            raise ChecksumError(f"expected CRC-32 {crc:#010x} from the header, computed {check:#010x}: the packet is corrupt")
+        _check_length_and_crc(mv, total, payload_len, crc)
         return (codec, fields[4], fields[5], numel, fields[8], fields[9], fields[10], layout, fields[15], fields[16],
                 payload_len, crc)
     return _read_v1_checked(mv, total, expected_numel, fields)
@@ -491,10 +485,7 @@ def _read_v1_checked(mv, total, expected_numel, fields):
     used = len(codec.params)
     if any(raw_p[used:]):
         raise CodecError(f"expected unused codec parameters to be zero, found {raw_p}")
-    ptuple = raw_p[:used]
-    layout = _LAYOUTS.get((id(codec), numel, count, ptuple))
-    if layout is None or layout.codec is not codec:  # the codec's checks run on sizes not seen before
-        layout = _layout(codec, numel, count, ptuple)
+    layout = _layout(codec, numel, count, raw_p[:used])  # the codec's checks run on sizes not seen before
     if codec.sparse:
         if flags & FLAG_BITMAP:
             want_index = (numel + 7) // 8
@@ -518,12 +509,18 @@ def _read_v1_checked(mv, total, expected_numel, fields):
     if len(_HEADERS) >= _LAYOUTS_MAX:
         _HEADERS.clear()
     _HEADERS[fields[2:9] + fields[11:18]] = (cls, codec, layout)
+    _check_length_and_crc(mv, total, payload_len, crc)
+    return codec, flags, dtype_id, numel, count, step, seed, layout, index_len, raw_len, payload_len, crc
+
+
+def _check_length_and_crc(mv, total, payload_len, crc):
+    """The last checks of every packet, cached header or not: exactly header + payload bytes, then the CRC-32 of
+    the header (its CRC field read as zero) and the payload."""
     if total != HEADER_SIZE + payload_len:
         raise TruncatedError(f"expected exactly {HEADER_SIZE + payload_len} bytes (header + payload), found {total}")
     check = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(_ZERO_CRC, zlib.crc32(mv[:CRC_OFFSET])))
     if check != crc:
         raise ChecksumError(f"expected CRC-32 {crc:#010x} from the header, computed {check:#010x}: the packet is corrupt")
-    return codec, flags, dtype_id, numel, count, step, seed, layout, index_len, raw_len, payload_len, crc
 
 
 _ZERO_CRC = b"\0\0\0\0"

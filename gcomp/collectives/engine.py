@@ -541,9 +541,7 @@ class CompressedAllreduce:
             x = self._carry(old[1:], key, x)
         self._paths[key] = (self._generation, *path)
         try:
-            usable = (out is not None and isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 1
-                      and out.shape[0] == x.shape[0] and out.flags.c_contiguous and out.flags.writeable)
-            pending = chosen.prepare(x, key, step, average=average, out=out if usable else None)
+            pending = chosen.prepare(x, key, step, average=average, out=out if _usable_out(out, x.shape[0]) else None)
         except GcompError as exc:
             # Raised in complete(), after the agreement step, so that the ranks see the failure together
             # (a size change on one rank fails its feedback here, and its fingerprint differs).
@@ -590,9 +588,7 @@ class CompressedAllreduce:
             executor.submit(engine.complete, pending, out=bucket_vector)  # on the communication thread
         """
         bad_out = None
-        if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1
-                                or out.shape[0] != pending.x.shape[0] or not out.flags.c_contiguous
-                                or not out.flags.writeable):
+        if out is not None and not _usable_out(out, pending.x.shape[0]):
             bad_out = ConfigError(f"expected out a writable contiguous float32 vector of {pending.x.shape[0]} "
                                   f"entries, found {getattr(out, 'dtype', type(out).__name__)} "
                                   f"{getattr(out, 'shape', '')}")
@@ -983,3 +979,9 @@ def _digest(doc) -> bytes:
 
 def _count(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _usable_out(out, numel):
+    """Whether ``out`` can receive a call's result: a writable C-contiguous float32 vector of ``numel`` entries."""
+    return (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 1 and out.shape[0] == numel
+            and out.flags.c_contiguous and out.flags.writeable)
