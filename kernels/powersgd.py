@@ -10,7 +10,16 @@ does not fill its matrix view needs no zero-padded copy).  With ``r`` the rank:
 * :func:`matrix_t_times` -- ``Q' = M^T P`` (``cols x r``): rows of M are
   streamed and ``P[i, k] * M[i, :]`` is accumulated into ``r x cols`` sums
   that stay in L2;
-* :func:`outer` -- the dense ``P Q^T`` (first ``n`` entries), written once.
+* :func:`outer` -- the dense ``P Q^T`` (first ``n`` entries), written once;
+  :func:`outer_add` adds it into an accumulator instead (each row formed in a
+  row-sized scratch, then added: the bits of ``acc += outer(...)``);
+* :func:`orthonormalize` -- modified Gram-Schmidt on the columns of ``P``, in
+  strict IEEE arithmetic in a fixed order (float64 dot products in row order):
+  the same ``P_hat`` on every machine, where a BLAS ``sdot`` sums in an order
+  that depends on the CPU it dispatches to;
+* :func:`power_step` -- ``M Q``, orthonormalize and ``M^T P_hat`` in one
+  compiled call for small vectors (the fixed cost of three calls is most of a
+  small vector's time), the same bits as the three calls.
 
 Residual error feedback fuses into passes that run anyway: ``matrix_times(...,
 accumulate=res, scale=s)`` forms ``res = x * s + res`` row by row and takes
@@ -45,13 +54,17 @@ from numba import prange
 from . import config
 from .config import kernel
 
-__all__ = ["matrix_times", "matrix_t_times", "outer", "UNIT_ENTRIES", "unit_rows"]
+__all__ = ["matrix_times", "matrix_t_times", "outer", "outer_add", "orthonormalize", "power_step", "UNIT_ENTRIES", "unit_rows"]
 
 #: entries of M per unit of ``matrix_t_times`` (its partial sums are combined in unit order)
 UNIT_ENTRIES = 1 << 19
 
 #: rows per parallel block of ``matrix_times`` and ``outer`` (any blocking gives the same bits)
 _ROW_ENTRIES = 1 << 16
+
+
+_NO_RESIDUAL = np.empty(0, np.float32)  # read-only by the kernels (their "no residual" marker)
+_ONE = np.float32(1.0)
 
 
 def unit_rows(cols):
@@ -177,12 +190,8 @@ def _mtp_par(x, n, rows, cols, p, q, parts, total):
 
 # -- P Q^T ---------------------------------------------------------------------------------
 @kernel
-def _outer_row(p, qt, n, cols, out, i):
-    s = i * cols
-    e = min(s + cols, n)
-    if e <= s:
-        return
-    o = out[s:e]
+def _outer_row_into(p, qt, i, o):
+    """Row i of ``P Q^T``, its first ``o.shape[0]`` entries, written into ``o``."""
     w = p[i, 0]
     q0 = qt[0]
     for j in range(o.shape[0]):
@@ -192,6 +201,47 @@ def _outer_row(p, qt, n, cols, out, i):
         qk = qt[k]
         for j in range(o.shape[0]):
             o[j] += w * qk[j]
+
+
+@kernel
+def _outer_row(p, qt, n, cols, out, i):
+    s = i * cols
+    e = min(s + cols, n)
+    if e <= s:
+        return
+    _outer_row_into(p, qt, i, out[s:e])
+
+
+@kernel
+def _outer_add_row(p, qt, n, cols, acc, tmp, i):
+    """``acc += row i of P Q^T`` (the row formed in ``tmp`` as :func:`_outer_row` forms it, then added: the bits of
+    ``acc += dense``)."""
+    s = i * cols
+    e = min(s + cols, n)
+    if e <= s:
+        return
+    t = tmp[: e - s]
+    _outer_row_into(p, qt, i, t)
+    a = acc[s:e]
+    for j in range(t.shape[0]):
+        a[j] += t[j]
+
+
+@kernel
+def _outer_add(p, qt, n, rows, cols, acc):
+    tmp = np.empty(cols, np.float32)
+    for i in range(rows):
+        _outer_add_row(p, qt, n, cols, acc, tmp, i)
+
+
+@kernel(parallel=True)
+def _outer_add_par(p, qt, n, rows, cols, acc):
+    per = max(1, _ROW_ENTRIES // max(1, cols))
+    blocks = (rows + per - 1) // per
+    for b in prange(blocks):
+        tmp = np.empty(cols, np.float32)
+        for i in range(b * per, min(rows, b * per + per)):
+            _outer_add_row(p, qt, n, cols, acc, tmp, i)
 
 
 @kernel(exact=True)
@@ -226,6 +276,44 @@ def _outer_par(p, qt, n, rows, cols, out, v, d):
                 _residual_row(out, n, cols, v, d, i)
 
 
+# -- orthonormalize P ----------------------------------------------------------------------
+@kernel(exact=True)
+def _orthonormalize(p, eps):
+    """Modified Gram-Schmidt on the columns of p, in place (float64 sums in row order, float32 updates)."""
+    rows, r = p.shape
+    for j in range(r):
+        for i in range(j):
+            d = 0.0
+            for k in range(rows):
+                d += np.float64(p[k, i]) * np.float64(p[k, j])
+            c = np.float32(d)
+            for k in range(rows):
+                p[k, j] = p[k, j] - c * p[k, i]
+        s = 0.0
+        for k in range(rows):
+            v = np.float64(p[k, j])
+            s += v * v
+        norm = np.sqrt(s)
+        if norm > eps and np.isfinite(norm):
+            f = np.float32(norm)
+            for k in range(rows):
+                p[k, j] = p[k, j] / f
+        else:
+            fill = np.float32(0.0) if np.isfinite(norm) else np.float32(np.nan)
+            for k in range(rows):
+                p[k, j] = fill
+
+
+# -- one whole power step, serial (small vectors: one call instead of three) ---------------
+@kernel
+def _power_step(x, cols, qt, p, q, scratch, eps):
+    n, rows = x.shape[0], p.shape[0]
+    for i in range(rows):
+        _mq_row(x, n, cols, qt, p, i)
+    _orthonormalize(p, eps)
+    _mtp(x, n, rows, cols, p, q, scratch[:1], scratch[1])
+
+
 # -- wrappers ------------------------------------------------------------------------------
 def _check_x(x, rows, cols):
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 or not x.flags.c_contiguous:
@@ -254,6 +342,59 @@ def _check_vector(v, n, name, apart_from):
             or v.shape[0] != n or np.shares_memory(v, apart_from)):
         raise ValueError(f"expected {name} to be a C-contiguous float32 vector of {n} entries, not sharing memory "
                          f"with the other arguments")
+
+
+def orthonormalize(p, eps=1e-8):
+    """Modified Gram-Schmidt on the columns of ``p`` (a C-contiguous ``rows x r`` float32 array), in place.
+
+    Column ``j`` loses its projections on the columns before it, one at a time (each
+    coefficient a float64 dot product in row order, rounded to float32; the update
+    ``p[:, j] - c * p[:, i]`` in float32, no fused multiply-add), then is divided by its
+    float64 norm rounded to float32.  A column whose norm is at most ``eps`` becomes zeros, a
+    non-finite one NaNs.  Strict IEEE arithmetic in a fixed order: the same bits on every
+    machine and run (no BLAS, whose summation order depends on the CPU it dispatches to), so
+    ranks on different processors orthonormalize the same ``P`` to the same ``P_hat``.
+    Returns ``p``.
+    """
+    if not isinstance(p, np.ndarray) or p.dtype != np.float32 or p.ndim != 2 or not p.flags.c_contiguous:
+        found = f"{p.dtype} {p.ndim}-D" if isinstance(p, np.ndarray) else type(p).__name__
+        raise TypeError(f"expected p to be a C-contiguous 2-D float32 array, found {found}")
+    if p.size:
+        _orthonormalize(p, float(eps))
+    return p
+
+
+def power_step(x, rows, cols, qt, eps=1e-8):
+    """One power-iteration step on the ``rows x cols`` view ``M`` of ``x``: ``(P_hat, Q', Q'^T)``.
+
+    ``P = M Q`` (``qt`` is ``Q^T``, ``r x cols``), ``P_hat = orthonormalize(P)`` (in place),
+    ``Q' = M^T P_hat``: the same bits as :func:`matrix_times`, :func:`orthonormalize` and
+    :func:`matrix_t_times` called in turn (the same row and unit loops), in one compiled call
+    for vectors below :data:`~gcomp.kernels.config.PARALLEL_MIN` entries; larger ones take
+    those three calls, so they may run on Numba's threads.
+    """
+    rows, cols = _check_x(x, rows, cols)
+    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
+        raise TypeError(f"expected qt to be a C-contiguous 2-D float32 array, found "
+                        f"{getattr(qt, 'dtype', type(qt).__name__)}")
+    if qt.shape[1] != cols or qt.shape[0] < 1:
+        raise ValueError(f"expected qt of shape (r >= 1, {cols}), found {qt.shape}")
+    return _power_step_trusted(x, rows, cols, qt, eps)
+
+
+def _power_step_trusted(x, rows, cols, qt, eps):
+    """:func:`power_step` for arguments valid by construction (PowerSGD's own): no checks."""
+    n = x.shape[0]
+    if n >= config.PARALLEL_MIN or config._force is not None:
+        p = orthonormalize(matrix_times(x, rows, cols, qt), eps)
+        q = matrix_t_times(x, rows, cols, p)
+        return p, q, np.ascontiguousarray(q.T)
+    r = qt.shape[0]
+    p = np.empty((rows, r), np.float32)
+    q = np.empty((cols, r), np.float32)
+    scratch = np.empty((2, r, cols), np.float32)  # one unit's partial sum, and the total
+    _power_step(x, cols, qt, p, q, scratch, float(eps))
+    return p, q, scratch[1]
 
 
 def matrix_times(x, rows, cols, qt, out=None, accumulate=None, scale=1.0):
@@ -330,8 +471,43 @@ def outer(p, qt, n, out=None, residual=None, divisor=1.0):
           or out.shape[0] != n):
         raise ValueError(f"expected out to be a C-contiguous float32 vector of {n} entries")
     if residual is None:
-        residual = np.empty(0, np.float32)
+        residual = _NO_RESIDUAL
     else:
         _check_vector(residual, n, "residual", out)
     config.run(n, _outer, _outer_par, p, qt, n, rows, cols, out, residual, np.float32(divisor))
+    return out
+
+
+def outer_add(p, qt, n, acc):
+    """``acc += `` the first ``n`` entries of ``P Q^T`` (the bits of ``acc += outer(p, qt, n)``), with no
+    vector of ``n`` entries allocated: each row of the product is formed in a row-sized scratch and added.
+    ``acc`` is a C-contiguous float32 vector of ``n`` entries; returns it."""
+    if not isinstance(p, np.ndarray) or p.ndim != 2:
+        raise TypeError(f"expected p to be a 2-D float32 array, found {type(p).__name__}")
+    _check_factor(p, p.shape[0], "p")
+    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
+        raise TypeError("expected qt to be a C-contiguous 2-D float32 array")
+    if qt.shape[0] != p.shape[1]:
+        raise ValueError(f"expected qt with {p.shape[1]} rows (the rank of p), found {qt.shape}")
+    rows, cols, n = p.shape[0], qt.shape[1], int(n)
+    if not (rows - 1) * cols < n <= rows * cols and not (n == 0 and rows * cols == 0):
+        raise ValueError(f"expected n in ({(rows - 1) * cols}, {rows * cols}] for a {rows} x {cols} product, found {n}")
+    if (not isinstance(acc, np.ndarray) or acc.dtype != np.float32 or acc.ndim != 1 or not acc.flags.c_contiguous
+            or acc.shape[0] != n):
+        raise ValueError(f"expected acc to be a C-contiguous float32 vector of {n} entries")
+    return _outer_add_trusted(p, qt, n, acc)
+
+
+def _outer_add_trusted(p, qt, n, acc):
+    config.run(n, _outer_add, _outer_add_par, p, qt, n, p.shape[0], qt.shape[1], acc)
+    return acc
+
+
+def _outer_trusted(p, qt, n, out):
+    """:func:`outer` into ``out`` (no residual) for arguments checked by the caller: a C-contiguous ``rows x r``
+    ``p``, ``qt`` of ``r x cols`` with ``(rows - 1) cols < n <= rows cols``, and a float32 vector ``out`` of ``n``."""
+    if n < config.PARALLEL_MIN and config._force is None:  # small: straight to the serial kernel
+        _outer(p, qt, n, p.shape[0], qt.shape[1], out, _NO_RESIDUAL, _ONE)
+    else:
+        config.run(n, _outer, _outer_par, p, qt, n, p.shape[0], qt.shape[1], out, _NO_RESIDUAL, _ONE)
     return out

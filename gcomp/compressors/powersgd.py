@@ -23,7 +23,11 @@ r``, initialised from the seed, identical on every rank):
 
 The products stream M once per phase (:mod:`gcomp.kernels.powersgd`: ``M Q``,
 ``M^T P_hat`` and the dense ``P_hat Q'^T``, parallel for large matrices with the
-same bits for any thread count); orthonormalization works on the small P.
+same bits for any thread count); orthonormalization (modified Gram-Schmidt) works on the small P, compiled,
+in a fixed order of strict IEEE operations: the same ``P_hat`` on every machine, whatever BLAS it has.
+:meth:`PowerSGD.compress` runs a small vector's whole step (``M Q``, orthonormalize, ``M^T P_hat``) in one
+compiled call (:func:`gcomp.kernels.powersgd.power_step`), and ``decompress_add`` adds ``P Q^T`` row by row
+into the accumulator (:func:`gcomp.kernels.powersgd.outer_add`).
 
 :meth:`PowerSGD.compress` runs the steps on one vector; collectives drive
 :meth:`PowerSGD.phases` (``p_phase``, ``q_phase``, ``finish``) so that both
@@ -32,8 +36,8 @@ linear in M for a fixed Q and P_hat); its compressed form as a whole is not
 summable.  The Q memory is per key and saved by :meth:`state_dict`.
 """
 
+import functools
 import math
-import threading
 
 import numpy as np
 
@@ -41,17 +45,14 @@ from ..errors import ConfigError, SizeError, StateError
 from ..kernels import powersgd as kern
 from ..kernels.random import derive_seed, uniform01_array
 from ._params import bool_param, int_param, seed_param
-from .base import Compressed, Compressor, key_to_int
+from .base import Compressed, Compressor, as_flat_f32, key_to_int
+from .base import _stamp as stamp
 from .codec import F32, Codec
-
-# The key of the compress() call running on this thread, for _compress (which the base class calls without it).
-# Per thread: the DDP hook's training thread compresses a bucket while its communication thread compresses a
-# server-side chunk (scatter-reduce-allgather), and one attribute on the instance let one call use the other's key.
-_ACTIVE = threading.local()
 
 _EPS = 1e-8
 
 
+@functools.lru_cache(maxsize=4096)
 def matrix_shape(n):
     """(rows, cols) of the matrix view of an n-vector."""
     if n == 0:
@@ -69,19 +70,9 @@ def seeded_uniform(shape, seed):
 
 
 def orthonormalize(p):
-    """Modified Gram-Schmidt on the columns of p (float32, in place); near-zero columns become 0."""
-    for j in range(p.shape[1]):
-        col = p[:, j]
-        for i in range(j):
-            col -= np.dot(p[:, i], col) * p[:, i]
-        norm = float(np.sqrt(np.dot(col, col)))
-        if norm > _EPS and math.isfinite(norm):
-            col /= np.float32(norm)
-        elif not math.isfinite(norm):
-            col[:] = np.nan
-        else:
-            col[:] = 0.0
-    return p
+    """Modified Gram-Schmidt on the columns of p (a C-contiguous float32 matrix, in place; near-zero columns
+    become 0, non-finite ones NaN): :func:`gcomp.kernels.powersgd.orthonormalize`, the same bits on every machine."""
+    return kern.orthonormalize(p, _EPS)
 
 
 def _check_residual(residual, numel):
@@ -131,6 +122,7 @@ class PowerSGD(Compressor):
         self._layouts = {}  # key -> tensor shapes
         self._segments = {}  # (key, numel) -> [(offset, size, rows, cols, r)], r = 0: sent uncompressed
         self._dense_sums = {}  # key -> the summed uncompressed entries, from the first phase to finish()
+        self._next_qt = {}  # key -> (the warm-start Q compress() stored, its transpose as the kernel computed it)
 
     def set_layout(self, key, shapes):
         """Factorize each tensor of ``key``'s vector on its own (see the module docstring); ``None``: flat."""
@@ -231,7 +223,7 @@ class PowerSGD(Compressor):
         x = np.ascontiguousarray(x, dtype=np.float32)
         plan = None if flat else self._plan(key, x.shape[0])
         if plan is None:
-            p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, copy=True))
+            p_hat = orthonormalize(np.array(p_sum, dtype=np.float32, order="C", copy=True))
             self._p_hat[key] = p_hat
             rows, cols = matrix_shape(x.shape[0])
             if not rows:
@@ -245,7 +237,7 @@ class PowerSGD(Compressor):
         at_q = 0
         for o, s, rows, cols, r in plan:
             if r:
-                p_hat = orthonormalize(np.array(p_sum[at: at + rows * r].reshape(rows, r), copy=True))
+                p_hat = orthonormalize(np.array(p_sum[at: at + rows * r].reshape(rows, r), order="C", copy=True))
                 at += rows * r
                 p_hats.append(p_hat)
                 kern.matrix_t_times(x[o: o + s], rows, cols, p_hat, out=out[at_q: at_q + cols * r].reshape(cols, r))
@@ -335,42 +327,64 @@ class PowerSGD(Compressor):
         return st.fixed_dictionaries({"rank": st.integers(1, 8), "seed": st.integers(0, 2**32), "warm_start": st.booleans()})
 
     # -- one vector ----------------------------------------------------
+    def compress(self, x, *, step=0, key=0):
+        """The packet of ``x`` (the flat matrix view, always: the codec's form), with ``key``'s warm start."""
+        flat, dtype = as_flat_f32(x)
+        return stamp(self._compress_key(flat, key), x, dtype, step, self.seed_for(step, key))
+
     def _compress(self, x, *, step, seed):
+        return self._compress_key(x, 0)  # the base class's entry point; compress() passes its key instead
+
+    def _compress_key(self, x, key):
         n = x.shape[0]
         if n == 0:
             return Compressed(self.name, 0, "float32", {"p": np.zeros((0, 0), np.float32), "q": np.zeros((0, 0), np.float32)},
                               {"rows": 0, "cols": 0, "rank": 0})
-        key = _ACTIVE.key
-        p = self.p_phase(x, key, flat=True)  # a packet is always the flat matrix view (its codec's form)
-        q = self.q_phase(x, p, key, flat=True)
-        p_hat = self._p_hat.pop(key)
-        if self.warm_start:
-            self._q[key] = q.copy()
         rows, cols = matrix_shape(n)
+        q = self._q.get(key) if self.warm_start else None
+        if q is None or q.shape != (cols, min(self.rank, rows, cols)):
+            q = self._current_q(key, n)
+        cached = self._next_qt.get(key)  # Q^T as the last step's kernel left it: no transpose copy
+        qt = cached[1] if cached is not None and cached[0] is q else np.ascontiguousarray(q.T)
+        p_hat, q, q_t = kern._power_step_trusted(x, rows, cols, qt, _EPS)
+        if self.warm_start:
+            self._q[key] = q = q.copy()  # the packet's q is the caller's
+            self._next_qt[key] = (q, q_t)
         return Compressed(self.name, n, "float32", {"p": p_hat, "q": q}, {"rows": rows, "cols": cols, "rank": p_hat.shape[1]})
-
-    def compress(self, x, *, step=0, key=0):
-        _ACTIVE.key = key
-        return super().compress(x, step=step, key=key)
 
     def _decompress(self, c):
         return self._decompress_into(c, None)
+
+    def _decode(self, c, out=None, accumulate=False):
+        if not accumulate:
+            return self._decompress_into(c, out)
+        p, q = np.ascontiguousarray(c.arrays["p"], dtype=np.float32), np.asarray(c.arrays["q"], dtype=np.float32)
+        n = c.numel
+        if n and p.ndim == 2 and q.ndim == 2 and p.shape[1] == q.shape[1] >= 1 \
+                and (p.shape[0] - 1) * q.shape[0] < n <= p.shape[0] * q.shape[0]:
+            return kern._outer_add_trusted(p, np.ascontiguousarray(q.T), n, out)  # decompress_add checked ``out``
+        out += self._decompress_into(c, None)
+        return out
 
     def _decompress_into(self, c, out):
         """``P Q^T`` (first ``numel`` entries) by the same kernel as the phases' last pass, into ``out`` or a new
         vector: decoding into the caller's buffer allocates nothing of the vector's size."""
         p, q = c.arrays["p"], c.arrays["q"]
-        if c.numel == 0:
+        n = c.numel
+        if n == 0:
             return np.zeros(0, np.float32) if out is None else out
         p = np.ascontiguousarray(p, dtype=np.float32)
         q = np.asarray(q, dtype=np.float32)
-        if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1] or not (p.shape[0] - 1) * q.shape[0] < c.numel <= p.shape[0] * q.shape[0]:
-            dense = np.ascontiguousarray((p @ q.T).reshape(-1)[: c.numel])  # a form the kernel does not take
+        if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1] or not (p.shape[0] - 1) * q.shape[0] < n <= p.shape[0] * q.shape[0]:
+            dense = np.ascontiguousarray((p @ q.T).reshape(-1)[:n])  # a form the kernel does not take
             if out is None:
                 return dense
             out[:] = dense
             return out
-        return self._outer(p, q, c.numel, out, None, np.float32(1.0))
+        if type(out) is np.ndarray and out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous \
+                and out.shape[0] == n and p.shape[1]:
+            return kern._outer_trusted(p, np.ascontiguousarray(q.T), n, out)  # checked above
+        return self._outer(p, q, n, out, None, np.float32(1.0))
 
     def combine(self, items):
         raise ConfigError("powersgd is linear in its phases, not as a whole: sum p_phase() outputs, then q_phase() outputs")
@@ -378,6 +392,7 @@ class PowerSGD(Compressor):
     def reset(self, key=None):
         """Forget the warm-start Q (and any pending P_hat) of ``key``, or of every key."""
         if key is None:
+            self._next_qt.clear()
             self._q.clear()
             self._p_hat.clear()
             self._dense_sums.clear()
@@ -386,6 +401,7 @@ class PowerSGD(Compressor):
                 del self._q[name]
             self._p_hat.pop(key, None)
             self._dense_sums.pop(key, None)
+            self._next_qt.pop(key, None)
 
     # -- state ---------------------------------------------------------
     def state_dict(self):
@@ -397,4 +413,5 @@ class PowerSGD(Compressor):
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise StateError(f"expected a powersgd state dict with version 1 and key 'q', found {found}")
         self._q = {k: np.array(v, dtype=np.float32, copy=True) for k, v in state["q"].items()}
+        self._next_qt.clear()
 

@@ -46,13 +46,22 @@ def _all(x, rows, cols, q):
     fused = K.outer(p, np.ascontiguousarray(q2.T), x.shape[0], residual=residual, divisor=3.0)
     acc = (0.25 * x[::-1]).copy()
     p_acc = K.matrix_times(x, rows, cols, np.ascontiguousarray(q.T), accumulate=acc, scale=0.5)
-    return p, q2, dense, fused, residual, acc, p_acc
+    added = K.outer_add(p, np.ascontiguousarray(q2.T), x.shape[0], (0.5 * x).copy())
+    step = K.power_step(x, rows, cols, np.ascontiguousarray(q.T))
+    return p, q2, dense, fused, residual, acc, p_acc, added, *step
 
 
 @pytest.mark.parametrize("n,rows,cols,r", SHAPES)
 def test_products_match_float64(n, rows, cols, r):
     x, q = _inputs(n, rows, cols, r)
-    p, q2, dense, fused, residual, acc, p_acc = _all(x, rows, cols, q)
+    p, q2, dense, fused, residual, acc, p_acc, added, p_hat, q_step, qt_step = _all(x, rows, cols, q)
+    # outer_add is acc += outer(...), bit for bit
+    assert added.tobytes() == (0.5 * x + dense).tobytes()
+    # power_step is matrix_times, orthonormalize and matrix_t_times in turn, bit for bit
+    p_ref = K.orthonormalize(p.copy())
+    assert p_hat.tobytes() == p_ref.tobytes()
+    assert q_step.tobytes() == K.matrix_t_times(x, rows, cols, p_ref).tobytes()
+    assert qt_step.tobytes() == np.ascontiguousarray(q_step.T).tobytes()
     # the fused residual update is numpy's v - result / divisor, bit for bit, and the result is unchanged
     assert fused.tobytes() == dense.tobytes()
     assert residual.tobytes() == (x - dense / np.float32(3.0)).tobytes()
@@ -111,6 +120,67 @@ def test_wrappers_reject_bad_arguments():
         K.outer(np.ones((3, 2), np.float32), qt, 12, out=out, residual=out)
     with pytest.raises(ValueError, match="accumulate"):
         K.matrix_times(x, 3, 4, qt, accumulate=x)
+
+
+def _mgs_reference(p, eps=1e-8):
+    """orthonormalize's arithmetic, one scalar at a time in Python: float64 sums in row order, float32 updates."""
+    p = p.copy()
+    rows, r = p.shape
+    for j in range(r):
+        for i in range(j):
+            d = 0.0
+            for k in range(rows):
+                d += float(p[k, i]) * float(p[k, j])
+            c = np.float32(d)
+            for k in range(rows):
+                p[k, j] = np.float32(p[k, j] - np.float32(c * p[k, i]))
+        s = 0.0
+        for k in range(rows):
+            s += float(p[k, j]) * float(p[k, j])
+        norm = np.sqrt(s)
+        if norm > eps and np.isfinite(norm):
+            p[:, j] = p[:, j] / np.float32(norm)
+        else:
+            p[:, j] = 0.0 if np.isfinite(norm) else np.nan
+    return p
+
+
+@pytest.mark.parametrize("rows,r", [(1, 1), (7, 3), (64, 4), (33, 8)])
+def test_orthonormalize_is_gram_schmidt_in_a_fixed_order(rows, r):
+    """The same bits as the scalar reference (no BLAS, no reassociation: equal on every machine), orthonormal
+    columns, a near-zero column zeroed and a non-finite one NaN."""
+    rng = np.random.default_rng(rows * 10 + r)
+    p = rng.standard_normal((rows, r)).astype(np.float32)
+    if r >= 3:
+        p[:, 1] = 1e-12  # below eps: zeroed
+        p[0, 2] = np.inf  # non-finite: NaN
+    got = K.orthonormalize(p.copy())
+    assert got.tobytes() == _mgs_reference(p).tobytes()
+    good = [j for j in range(r) if np.isfinite(got[:, j]).all() and np.abs(got[:, j]).max() > 0]
+    if r >= 3:
+        assert not np.abs(got[:, 1]).any() and np.isnan(got[:, 2]).all()
+    g = got[:, good].astype(np.float64)
+    if rows >= len(good):
+        np.testing.assert_allclose(g.T @ g, np.eye(len(good)), atol=1e-5)
+    with pytest.raises(TypeError, match="C-contiguous 2-D float32"):
+        K.orthonormalize(np.asfortranarray(np.ones((3, 2), np.float32)))
+    assert K.orthonormalize(np.zeros((0, 0), np.float32)).shape == (0, 0)
+
+
+def test_outer_add_and_power_step_reject_bad_arguments():
+    p, qt = np.ones((3, 2), np.float32), np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match="acc to be a C-contiguous float32 vector of 12"):
+        K.outer_add(p, qt, 12, np.zeros(11, np.float32))
+    with pytest.raises(ValueError, match="acc to be a C-contiguous float32 vector of 12"):
+        K.outer_add(p, qt, 12, np.zeros(12, np.float64))
+    with pytest.raises(ValueError, match="expected n in"):
+        K.outer_add(p, qt, 13, np.zeros(13, np.float32))
+    with pytest.raises(ValueError, match=r"qt with 2 rows"):
+        K.outer_add(p, np.ones((3, 4), np.float32), 12, np.zeros(12, np.float32))
+    with pytest.raises(ValueError, match="last row empty"):
+        K.power_step(np.ones(12, np.float32), 4, 4, np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"qt of shape \(r >= 1, 4\)"):
+        K.power_step(np.ones(12, np.float32), 3, 4, np.ones((2, 5), np.float32))
 
 
 def _run_phases(c, x, key, **kw):
