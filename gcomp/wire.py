@@ -289,10 +289,12 @@ def _prepare(c):
     arrays = []
     for name, dtype, length, _, _ in layout.arrays:
         a = c.arrays[name]
-        if type(a) is not np.ndarray or a.dtype is not dtype or a.ndim != 1 or not a.flags.c_contiguous:
+        # a C-contiguous array of any shape is sent as it is (its bytes are those of its reshape(-1)), but an empty
+        # one of several dimensions is flattened (a memoryview cannot cast a shape with a zero)
+        if type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous or (a.ndim != 1 and not a.size):
             a = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
-        if a.shape[0] != length:
-            raise SizeError(f"expected array {name!r} of {length} entries for codec {codec.name!r}, found {a.shape[0]}")
+        if a.size != length:
+            raise SizeError(f"expected array {name!r} of {length} entries for codec {codec.name!r}, found {a.size}")
         arrays.append(a)
     return codec, dtype_id, layout, flags, idx, index_kind, index_len, arrays
 
