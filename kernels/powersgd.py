@@ -328,6 +328,31 @@ def _check_x(x, rows, cols):
     return rows, cols
 
 
+def _check_qt(qt, cols):
+    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
+        raise TypeError(f"expected qt to be a C-contiguous 2-D float32 array, found "
+                        f"{getattr(qt, 'dtype', type(qt).__name__)}")
+    if qt.shape[1] != cols or qt.shape[0] < 1:
+        raise ValueError(f"expected qt of shape (r >= 1, {cols}), found {qt.shape}")
+
+
+def _check_product(p, qt, n):
+    """The checks of :func:`outer` and :func:`outer_add` on their factors and ``n``: ``(rows, cols, n)``."""
+    if not isinstance(p, np.ndarray) or p.ndim != 2:
+        raise TypeError(f"expected p to be a 2-D float32 array, found {type(p).__name__}")
+    rows = p.shape[0]
+    _check_factor(p, rows, "p")
+    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
+        raise TypeError("expected qt to be a C-contiguous 2-D float32 array")
+    if qt.shape[0] != p.shape[1]:
+        raise ValueError(f"expected qt with {p.shape[1]} rows (the rank of p), found {qt.shape}")
+    cols = qt.shape[1]
+    n = int(n)
+    if not (rows - 1) * cols < n <= rows * cols and not (n == 0 and rows * cols == 0):
+        raise ValueError(f"expected n in ({(rows - 1) * cols}, {rows * cols}] for a {rows} x {cols} product, found {n}")
+    return rows, cols, n
+
+
 def _check_factor(a, shape0, name):
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous:
         found = f"{a.dtype} {a.ndim}-D" if isinstance(a, np.ndarray) else type(a).__name__
@@ -374,11 +399,7 @@ def power_step(x, rows, cols, qt, eps=1e-8):
     those three calls, so they may run on Numba's threads.
     """
     rows, cols = _check_x(x, rows, cols)
-    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
-        raise TypeError(f"expected qt to be a C-contiguous 2-D float32 array, found "
-                        f"{getattr(qt, 'dtype', type(qt).__name__)}")
-    if qt.shape[1] != cols or qt.shape[0] < 1:
-        raise ValueError(f"expected qt of shape (r >= 1, {cols}), found {qt.shape}")
+    _check_qt(qt, cols)
     return _power_step_trusted(x, rows, cols, qt, eps)
 
 
@@ -405,11 +426,7 @@ def matrix_times(x, rows, cols, qt, out=None, accumulate=None, scale=1.0):
     feedback's ``v = x / P + residual`` formed in the residual's own buffer).
     """
     rows, cols = _check_x(x, rows, cols)
-    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
-        raise TypeError(f"expected qt to be a C-contiguous 2-D float32 array, found "
-                        f"{getattr(qt, 'dtype', type(qt).__name__)}")
-    if qt.shape[1] != cols or qt.shape[0] < 1:
-        raise ValueError(f"expected qt of shape (r >= 1, {cols}), found {qt.shape}")
+    _check_qt(qt, cols)
     r = qt.shape[0]
     if out is None:
         out = np.empty((rows, r), np.float32)
@@ -453,18 +470,7 @@ def outer(p, qt, n, out=None, residual=None, divisor=1.0):
     ``residual[e] = residual[e] - result[e] / divisor`` (error feedback's ``v - mean``
     with ``residual`` holding ``v`` and ``divisor`` the number of ranks).
     """
-    if not isinstance(p, np.ndarray) or p.ndim != 2:
-        raise TypeError(f"expected p to be a 2-D float32 array, found {type(p).__name__}")
-    rows = p.shape[0]
-    _check_factor(p, rows, "p")
-    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
-        raise TypeError("expected qt to be a C-contiguous 2-D float32 array")
-    if qt.shape[0] != p.shape[1]:
-        raise ValueError(f"expected qt with {p.shape[1]} rows (the rank of p), found {qt.shape}")
-    cols = qt.shape[1]
-    n = int(n)
-    if not (rows - 1) * cols < n <= rows * cols and not (n == 0 and rows * cols == 0):
-        raise ValueError(f"expected n in ({(rows - 1) * cols}, {rows * cols}] for a {rows} x {cols} product, found {n}")
+    rows, cols, n = _check_product(p, qt, n)
     if out is None:
         out = np.empty(n, np.float32)
     elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1 or not out.flags.c_contiguous
@@ -482,16 +488,7 @@ def outer_add(p, qt, n, acc):
     """``acc += `` the first ``n`` entries of ``P Q^T`` (the bits of ``acc += outer(p, qt, n)``), with no
     vector of ``n`` entries allocated: each row of the product is formed in a row-sized scratch and added.
     ``acc`` is a C-contiguous float32 vector of ``n`` entries; returns it."""
-    if not isinstance(p, np.ndarray) or p.ndim != 2:
-        raise TypeError(f"expected p to be a 2-D float32 array, found {type(p).__name__}")
-    _check_factor(p, p.shape[0], "p")
-    if not isinstance(qt, np.ndarray) or qt.dtype != np.float32 or qt.ndim != 2 or not qt.flags.c_contiguous:
-        raise TypeError("expected qt to be a C-contiguous 2-D float32 array")
-    if qt.shape[0] != p.shape[1]:
-        raise ValueError(f"expected qt with {p.shape[1]} rows (the rank of p), found {qt.shape}")
-    rows, cols, n = p.shape[0], qt.shape[1], int(n)
-    if not (rows - 1) * cols < n <= rows * cols and not (n == 0 and rows * cols == 0):
-        raise ValueError(f"expected n in ({(rows - 1) * cols}, {rows * cols}] for a {rows} x {cols} product, found {n}")
+    _, _, n = _check_product(p, qt, n)
     if (not isinstance(acc, np.ndarray) or acc.dtype != np.float32 or acc.ndim != 1 or not acc.flags.c_contiguous
             or acc.shape[0] != n):
         raise ValueError(f"expected acc to be a C-contiguous float32 vector of {n} entries")
