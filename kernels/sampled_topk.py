@@ -21,6 +21,16 @@ reads the input in full only once:
    when the threshold admits too many, as with massive ties) the exact radix
    select runs.
 
+**A sample as large as the vector** (``n <= 1024`` with the default sample,
+or ``sample_fraction = 1``): the sampled runs then cover every entry (strata
+at most 16 wide, one run of 16 each), so every entry's key is in the sample at
+least once and at most twice; the first threshold's rank in ``x`` is at least
+``r / 2`` and the second try's at least ``r >= k``, so at least k are
+collected, and the result is the exact top-k (or, when more than the
+candidate cap are collected, the exact radix select's).  Such calls go to
+:func:`gcomp.kernels.topk.topk_exact`'s kernel directly: the same result
+without the sample and its select.
+
 **Count bound** (documented guarantee): the number returned ``c`` satisfies
 ``ceil(min_fraction * k) <= c <= k``, and the selection is always the ``c``
 largest magnitudes (ties by lowest index), indices ascending.  On
@@ -143,6 +153,10 @@ def _topk_sampled_trusted(x, k, seed, sample_fraction, min_fraction):
         return np.arange(n, dtype=np.int64), x.copy()
     idx = np.empty(k + 1, np.int64)
     val = np.empty(k + 1, np.float32)
-    c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), sample_size(n, sample_fraction),
+    m = sample_size(n, sample_fraction)
+    if m >= n:  # the sample is the whole vector: the result is the exact top-k (module docstring), without sampling
+        config.run(n, _topk_into_ser, _topk_into_par, x, k, idx, val, at_least=config.PARALLEL_MIN_SELECTION)
+        return idx[:k], val[:k]
+    c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), m,
                    max(1, math.ceil(min_fraction * k)), idx, val, at_least=config.PARALLEL_MIN_SELECTION)
     return idx[:c], val[:c]
