@@ -31,9 +31,27 @@ in a fixed order: length, magic, version, codec, dtypes and flags, sizes
 (overflow-checked), exact total length, checksum, then the zstd stage and the
 index range and order.  Each failure raises a subclass of
 :class:`gcomp.errors.WireFormatError`.  No pickle, anywhere.
+
+Packet-backed forms.  A dense compressor (qsgd, uniform, natural, sign,
+terngrad, fp16, bf16, none) compressing a vector of at least
+:data:`FRAME_MIN` entries (2**16) asks for a frame: one uint8 buffer laid out
+``[room][88-byte header][payload]`` (``room``: :data:`FRAME_ROOM` free bytes
+or up to 7 more, so each array is aligned to its item size), with numpy views
+of the payload's arrays at their offsets, and its kernel writes the codes
+there.  The form remembers the buffer (``Compressed.frame``);
+:func:`encode_array` without zstd and with ``reserve <= FRAME_ROOM`` then
+writes the header and CRC in place and returns the buffer from
+``room - reserve``: what every collective sends, with no payload copy.  The
+bytes are exactly those of the copying path
+(the format does not change); a form whose arrays were replaced, a second
+:func:`encode_array` of the same form, zstd, and :func:`encode` (bytes) take
+the copying path.  Smaller vectors keep fresh arrays (a frame's set-up would
+add to their fixed cost).  ``GCOMP_WIRE_FRAMES=0`` (read at import) or
+``gcomp.wire.FRAMES = False`` turns frames off.
 """
 
 import dataclasses
+import os
 import struct
 import zlib
 from collections.abc import Mapping
@@ -41,6 +59,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import compressors
+from .compressors import base as _base
 from .compressors import codec as codec_module
 from .compressors.base import DTYPES, Compressed
 from .compressors.codec import Codec
@@ -56,7 +75,8 @@ from .errors import (
 )
 from .kernels import index_coding
 
-__all__ = ["encode", "encode_array", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL"]
+__all__ = ["encode", "encode_array", "decode", "peek", "Header", "CODECS", "HEADER_SIZE", "MAJOR", "MINOR", "MAX_NUMEL",
+           "FRAME_MIN", "FRAME_ROOM", "FRAMES"]
 
 MAGIC = b"GCMP"
 #: the wire format's major version, written in every header; a packet of another major version raises VersionError
@@ -115,7 +135,7 @@ _LAYOUTS_MAX = 1024
 class _Layout:
     """What a (codec, numel, count, params) fixes: the arrays in payload order, their bytes, the header's p0..p3."""
 
-    __slots__ = ("codec", "params", "arrays", "fixed", "p4")
+    __slots__ = ("codec", "params", "arrays", "fixed", "p4", "frame")
 
     def __init__(self, codec, numel, count, ptuple):
         params = dict(zip(codec.params, ptuple, strict=True))
@@ -130,6 +150,7 @@ class _Layout:
         self.arrays = tuple(arrays)
         self.fixed = sum(a[3] for a in arrays)
         self.p4 = tuple(params[name] for name in codec.params) + (0,) * (4 - len(codec.params))
+        self.frame = None  # (room, [(offset in the buffer, dtype, shape)]) once a frame of this layout was made
 
 
 def _layout(codec, numel, count, ptuple):
@@ -143,6 +164,87 @@ def _layout(codec, numel, count, ptuple):
         _LAYOUTS.clear()
     _LAYOUTS[key] = hit
     return hit
+
+
+#: bytes left free before the header of a packet-backed form's buffer, at least: every collective's prefix fits
+#: (gcomp.collectives.sequence.PREFIX_SIZE 8, gcomp.decentralized.packets.PREFIX_SIZE 32).  A frame leaves up to 7
+#: more, so that each payload array sits at a multiple of its item size (float32 norms after an odd number of code
+#: bytes too): the kernels then see arrays of the types a fresh allocation has, and compile nothing new.
+#: :func:`encode_array` with ``reserve`` at most this returns the form's own buffer; a larger reserve copies.
+FRAME_ROOM = 32
+#: vectors of at least this many entries are compressed into packet-backed forms (the compressors' threshold)
+FRAME_MIN = _base.FRAME_MIN
+#: whether compressors make packet-backed forms (``GCOMP_WIRE_FRAMES=0`` in the environment turns them off at
+#: import; tests set this flag to compare against the copying path): the packet bytes are the same either way
+FRAMES = os.environ.get("GCOMP_WIRE_FRAMES", "1").strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _no_frame():
+    return None
+
+
+class _Frame:
+    """A packet-backed form's buffer: ``[room free bytes][88-byte header][payload]`` (``room`` from FRAME_ROOM to
+    FRAME_ROOM + 7), and ``views``, the payload's arrays (numpy views at their layout offsets, in codec order) that
+    the compressor's kernel writes.
+
+    :func:`encode_array` completes it in place once (``used``); a later call, or a form whose arrays are no longer
+    these very views, takes the copying path.  ``dataclasses.replace``, a deep copy or a pickle of the form drops
+    its frame (the copied arrays are no views of a copied buffer).
+    """
+
+    __slots__ = ("buf", "room", "views", "used")
+
+    def __init__(self, buf, room, views):
+        self.buf, self.room, self.views, self.used = buf, room, views, False
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def __reduce__(self):
+        return _no_frame, ()
+
+
+def _new_frame(codec, numel, ptuple):
+    """A fresh frame for a dense codec's form of ``numel`` entries with these codec parameters (``codec.params``
+    order), or None where frames are off (:data:`FRAMES`) or the codec is sparse (its index section's length
+    depends on the data).  The caller's parameters are valid (a compressor's own), so a SizeError cannot happen."""
+    if not FRAMES or codec.sparse:
+        return None
+    layout = _layout(codec, numel, 0, ptuple)
+    spec = layout.frame
+    if spec is None:
+        spec = layout.frame = _frame_spec(layout)
+    room, arrays = spec
+    buf = np.empty(room + HEADER_SIZE + layout.fixed, np.uint8)
+    views = tuple([np.ndarray(shape, dtype, buf, offset) for offset, dtype, shape in arrays])
+    for v in views:
+        if not v.flags.aligned:  # an allocator that is not 8-aligned (numpy's is, at least): align by the address
+            return _frame_aligned(layout)
+    return _Frame(buf, room, views)
+
+
+def _frame_spec(layout, addr=0):
+    """``(room, [(offset in the buffer, dtype, shape)])`` of a frame of ``layout`` in a buffer at address ``addr``:
+    the smallest room from FRAME_ROOM that puts every array at a multiple of its item size (else FRAME_ROOM)."""
+    offsets, pos = [], HEADER_SIZE
+    for _, dtype, length, nbytes, shape in layout.arrays:
+        offsets.append((pos, dtype, (length,) if shape is None else tuple(shape)))
+        pos += nbytes
+    room = next((r for r in range(FRAME_ROOM, FRAME_ROOM + 8)
+                 if all((addr + r + o) % dtype.itemsize == 0 for o, dtype, _ in offsets)), FRAME_ROOM)
+    return room, [(room + o, dtype, shape) for o, dtype, shape in offsets]
+
+
+def _frame_aligned(layout):
+    """A frame of ``layout`` aligned by its buffer's address (the rare path of :func:`_new_frame`)."""
+    raw = np.empty(FRAME_ROOM + 7 + HEADER_SIZE + layout.fixed, np.uint8)
+    room, arrays = _frame_spec(layout, raw.ctypes.data)
+    buf = raw[:room + HEADER_SIZE + layout.fixed]
+    return _Frame(buf, room, tuple([np.ndarray(shape, dtype, buf, offset) for offset, dtype, shape in arrays]))
+
+
+_base._frame_maker = _new_frame
 
 
 def _codec_for(name):
@@ -307,6 +409,16 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
     framed.  Without zstd the index section and the arrays are written straight
     into place.
 
+    A packet-backed form (a dense compressor's form of at least
+    :data:`FRAME_MIN` entries, whose kernel wrote its arrays into a packet
+    buffer: ``c.frame``) is not copied at all: without zstd, with ``reserve``
+    at most :data:`FRAME_ROOM`, and while its arrays are still the very views
+    of that buffer, the header is written in place and the buffer returned
+    (from ``reserve`` bytes before the header).  The packet then shares
+    memory with ``c.arrays``.  That happens once per form; a second call, or a
+    form whose arrays were replaced, takes the copying path.  The bytes are the
+    same.
+
     Parameters
     ----------
     c : gcomp.Compressed
@@ -321,7 +433,7 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
     Returns
     -------
     numpy.ndarray
-        uint8, ``reserve`` bytes followed by the packet.
+        uint8, ``reserve`` bytes followed by the packet (a fresh array, or a packet-backed form's own buffer).
 
     Examples
     --------
@@ -339,6 +451,16 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
         raise ValueError(f"expected reserve a non-negative int, found {reserve!r}")
     codec, dtype_id, layout, flags, idx, index_kind, index_len, arrays = _prepare(c)
     raw_len = index_len + layout.fixed
+    frame = c.frame
+    if frame is not None and not (zstd or index_len) and reserve <= FRAME_ROOM and not frame.used \
+            and _framed(frame, arrays):
+        # a packet-backed form: its arrays already sit in the payload; write the header in place, no copy
+        frame.used = True
+        out, room = frame.buf, frame.room
+        HEADER.pack_into(out, room, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel,
+                         c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, raw_len, 0)
+        _CRC.pack_into(out, room + CRC_OFFSET, zlib.crc32(out[room:]))
+        return out[room - reserve:]
     start = reserve + HEADER_SIZE
     out = np.empty(start + raw_len, np.uint8)
     pos = start + index_len
@@ -364,6 +486,19 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
     # header (CRC field zero) and payload
     _CRC.pack_into(out, reserve + CRC_OFFSET, zlib.crc32(out[reserve:] if reserve else out))
     return out
+
+
+def _framed(frame, arrays):
+    """Whether ``arrays`` (what :func:`_prepare` would send, in payload order, each checked to have its layout's
+    length) are still the very views of ``frame``: then the payload in the frame is the packet's payload (no index
+    section: frames are dense codecs only).  A replaced or converted array fails the identity test."""
+    views = frame.views
+    if len(views) != len(arrays) or frame.buf.shape[0] != frame.room + HEADER_SIZE + sum(a.nbytes for a in arrays):
+        return False
+    for a, v in zip(arrays, views, strict=True):
+        if a is not v:
+            return False
+    return True
 
 
 def _as_buffer(buf):

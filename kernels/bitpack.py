@@ -124,6 +124,21 @@ def decode_out(out, n, accumulate):
     return out_array(out, n, np.float32)
 
 
+def encode_out(out, size, dtype, name):
+    """An encoder's output array: a new one of ``size`` entries for None, else ``out`` checked to be a writeable
+    1-D C-contiguous array of ``dtype`` with exactly ``size`` entries (a packet's payload view, aligned or not)."""
+    if out is None:
+        return np.empty(size, dtype=dtype)
+    if type(out) is np.ndarray and out.dtype is dtype and out.ndim == 1 and out.shape[0] == size \
+            and out.flags.c_contiguous and out.flags.writeable:
+        return out
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"expected {name} to be a numpy array, found {type(out).__name__}")
+    raise ValueError(f"expected {name} to be a writeable 1-D C-contiguous {np.dtype(dtype)} array of {size} entries, "
+                     f"found dtype={out.dtype} shape={out.shape} contiguous={out.flags.c_contiguous} "
+                     f"writeable={out.flags.writeable}")
+
+
 def check_residual(residual, n):
     """``residual``: None, or a writeable contiguous float32 vector of length ``n``."""
     if residual is None:

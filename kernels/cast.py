@@ -30,7 +30,7 @@ from ._checks import out_array
 from ._units import chunk_count
 from .config import PAR_CHUNK, kernel
 
-__all__ = ["to_float16", "from_float16", "add_float16", "to_bfloat16_bits", "from_bfloat16_bits"]
+__all__ = ["to_float16", "from_float16", "add_float16", "to_bfloat16_bits", "from_bfloat16_bits", "add_bfloat16_bits"]
 
 
 # ---------------------------------------------------------------------------
@@ -176,6 +176,21 @@ def _from_bf16_par(b, out):
         _from_bf16(b[s: min(n, s + PAR_CHUNK)], out[s: min(n, s + PAR_CHUNK)])
 
 
+@kernel
+def _add_bf16(b, acc):
+    """``acc += float32(b)`` (exact conversion, one float32 add per element)."""
+    for i in range(b.shape[0]):
+        acc[i] += _as_f32(np.uint32(np.uint32(b[i]) << np.uint32(16)))
+
+
+@kernel(parallel=True)
+def _add_bf16_par(b, acc):
+    n = b.shape[0]
+    for u in prange(chunk_count(n)):
+        s = u * PAR_CHUNK
+        _add_bf16(b[s: min(n, s + PAR_CHUNK)], acc[s: min(n, s + PAR_CHUNK)])
+
+
 # ---------------------------------------------------------------------------
 # wrappers
 # ---------------------------------------------------------------------------
@@ -226,12 +241,16 @@ def from_float16(h, out=None):
 def add_float16(h, acc):
     """``acc += float32(h)`` in place (exact conversion, one float32 add per element); returns ``acc``."""
     h = _u16_input(h, "h", (np.float16, np.uint16))
-    if type(acc) is not np.ndarray or acc.dtype is not _F32 or acc.ndim != 1 or not acc.flags.c_contiguous \
-            or not acc.flags.writeable or acc.shape[0] != h.shape[0]:
-        raise ValueError(f"expected acc to be a writeable 1-D C-contiguous float32 array of {h.shape[0]} entries, "
-                         f"found {getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
+    _check_acc(acc, h.shape[0])
     config.run(h.shape[0], _add_f16, _add_f16_par, h, acc)
     return acc
+
+
+def _check_acc(acc, n):
+    if type(acc) is not np.ndarray or acc.dtype is not _F32 or acc.ndim != 1 or not acc.flags.c_contiguous \
+            or not acc.flags.writeable or acc.shape[0] != n:
+        raise ValueError(f"expected acc to be a writeable 1-D C-contiguous float32 array of {n} entries, "
+                         f"found {getattr(acc, 'dtype', type(acc).__name__)} {getattr(acc, 'shape', '')}")
 
 
 def to_bfloat16_bits(x, out=None):
@@ -250,3 +269,12 @@ def from_bfloat16_bits(b, out=None):
     out = _exact(out_array(out, n, np.float32), n)
     config.run(n, _from_bf16, _from_bf16_par, b, out.view(np.uint32))
     return out
+
+
+def add_bfloat16_bits(b, acc):
+    """``acc += float32(b)`` in place for bfloat16 bit patterns ``b`` (exact conversion, one float32 add per
+    element: the bits of ``acc += from_bfloat16_bits(b)``, without the dense temporary); returns ``acc``."""
+    b = _u16_input(b, "b", (np.uint16,))
+    _check_acc(acc, b.shape[0])
+    config.run(b.shape[0], _add_bf16, _add_bf16_par, b, acc)
+    return acc

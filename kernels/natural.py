@@ -45,6 +45,7 @@ from .bitpack import (
     check_packed,
     check_residual,
     decode_out,
+    encode_out,
 )
 from .config import PAR_CHUNK, kernel
 from .random import seed_key32
@@ -167,29 +168,36 @@ def _natural_decode_par(exps, signs, n, out, accumulate, sw, dbits):
                       np.empty(dbits.shape[0], np.uint32), u * PAR_CHUNK, min(n, (u + 1) * PAR_CHUNK))
 
 
-def natural_encode(x, seed, residual=None):
+def natural_encode(x, seed, residual=None, exps=None, signs=None):
     """Round ``x`` stochastically to powers of two; returns ``(exponents uint8[n], signs uint8[ceil(n/8)])``.
 
     ``seed`` in [0, 2**64).  ``residual`` (optional, float32, length n,
     updated in place): fused error feedback, see the module docstring.
+    ``exps`` and ``signs`` (optional): the output arrays, of exactly their
+    lengths (e.g. views of a packet's payload).
     """
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
-    return _natural_encode_trusted(x, seed, check_residual(residual, n))
+    exps = encode_out(exps, n, _U8, "exps")
+    signs = encode_out(signs, (n + 7) // 8, _U8, "signs")
+    return _natural_encode_trusted(x, seed, check_residual(residual, n), exps, signs)
 
 
 #: the empty error-feedback scratch of an encode without residual (never written: its size is 0)
 _NO_VBUF = np.empty(0, np.float32)
 _NO_DBITS = np.empty(0, np.uint32)
+_U8 = np.dtype(np.uint8)
 
 
-def _natural_encode_trusted(x, seed, residual=None):
+def _natural_encode_trusted(x, seed, residual=None, exps=None, signs=None):
     """:func:`natural_encode` after its argument checks (its body), for a caller whose arguments are valid already
-    (``x`` a 1-D contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked)."""
+    (``x`` a 1-D contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked; the
+    outputs both None, or both writeable arrays of exactly their lengths)."""
     n = x.shape[0]
-    exps = np.empty(n, dtype=np.uint8)
-    signs = np.empty((n + 7) // 8, dtype=np.uint8)
+    if exps is None:
+        exps = np.empty(n, dtype=np.uint8)
+        signs = np.empty((n + 7) // 8, dtype=np.uint8)
     chunk = min(_CHUNK, n)
     sw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)

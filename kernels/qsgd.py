@@ -50,6 +50,7 @@ from .bitpack import (
     check_residual,
     check_scales,
     decode_out,
+    encode_out,
 )
 from .config import PAR_CHUNK, kernel
 from .random import seed_key32
@@ -62,6 +63,8 @@ _NO_VBUF = np.empty(0, np.float32)
 #: elements per chunk of a bucket: codes and values of a chunk stay in L1
 _CHUNK = 2048
 
+_U8 = np.dtype(np.uint8)
+_F32 = np.dtype(np.float32)
 _F32_INF = np.float32(np.inf)
 _F32_NAN = np.float32(np.nan)
 
@@ -367,13 +370,14 @@ def _qsgd_decode_par(packed, norms, levels, bucket_size, bits, n, out, accumulat
                      np.empty(cw.shape[0], np.uint64), u)
 
 
-def qsgd_encode(x, levels, bucket_size, seed, residual=None):
+def qsgd_encode(x, levels, bucket_size, seed, residual=None, packed=None, norms=None):
     """QSGD-quantize ``x``; returns ``(packed codes uint8, norms float32[nbuckets])``.
 
     ``x``: 1-D float16/32/64 array; ``levels`` in [1, 127]; ``bucket_size`` a
     positive multiple of 8; ``seed`` in [0, 2**64).  ``residual`` (optional,
     float32, length n, updated in place): fused error feedback, see the
-    module docstring.
+    module docstring.  ``packed`` and ``norms`` (optional): the output arrays,
+    of exactly their lengths (e.g. views of a packet's payload, aligned or not).
     """
     levels = check_int(levels, "levels", 1, 127)
     bits = qsgd_code_bits(levels)
@@ -381,16 +385,20 @@ def qsgd_encode(x, levels, bucket_size, seed, residual=None):
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
-    return _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, check_residual(residual, n))
+    packed = encode_out(packed, (n * bits + 7) // 8, _U8, "packed")
+    norms = encode_out(norms, -(-n // bucket_size), _F32, "norms")
+    return _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, check_residual(residual, n), packed, norms)
 
 
-def _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, residual=None):
+def _qsgd_encode_trusted(x, levels, bits, bucket_size, seed, residual=None, packed=None, norms=None):
     """:func:`qsgd_encode` after its argument checks (its body), for a caller whose arguments are valid already
     (a compressor's parameters, checked when it was built; ``bits`` the code width of ``levels``; ``x`` a 1-D
-    contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked)."""
+    contiguous float32 array; ``seed`` an int in [0, 2**64); ``residual`` None or checked; ``packed`` and
+    ``norms`` both None, or both writeable arrays of exactly their lengths)."""
     n = x.shape[0]
-    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
-    norms = np.empty(-(-n // bucket_size), dtype=np.float32)
+    if packed is None:
+        packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+        norms = np.empty(-(-n // bucket_size), dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)

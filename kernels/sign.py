@@ -43,6 +43,7 @@ from .bitpack import (
     check_residual,
     check_scales,
     decode_out,
+    encode_out,
 )
 from .config import PAR_CHUNK, kernel
 
@@ -50,6 +51,8 @@ __all__ = ["sign_encode", "sign_decode"]
 
 #: the value buffer of an encode without error feedback: never written, so one empty array serves every call
 _NO_VBUF = np.empty(0, np.float32)
+_U8 = np.dtype(np.uint8)
+_F32 = np.dtype(np.float32)
 
 #: elements per chunk of a bucket: bits and values of a chunk stay in L1
 _CHUNK = 2048
@@ -274,26 +277,30 @@ def _sign_decode_par(packed, scales, bucket_size, n, out, accumulate, cw):
         _decode_unit(packed, scales, bucket_size, n, out, accumulate, np.empty(cw.shape[0], np.uint64), u)
 
 
-def sign_encode(x, bucket_size, residual=None):
+def sign_encode(x, bucket_size, residual=None, packed=None, scales=None):
     """Scaled sign of ``x``; returns ``(packed bits uint8, scales float32[nbuckets])``.
 
     ``bucket_size``: a positive multiple of 8.  ``residual`` (optional,
     float32, length n, updated in place): fused error feedback, see the module
-    docstring.
+    docstring.  ``packed`` and ``scales`` (optional): the output arrays, of
+    exactly their lengths (e.g. views of a packet's payload, aligned or not).
     """
     bucket_size = check_bucket_size(bucket_size)
     x = as_f32(x)
     n = x.shape[0]
-    return _sign_encode_trusted(x, bucket_size, check_residual(residual, n))
+    packed = encode_out(packed, (n + 7) // 8, _U8, "packed")
+    scales = encode_out(scales, -(-n // bucket_size), _F32, "scales")
+    return _sign_encode_trusted(x, bucket_size, check_residual(residual, n), packed, scales)
 
 
-def _sign_encode_trusted(x, bucket_size, residual=None):
+def _sign_encode_trusted(x, bucket_size, residual=None, packed=None, scales=None):
     """:func:`sign_encode` after its argument checks (its body), for a caller whose arguments are valid already
     (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32 array; ``residual``
-    None or checked)."""
+    None or checked; the outputs both None, or both writeable arrays of exactly their lengths)."""
     n = x.shape[0]
-    packed = np.empty((n + 7) // 8, dtype=np.uint8)
-    scales = np.empty(-(-n // bucket_size), dtype=np.float32)
+    if packed is None:
+        packed = np.empty((n + 7) // 8, dtype=np.uint8)
+        scales = np.empty(-(-n // bucket_size), dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)

@@ -62,6 +62,7 @@ from .bitpack import (
     check_residual,
     check_scales,
     decode_out,
+    encode_out,
 )
 from .config import PAR_CHUNK, kernel
 from .random import seed_key32
@@ -77,6 +78,8 @@ ROUNDINGS = ("nearest", "stochastic")
 #: elements per chunk of a bucket: codes and values of a chunk stay in L1
 _CHUNK = 2048
 
+_U8 = np.dtype(np.uint8)
+_F32 = np.dtype(np.float32)
 _F32_INF = np.float32(np.inf)
 _F32_NAN = np.float32(np.nan)
 
@@ -508,14 +511,17 @@ def _check_choice(value, name, choices):
     return value
 
 
-def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed=0, residual=None):
+def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed=0, residual=None,
+                   packed=None, scales=None, offsets=None):
     """Quantize ``x`` per bucket; returns ``(packed codes uint8, scales float32[nb], offsets float32[nb])``.
 
     ``bits`` in (1, 2, 4, 8) (``absmax`` needs 2, 4 or 8); ``bucket_size`` a
     positive multiple of 8; ``mode`` in ``MODES``; ``rounding`` in
     ``ROUNDINGS``; ``seed`` (used by stochastic rounding) in [0, 2**64).
     ``residual`` (optional, float32, length n, updated in place): fused error
-    feedback, see the module docstring.
+    feedback, see the module docstring.  ``packed``, ``scales`` and ``offsets``
+    (optional): the output arrays, of exactly their lengths (e.g. views of a
+    packet's payload, aligned or not).
     """
     bits = check_bits(bits)
     bucket_size = check_bucket_size(bucket_size)
@@ -526,19 +532,26 @@ def uniform_encode(x, bits, bucket_size, mode="maxmin", rounding="nearest", seed
     seed = check_seed(seed)
     x = as_f32(x)
     n = x.shape[0]
+    nb = -(-n // bucket_size)
+    packed = encode_out(packed, (n * bits + 7) // 8, _U8, "packed")
+    scales = encode_out(scales, nb, _F32, "scales")
+    offsets = encode_out(offsets, nb, _F32, "offsets")
     return _uniform_encode_trusted(x, bits, bucket_size, mode == "absmax", rounding == "stochastic", seed,
-                                   check_residual(residual, n))
+                                   check_residual(residual, n), packed, scales, offsets)
 
 
-def _uniform_encode_trusted(x, bits, bucket_size, absmax, stochastic, seed, residual=None):
+def _uniform_encode_trusted(x, bits, bucket_size, absmax, stochastic, seed, residual=None, packed=None, scales=None,
+                            offsets=None):
     """:func:`uniform_encode` after its argument checks (its body), for a caller whose arguments are valid already
     (a compressor's parameters, checked when it was built; ``x`` a 1-D contiguous float32 array; ``seed`` an int
-    in [0, 2**64); ``residual`` None or checked)."""
+    in [0, 2**64); ``residual`` None or checked; the outputs all None, or all writeable arrays of exactly their
+    lengths)."""
     n = x.shape[0]
-    nb = -(-n // bucket_size)
-    packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
-    scales = np.empty(nb, dtype=np.float32)
-    offsets = np.empty(nb, dtype=np.float32)
+    if packed is None:
+        nb = -(-n // bucket_size)
+        packed = np.empty((n * bits + 7) // 8, dtype=np.uint8)
+        scales = np.empty(nb, dtype=np.float32)
+        offsets = np.empty(nb, dtype=np.float32)
     chunk = min(_CHUNK, bucket_size, n)
     cw = np.empty((chunk + 7) // 8, dtype=np.uint64)
     vbuf = _NO_VBUF if residual is None else np.empty(chunk, dtype=np.float32)

@@ -68,6 +68,28 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: What ``decompress`` returns: the kind of array that was compressed.
 KINDS = ("numpy", "torch")
 
+#: Vectors of at least this many entries are compressed into *packet-backed* forms: the compressor's kernel writes
+#: its arrays straight into the payload of a packet buffer that :func:`gcomp.wire.encode_array` then completes in
+#: place, with no copy (:mod:`gcomp.wire`, "Packet-backed forms").  Smaller vectors keep fresh arrays: a frame
+#: costs a few microseconds and copying a small payload costs less.
+FRAME_MIN = 1 << 16
+#: ``(codec, numel, codec parameters tuple) -> frame or None``: set by :mod:`gcomp.wire` when it is imported (the
+#: compressors import nothing of the layers above them); None until then, and then no form is packet-backed
+_frame_maker = None
+
+
+def framed(c, frame):
+    """``c`` with its ``frame`` set (the frame its arrays are views of, or None); returns ``c``."""
+    c.frame = frame
+    return c
+
+
+def new_frame(codec, numel, ptuple=()):
+    """A fresh packet-backed frame (``.views``: the payload arrays in codec order) for a dense codec's form of
+    ``numel >= FRAME_MIN`` entries, or None (frames off, see ``gcomp.wire.FRAMES``; gcomp.wire not imported)."""
+    maker = _frame_maker
+    return None if maker is None else maker(codec, numel, ptuple)
+
 
 @dataclasses.dataclass
 class Compressed:
@@ -123,6 +145,10 @@ class Compressed:
     step: int = 0
     seed: int = 0
     kind: str = "numpy"
+    #: the packet buffer its arrays were written into (a packet-backed form, see :data:`gcomp.wire.FRAME_MIN`), or
+    #: None: set by the compressor that made it, not compared nor shown; ``dataclasses.replace``, a deep copy or a
+    #: pickle of the form drops it
+    frame = None  # no annotation: not a dataclass field (no constructor argument, not compared, not shown)
 
     @property
     def nbytes(self) -> int:

@@ -4,8 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from ..kernels.cast import from_bfloat16_bits, to_bfloat16_bits
-from .base import Compressed, Compressor
+from ..kernels.cast import add_bfloat16_bits, from_bfloat16_bits, to_bfloat16_bits
+from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
 from .codec import U16, Codec
 
 
@@ -30,12 +30,22 @@ class BF16(Compressor):
         return 2 * numel
 
     def _compress(self, x, *, step, seed):
-        return Compressed(self.name, x.shape[0], "float32", {"values": to_bf16_bits(x)})
+        n = x.shape[0]
+        # a large vector is cast straight into a packet's payload (wire.encode_array: no copy)
+        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        if frame is None:
+            return Compressed(self.name, n, "float32", {"values": to_bf16_bits(x)})
+        return framed(Compressed(self.name, n, "float32", {"values": to_bfloat16_bits(x, out=frame.views[0])}), frame)
 
     def _decompress(self, c):
         return from_bf16_bits(c.arrays["values"])
 
     def _decompress_into(self, c, out):
+        return from_bfloat16_bits(c.arrays["values"], out=out)
+
+    def _decode(self, c, out=None, accumulate=False):
+        if accumulate:  # decompress_add: added in one pass, no dense temporary (the same bits as acc += dense)
+            return add_bfloat16_bits(c.arrays["values"], out)
         return from_bfloat16_bits(c.arrays["values"], out=out)
 
     def summed_bytes(self, numel):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..kernels.cast import add_float16, from_float16, to_float16
-from .base import Compressed, Compressor
+from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
 from .codec import F16, Codec
 
 
@@ -19,7 +19,12 @@ class FP16(Compressor):
         return 2 * numel
 
     def _compress(self, x, *, step, seed):
-        return Compressed(self.name, x.shape[0], "float32", {"values": to_float16(x)})
+        n = x.shape[0]
+        # a large vector is cast straight into a packet's payload (wire.encode_array: no copy)
+        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        if frame is None:
+            return Compressed(self.name, n, "float32", {"values": to_float16(x)})
+        return framed(Compressed(self.name, n, "float32", {"values": to_float16(x, out=frame.views[0])}), frame)
 
     def _decode(self, c, out=None, accumulate=False):
         if accumulate:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import Compressed, Compressor
+from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
 from .codec import F32, Codec
 
 
@@ -22,7 +22,14 @@ class NoCompression(Compressor):
         return 4 * numel
 
     def _compress(self, x, *, step, seed):
-        return Compressed(self.name, x.shape[0], "float32", {"values": np.array(x, dtype=np.float32, copy=True)})
+        n = x.shape[0]
+        # a large vector is copied straight into a packet's payload (wire.encode_array: no second copy)
+        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        if frame is None:
+            return Compressed(self.name, n, "float32", {"values": np.array(x, dtype=np.float32, copy=True)})
+        values = frame.views[0]
+        np.copyto(values, x)
+        return framed(Compressed(self.name, n, "float32", {"values": values}), frame)
 
     def _decompress(self, c):
         return np.array(c.arrays["values"], dtype=np.float32, copy=True)
@@ -30,3 +37,11 @@ class NoCompression(Compressor):
     def _decompress_into(self, c, out):
         out[...] = c.arrays["values"]
         return out
+
+    def _decode(self, c, out=None, accumulate=False):
+        if accumulate:  # decompress_add: added in place, no dense temporary (the same bits as acc += copy)
+            np.add(out, c.arrays["values"], out=out)
+            return out
+        if out is None:
+            return self._decompress(c)
+        return self._decompress_into(c, out)

@@ -64,6 +64,17 @@ def test_add_float16_adds_the_exact_values(path):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def test_add_bfloat16_bits_adds_the_exact_values(path):
+    """Every bfloat16 pattern (NaN and Inf included) added into an accumulator: the bits of acc += from_bfloat16_bits."""
+    b = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    acc = np.random.default_rng(4).standard_normal(1 << 16).astype(np.float32)
+    want = acc + cast.from_bfloat16_bits(b)
+    got = cast.add_bfloat16_bits(b, acc.copy())
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    with pytest.raises(ValueError, match="acc"):
+        cast.add_bfloat16_bits(b, np.zeros(10, np.float32))
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bfloat16_round_trip_follows_the_wire_rule(path, seed):
     x = _patterns(1 << 18, seed).view(np.float32)
