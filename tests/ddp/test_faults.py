@@ -149,11 +149,18 @@ def nonfinite_worker(rank, world_size):
             for policy in POLICIES for spec in NONFINITE_SPECS}
 
 
+def agreement_worker(rank, world_size):
+    """Both groups of cases in one launch (one spawn of two ranks importing torch instead of two): the mismatches
+    first, then, after a barrier on the default group, the NaN/Inf cases (each builds its own DDP and state)."""
+    mismatches = mismatch_worker(rank, world_size)
+    dist.barrier()
+    return mismatches, nonfinite_worker(rank, world_size)
+
+
 @pytest.fixture(scope="module")
 def agreement():
-    mismatches = launch(mismatch_worker, 2, timeout=180, pg_timeout=30)
-    nonfinite = launch(nonfinite_worker, 2, timeout=240, pg_timeout=30)
-    return mismatches, nonfinite
+    results = launch(agreement_worker, 2, timeout=360, pg_timeout=30)
+    return [r[0] for r in results], [r[1] for r in results]
 
 
 @pytest.mark.parametrize("label", list(CONSTRUCTION_MISMATCHES))

@@ -59,10 +59,22 @@ def train_all_worker(rank, world_size, names):
     return {name: capture(_train, rank, spec_for(name)) for name in names}
 
 
+def all_cases_worker(rank, world_size, names):
+    """Every compressor's training run, then the feature cases (features_worker), in one launch: one spawn of two
+    ranks importing torch instead of two.  Each case builds its own model, DDP and state."""
+    return train_all_worker(rank, world_size, names), features_worker(rank, world_size)
+
+
 @pytest.fixture(scope="module")
-def trained():
+def _launched():
     names = sorted(gcomp.list_compressors())
-    return names, launch(train_all_worker, 2, names, timeout=240)
+    return names, launch(all_cases_worker, 2, names, timeout=420)
+
+
+@pytest.fixture(scope="module")
+def trained(_launched):
+    names, results = _launched
+    return names, [r[0] for r in results]
 
 
 def _ok(results, name):
@@ -239,8 +251,8 @@ def features_worker(rank, world_size):
 
 
 @pytest.fixture(scope="module")
-def features():
-    return launch(features_worker, 2, timeout=240)
+def features(_launched):
+    return [r[1] for r in _launched[1]]
 
 
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])

@@ -60,9 +60,21 @@ def hook_worker(rank, world_size):
     return {repr(bad): _hook_case(rank, bad) for bad in BAD_STEPS}
 
 
+def both_worker(rank, world_size):
+    """hook_worker's cases, then second_register_worker's, in one launch (one spawned rank importing torch, not two);
+    the hook cases close every state they build, and the second register counts threads around its own call."""
+    return hook_worker(rank, world_size), second_register_worker(rank, world_size)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    (results,) = launch(both_worker, 1, timeout=180)
+    return results
+
+
 @pytest.mark.slow
-def test_hook_refuses_bad_iter():
-    (results,) = launch(hook_worker, 1, timeout=120)
+def test_hook_refuses_bad_iter(one_rank):
+    results = one_rank[0]
     for bad in BAD_STEPS:
         outcome = results[repr(bad)]
         assert outcome[0] == "raised" and outcome[1] == "StateError" and "iter" in outcome[2], (bad, outcome)
@@ -87,8 +99,8 @@ def second_register_worker(rank, world_size):
 
 
 @pytest.mark.slow
-def test_second_register_is_refused_before_building_anything():
+def test_second_register_is_refused_before_building_anything(one_rank):
     """Issue 10 item 21: a second register() is refused with ConfigError, with no new thread or group made."""
-    ((outcome, new_threads),) = launch(second_register_worker, 1, timeout=120)
+    outcome, new_threads = one_rank[1]
     assert outcome[0] == "raised" and outcome[1] == "ConfigError" and "hook" in outcome[2], outcome
     assert new_threads == 0

@@ -50,7 +50,8 @@ def test_serial_and_parallel_kernels_agree_in_process():
 
 @pytest.mark.slow
 def test_bit_identical_for_1_2_4_threads():
-    """Every parallelised kernel, at numba.set_num_threads(1), 2 and 4, serial, parallel and auto: one digest."""
+    """Every parallelised kernel, serial, parallel at numba.set_num_threads(1), 2 and 4, and the normal choice at 2 and
+    4 threads: one digest (see _parallel_cases.main for why serial runs at one thread count only)."""
     proc = _run([os.path.join(HERE, "_parallel_cases.py")])
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
@@ -59,6 +60,7 @@ def test_bit_identical_for_1_2_4_threads():
     assert [report[f"parallel_threads/{t}"] for t in (1, 2, 4)] == [1, 2, 4]
     assert [report[f"parallel_threads_selection/{t}"] for t in (1, 2, 4)] == [1, 2, 4]
     ways = report["ways"]
+    assert sorted(ways) == ["auto/2", "auto/4", "parallel/1", "parallel/2", "parallel/4", "serial/1"], sorted(ways)
     first = ways["serial/1"]
     for way, got in ways.items():
         differ = [name for name in first if got[name] != first[name]]
