@@ -213,6 +213,20 @@ def _outer_row(p, qt, n, cols, out, i):
 
 
 @kernel
+def _outer_from_q(p, q, out):
+    """:func:`_outer` without a residual, from ``Q`` itself (``cols x r``, transposed here into a small scratch):
+    the small-vector decode, one call with no Python-side transpose; the same rows, so the same bits."""
+    cols, r = q.shape
+    qt = np.empty((r, cols), np.float32)
+    for j in range(cols):
+        for k in range(r):
+            qt[k, j] = q[j, k]
+    n = out.shape[0]
+    for i in range(p.shape[0]):
+        _outer_row(p, qt, n, cols, out, i)
+
+
+@kernel
 def _outer_add_row(p, qt, n, cols, acc, tmp, i):
     """``acc += row i of P Q^T`` (the row formed in ``tmp`` as :func:`_outer_row` forms it, then added: the bits of
     ``acc += dense``)."""
@@ -498,6 +512,15 @@ def outer_add(p, qt, n, acc):
 def _outer_add_trusted(p, qt, n, acc):
     config.run(n, _outer_add, _outer_add_par, p, qt, n, p.shape[0], qt.shape[1], acc)
     return acc
+
+
+def _outer_q_trusted(p, q, n, out):
+    """``P Q^T`` into ``out`` from ``Q`` itself (not transposed), for arguments checked by the caller as for
+    :func:`_outer_trusted` (``q`` C-contiguous, ``cols x r``)."""
+    if n < config.PARALLEL_MIN and config._force is None:
+        _outer_from_q(p, q, out)  # small: one compiled call, the transpose inside it
+        return out
+    return _outer_trusted(p, np.ascontiguousarray(q.T), n, out)
 
 
 def _outer_trusted(p, qt, n, out):

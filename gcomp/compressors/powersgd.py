@@ -382,8 +382,8 @@ class PowerSGD(Compressor):
             out[:] = dense
             return out
         if type(out) is np.ndarray and out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous \
-                and out.shape[0] == n and p.shape[1]:
-            return kern._outer_trusted(p, np.ascontiguousarray(q.T), n, out)  # checked above
+                and out.shape[0] == n and p.shape[1] and q.flags.c_contiguous:
+            return kern._outer_q_trusted(p, q, n, out)  # checked above
         return self._outer(p, q, n, out, None, np.float32(1.0))
 
     def combine(self, items):

@@ -86,3 +86,17 @@ def test_compress_after_the_phases_updated_the_key_uses_their_q():
         except StopIteration:
             pass
     assert _packets(a, [x]) == _packets(b, [x])
+
+
+@pytest.mark.parametrize("n", [1, 5, 1000, 10_001, 300_007])
+def test_decompress_into_out_is_the_outer_kernel_bit_for_bit(n):
+    """decompress(out=) of a decoded packet (small vectors: the transpose of Q inside the compiled call) gives
+    kernels.powersgd.outer's bits."""
+    from gcomp.kernels import powersgd as K
+
+    c = gcomp.compressor("powersgd:rank=3,seed=4")
+    packet = wire.decode(wire.encode(c.compress(_x(n, seed=2), step=0, key=1)))
+    out = np.full(n, np.nan, np.float32)
+    assert c.decompress(packet, out=out) is out
+    want = K.outer(np.ascontiguousarray(packet.arrays["p"]), np.ascontiguousarray(packet.arrays["q"].T), n)
+    assert out.tobytes() == want.tobytes()
