@@ -79,16 +79,18 @@ _frame_maker = None
 
 
 def framed(c, frame):
-    """``c`` with its ``frame`` set (the frame its arrays are views of, or None); returns ``c``."""
-    c.frame = frame
+    """``c`` with its ``frame`` set (the frame its arrays are views of; None leaves it unset); returns ``c``."""
+    if frame is not None:
+        c.frame = frame
     return c
 
 
 def new_frame(codec, numel, ptuple=()):
     """A fresh packet-backed frame (``.views``: the payload arrays in codec order) for a dense codec's form of
-    ``numel >= FRAME_MIN`` entries, or None (frames off, see ``gcomp.wire.FRAMES``; gcomp.wire not imported)."""
+    ``numel`` entries, or None: fewer than ``FRAME_MIN`` entries, frames off (``gcomp.wire.FRAMES``), or gcomp.wire
+    not imported."""
     maker = _frame_maker
-    return None if maker is None else maker(codec, numel, ptuple)
+    return None if numel < FRAME_MIN or maker is None else maker(codec, numel, ptuple)
 
 
 @dataclasses.dataclass

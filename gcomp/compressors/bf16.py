@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from ..kernels.cast import add_bfloat16_bits, from_bfloat16_bits, to_bfloat16_bits
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import U16, Codec
 
 
@@ -32,7 +32,7 @@ class BF16(Compressor):
     def _compress(self, x, *, step, seed):
         n = x.shape[0]
         # a large vector is cast straight into a packet's payload (wire.encode_array: no copy)
-        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        frame = new_frame(self.codec, n)
         if frame is None:
             return Compressed(self.name, n, "float32", {"values": to_bf16_bits(x)})
         return framed(Compressed(self.name, n, "float32", {"values": to_bfloat16_bits(x, out=frame.views[0])}), frame)

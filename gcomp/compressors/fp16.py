@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..kernels.cast import add_float16, from_float16, to_float16
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import F16, Codec
 
 
@@ -21,7 +21,7 @@ class FP16(Compressor):
     def _compress(self, x, *, step, seed):
         n = x.shape[0]
         # a large vector is cast straight into a packet's payload (wire.encode_array: no copy)
-        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        frame = new_frame(self.codec, n)
         if frame is None:
             return Compressed(self.name, n, "float32", {"values": to_float16(x)})
         return framed(Compressed(self.name, n, "float32", {"values": to_float16(x, out=frame.views[0])}), frame)

@@ -7,7 +7,7 @@ variance at most ``||x||^2 / 8``.  Non-finite entries decode to NaN.
 
 from ..kernels import natural as kn
 from ._params import packed_bytes, seed_param
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import U8, Codec
 
 
@@ -33,21 +33,12 @@ class Natural(Compressor):
         return numel + packed_bytes(numel, 1)
 
     def _encode(self, x, seed, residual=None):
-        if x.shape[0] >= FRAME_MIN:
-            return self._encode_framed(x, seed, residual)
-        if residual is None:  # x is flat float32 and seed an int in range (Compressor.compress): no checks per call
-            exponents, signs = kn._natural_encode_trusted(x, seed)
-        else:
-            exponents, signs = kn.natural_encode(x, seed, residual=residual)
-        return Compressed(self.name, x.shape[0], "float32", {"exponents": exponents, "signs": signs})
-
-    def _encode_framed(self, x, seed, residual):
-        """:meth:`_encode` of a large vector: its arrays written straight into a packet's payload (a packet-backed
-        form, which ``wire.encode_array`` sends without a copy); the same arrays, the same bits."""
         n = x.shape[0]
+        # a large vector's arrays are written straight into a packet's payload (a packet-backed form, which
+        # wire.encode_array sends without a copy: new_frame); else fresh arrays, the same bits either way
         frame = new_frame(self.codec, n)
         views = (None, None) if frame is None else frame.views
-        if residual is None:
+        if residual is None:  # x is flat float32 and seed an int in range (Compressor.compress): no checks per call
             exponents, signs = kn._natural_encode_trusted(x, seed, None, *views)
         else:
             exponents, signs = kn.natural_encode(x, seed, residual, *views)

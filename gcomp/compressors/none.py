@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import F32, Codec
 
 
@@ -24,7 +24,7 @@ class NoCompression(Compressor):
     def _compress(self, x, *, step, seed):
         n = x.shape[0]
         # a large vector is copied straight into a packet's payload (wire.encode_array: no second copy)
-        frame = new_frame(self.codec, n) if n >= FRAME_MIN else None
+        frame = new_frame(self.codec, n)
         if frame is None:
             return Compressed(self.name, n, "float32", {"values": np.array(x, dtype=np.float32, copy=True)})
         values = frame.views[0]

@@ -12,7 +12,7 @@ import functools
 from ..errors import SizeError
 from ..kernels import qsgd as kq
 from ._params import bucket_param, int_param, nbuckets, packed_bytes, seed_param
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import F32, U8, Codec
 
 LEVELS = int_param(4, 1, 127, "levels s per sign: |x| / norm is rounded to a multiple of 1 / s (codes of 2, 4 or 8 bits)")
@@ -74,24 +74,16 @@ class QSGD(Compressor):
 
     def _encode(self, x, seed, residual=None):
         fast = self.__dict__.get("_fast")
-        if fast is None:
-            fast = self._fast = (int(self.levels), int(self.bits), int(self.bucket_size), self._params_dict())
+        if fast is None:  # (levels, bits, bucket_size, the packet's params, their values in codec order)
+            p = self._params_dict()
+            fast = self._fast = (int(self.levels), int(self.bits), int(self.bucket_size), p,
+                                 tuple(p[name] for name in self.codec.params))
         n = x.shape[0]
-        if n >= FRAME_MIN:
-            return self._encode_framed(x, seed, residual, fast)
-        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
-            packed, norms = kq._qsgd_encode_trusted(x, fast[0], fast[1], fast[2], seed)
-        else:
-            packed, norms = kq.qsgd_encode(x, self.levels, self.bucket_size, seed, residual=residual)
-        return Compressed(self.name, n, "float32", {"codes": packed, "norms": norms}, dict(fast[3]))
-
-    def _encode_framed(self, x, seed, residual, fast):
-        """:meth:`_encode` of a large vector: codes and norms written straight into a packet's payload (a
-        packet-backed form, which ``wire.encode_array`` sends without a copy); the same arrays, the same bits."""
-        n = x.shape[0]
-        frame = new_frame(self.codec, n, (fast[0], fast[2], fast[1]))
+        # a large vector's arrays are written straight into a packet's payload (a packet-backed form, which
+        # wire.encode_array sends without a copy: new_frame); else fresh arrays, the same bits either way
+        frame = new_frame(self.codec, n, fast[4])
         views = (None, None) if frame is None else frame.views
-        if residual is None:
+        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
             packed, norms = kq._qsgd_encode_trusted(x, fast[0], fast[1], fast[2], seed, None, *views)
         else:
             packed, norms = kq.qsgd_encode(x, self.levels, self.bucket_size, seed, residual, *views)

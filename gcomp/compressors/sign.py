@@ -7,7 +7,7 @@ Biased; with error feedback it converges like SGD.  A contraction with
 
 from ..kernels import sign as ks
 from ._params import bucket_param, codes_and_scales, nbuckets, packed_bytes
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import Codec
 
 _arrays, _check_packet = codes_and_scales("sign", 1)
@@ -33,21 +33,12 @@ class Sign(Compressor):
         return packed_bytes(numel, 1) + 4 * nbuckets(numel, self.bucket_size)
 
     def _encode(self, x, seed, residual=None):
-        if x.shape[0] >= FRAME_MIN:
-            return self._encode_framed(x, residual)
-        if residual is None:  # bucket_size was checked when this compressor was built: no checks per call
-            packed, scales = ks._sign_encode_trusted(x, int(self.bucket_size))
-        else:
-            packed, scales = ks.sign_encode(x, self.bucket_size, residual=residual)
-        return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
-
-    def _encode_framed(self, x, residual):
-        """:meth:`_encode` of a large vector: its arrays written straight into a packet's payload (a packet-backed
-        form, which ``wire.encode_array`` sends without a copy); the same arrays, the same bits."""
         n = x.shape[0]
+        # a large vector's arrays are written straight into a packet's payload (a packet-backed form, which
+        # wire.encode_array sends without a copy: new_frame); else fresh arrays, the same bits either way
         frame = new_frame(self.codec, n, (int(self.bucket_size),))
         views = (None, None) if frame is None else frame.views
-        if residual is None:
+        if residual is None:  # bucket_size was checked when this compressor was built: no checks per call
             packed, scales = ks._sign_encode_trusted(x, int(self.bucket_size), None, *views)
         else:
             packed, scales = ks.sign_encode(x, self.bucket_size, residual, *views)

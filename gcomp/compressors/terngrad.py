@@ -6,7 +6,7 @@ Unbiased: an entry is sent as ``sign(x) * s`` with probability ``|x| / s``,
 
 from ..kernels import terngrad as kt
 from ._params import bucket_param, codes_and_scales, nbuckets, packed_bytes, seed_param
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import Codec
 
 _arrays, _check_packet = codes_and_scales("terngrad", 2)
@@ -32,21 +32,12 @@ class TernGrad(Compressor):
         return packed_bytes(numel, 2) + 4 * nbuckets(numel, self.bucket_size)
 
     def _encode(self, x, seed, residual=None):
-        if x.shape[0] >= FRAME_MIN:
-            return self._encode_framed(x, seed, residual)
-        if residual is None:  # bucket_size was checked when this compressor was built: no checks per call
-            packed, scales = kt._terngrad_encode_trusted(x, int(self.bucket_size), seed)
-        else:
-            packed, scales = kt.terngrad_encode(x, self.bucket_size, seed, residual=residual)
-        return Compressed(self.name, x.shape[0], "float32", {"codes": packed, "scales": scales}, {"bucket_size": self.bucket_size})
-
-    def _encode_framed(self, x, seed, residual):
-        """:meth:`_encode` of a large vector: its arrays written straight into a packet's payload (a packet-backed
-        form, which ``wire.encode_array`` sends without a copy); the same arrays, the same bits."""
         n = x.shape[0]
+        # a large vector's arrays are written straight into a packet's payload (a packet-backed form, which
+        # wire.encode_array sends without a copy: new_frame); else fresh arrays, the same bits either way
         frame = new_frame(self.codec, n, (int(self.bucket_size),))
         views = (None, None) if frame is None else frame.views
-        if residual is None:
+        if residual is None:  # bucket_size was checked when this compressor was built: no checks per call
             packed, scales = kt._terngrad_encode_trusted(x, int(self.bucket_size), seed, None, *views)
         else:
             packed, scales = kt.terngrad_encode(x, self.bucket_size, seed, residual, *views)

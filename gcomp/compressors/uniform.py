@@ -11,7 +11,7 @@ import functools
 from ..errors import ConfigError, SizeError
 from ..kernels import uniform as ku
 from ._params import bucket_param, choice_param, nbuckets, packed_bytes, seed_param
-from .base import FRAME_MIN, Compressed, Compressor, framed, new_frame
+from .base import Compressed, Compressor, framed, new_frame
 from .codec import F32, U8, Codec
 
 MODES = ("maxmin", "absmax")
@@ -93,23 +93,11 @@ class Uniform(Compressor):
             fast = self._fast = (int(self.bits), int(self.bucket_size), self.mode == "absmax",
                                  self.rounding == "stochastic", p, tuple(p[name] for name in self.codec.params))
         n = x.shape[0]
-        if n >= FRAME_MIN:
-            return self._encode_framed(x, seed, residual, fast)
-        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
-            packed, scales, offsets = ku._uniform_encode_trusted(x, fast[0], fast[1], fast[2], fast[3], seed)
-        else:
-            packed, scales, offsets = ku.uniform_encode(x, self.bits, self.bucket_size, self.mode, self.rounding, seed,
-                                                        residual)
-        return Compressed(self.name, n, "float32", {"codes": packed, "scales": scales, "offsets": offsets},
-                          dict(fast[4]))
-
-    def _encode_framed(self, x, seed, residual, fast):
-        """:meth:`_encode` of a large vector: its arrays written straight into a packet's payload (a packet-backed
-        form, which ``wire.encode_array`` sends without a copy); the same arrays, the same bits."""
-        n = x.shape[0]
+        # a large vector's arrays are written straight into a packet's payload (a packet-backed form, which
+        # wire.encode_array sends without a copy: new_frame); else fresh arrays, the same bits either way
         frame = new_frame(self.codec, n, fast[5])
         views = (None, None, None) if frame is None else frame.views
-        if residual is None:
+        if residual is None:  # the parameters were checked when this compressor was built: no checks per call
             packed, scales, offsets = ku._uniform_encode_trusted(x, fast[0], fast[1], fast[2], fast[3], seed, None,
                                                                  *views)
         else:
