@@ -217,7 +217,7 @@ def _new_frame(codec, numel, ptuple):
         spec = layout.frame = _frame_spec(layout)
     room, arrays = spec
     buf = np.empty(room + HEADER_SIZE + layout.fixed, np.uint8)
-    views = tuple([np.ndarray(shape, dtype, buf, offset) for offset, dtype, shape in arrays])
+    views = _views(buf, arrays)
     for v in views:
         if not v.flags.aligned:  # an allocator that is not 8-aligned (numpy's is, at least): align by the address
             return _frame_aligned(layout)
@@ -241,7 +241,12 @@ def _frame_aligned(layout):
     raw = np.empty(FRAME_ROOM + 7 + HEADER_SIZE + layout.fixed, np.uint8)
     room, arrays = _frame_spec(layout, raw.ctypes.data)
     buf = raw[:room + HEADER_SIZE + layout.fixed]
-    return _Frame(buf, room, tuple([np.ndarray(shape, dtype, buf, offset) for offset, dtype, shape in arrays]))
+    return _Frame(buf, room, _views(buf, arrays))
+
+
+def _views(buf, arrays):
+    """The payload arrays of a frame: numpy views of ``buf`` at ``[(offset, dtype, shape)]``."""
+    return tuple([np.ndarray(shape, dtype, buf, offset) for offset, dtype, shape in arrays])
 
 
 _base._frame_maker = _new_frame
@@ -352,8 +357,7 @@ def encode(c: Compressed, *, zstd: bool = False, zstd_level: int = 1) -> bytes:
     codec, dtype_id, layout, flags, idx, index_kind, index_len, arrays = _prepare(c)
     header = bytearray(HEADER_SIZE)
     raw_len = index_len + layout.fixed
-    HEADER.pack_into(header, 0, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel,
-                     c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, raw_len, 0)
+    _write_header(header, 0, c, codec, flags, dtype_id, layout, index_len, raw_len, raw_len)
     crc = zlib.crc32(header)  # header (CRC field zero), then the payload
     parts = [header]
     if index_kind is not None:
@@ -457,9 +461,8 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
         # a packet-backed form: its arrays already sit in the payload; write the header in place, no copy
         frame.used = True
         out, room = frame.buf, frame.room
-        HEADER.pack_into(out, room, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel,
-                         c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, raw_len, 0)
-        _CRC.pack_into(out, room + CRC_OFFSET, zlib.crc32(out[room:]))
+        _write_header(out, room, c, codec, flags, dtype_id, layout, index_len, raw_len, raw_len)
+        _seal(out, room)
         return out[room - reserve:]
     start = reserve + HEADER_SIZE
     out = np.empty(start + raw_len, np.uint8)
@@ -481,11 +484,20 @@ def encode_array(c: Compressed, *, reserve: int = 0, zstd: bool = False, zstd_le
             payload_len = len(packed)
             flags |= FLAG_ZSTD
             out = np.concatenate([out[:start], np.frombuffer(packed, np.uint8)])
-    HEADER.pack_into(out, reserve, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel,
-                     c.count, int(c.step), int(c.seed), *layout.p4, index_len, raw_len, payload_len, 0)
-    # header (CRC field zero) and payload
-    _CRC.pack_into(out, reserve + CRC_OFFSET, zlib.crc32(out[reserve:] if reserve else out))
+    _write_header(out, reserve, c, codec, flags, dtype_id, layout, index_len, raw_len, payload_len)
+    _seal(out, reserve)
     return out
+
+
+def _write_header(buf, at, c, codec, flags, dtype_id, layout, index_len, raw_len, payload_len):
+    """The 88-byte header of ``c``'s packet at ``buf[at:]``, its CRC field zero (the CRC is taken over it so)."""
+    HEADER.pack_into(buf, at, MAGIC, MAJOR, codec.since, codec.codec_id, flags, dtype_id, c.numel, c.count,
+                     int(c.step), int(c.seed), *layout.p4, index_len, raw_len, payload_len, 0)
+
+
+def _seal(out, at):
+    """Write the CRC-32 of the packet ``out[at:]`` (header with its CRC field zero, then the payload) into it."""
+    _CRC.pack_into(out, at + CRC_OFFSET, zlib.crc32(out[at:] if at else out))
 
 
 def _framed(frame, arrays):
