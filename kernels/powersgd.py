@@ -515,19 +515,12 @@ def _outer_add_trusted(p, qt, n, acc):
 
 
 def _outer_q_trusted(p, q, n, out):
-    """``P Q^T`` into ``out`` from ``Q`` itself (not transposed), for arguments checked by the caller as for
-    :func:`_outer_trusted` (``q`` C-contiguous, ``cols x r``)."""
+    """:func:`outer` into ``out`` (no residual) from ``Q`` itself (``cols x r``, not transposed), for arguments checked
+    by the caller: C-contiguous ``p`` (``rows x r``) and ``q``, ``(rows - 1) cols < n <= rows cols``, and a float32
+    vector ``out`` of ``n`` entries."""
     if n < config.PARALLEL_MIN and config._force is None:
         _outer_from_q(p, q, out)  # small: one compiled call, the transpose inside it
-        return out
-    return _outer_trusted(p, np.ascontiguousarray(q.T), n, out)
-
-
-def _outer_trusted(p, qt, n, out):
-    """:func:`outer` into ``out`` (no residual) for arguments checked by the caller: a C-contiguous ``rows x r``
-    ``p``, ``qt`` of ``r x cols`` with ``(rows - 1) cols < n <= rows cols``, and a float32 vector ``out`` of ``n``."""
-    if n < config.PARALLEL_MIN and config._force is None:  # small: straight to the serial kernel
-        _outer(p, qt, n, p.shape[0], qt.shape[1], out, _NO_RESIDUAL, _ONE)
     else:
-        config.run(n, _outer, _outer_par, p, qt, n, p.shape[0], qt.shape[1], out, _NO_RESIDUAL, _ONE)
+        config.run(n, _outer, _outer_par, p, np.ascontiguousarray(q.T), n, p.shape[0], q.shape[0], out, _NO_RESIDUAL,
+                   _ONE)
     return out

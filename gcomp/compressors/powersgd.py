@@ -355,27 +355,32 @@ class PowerSGD(Compressor):
     def _decompress(self, c):
         return self._decompress_into(c, None)
 
+    @staticmethod
+    def _factors(c):
+        """``(p, q, fits)``: the packet's factors as float32 (``p`` C-contiguous), and whether the kernels take
+        them: 2-D, of one rank, and ``numel`` within their product's rows (the codec's form)."""
+        p, q = np.ascontiguousarray(c.arrays["p"], dtype=np.float32), np.asarray(c.arrays["q"], dtype=np.float32)
+        fits = (p.ndim == 2 and q.ndim == 2 and p.shape[1] == q.shape[1]
+                and (p.shape[0] - 1) * q.shape[0] < c.numel <= p.shape[0] * q.shape[0])
+        return p, q, fits
+
     def _decode(self, c, out=None, accumulate=False):
         if not accumulate:
             return self._decompress_into(c, out)
-        p, q = np.ascontiguousarray(c.arrays["p"], dtype=np.float32), np.asarray(c.arrays["q"], dtype=np.float32)
-        n = c.numel
-        if n and p.ndim == 2 and q.ndim == 2 and p.shape[1] == q.shape[1] >= 1 \
-                and (p.shape[0] - 1) * q.shape[0] < n <= p.shape[0] * q.shape[0]:
-            return kern._outer_add_trusted(p, np.ascontiguousarray(q.T), n, out)  # decompress_add checked ``out``
+        p, q, fits = self._factors(c)
+        if c.numel and fits and p.shape[1] >= 1:
+            return kern._outer_add_trusted(p, np.ascontiguousarray(q.T), c.numel, out)  # decompress_add checked out
         out += self._decompress_into(c, None)
         return out
 
     def _decompress_into(self, c, out):
         """``P Q^T`` (first ``numel`` entries) by the same kernel as the phases' last pass, into ``out`` or a new
         vector: decoding into the caller's buffer allocates nothing of the vector's size."""
-        p, q = c.arrays["p"], c.arrays["q"]
         n = c.numel
         if n == 0:
             return np.zeros(0, np.float32) if out is None else out
-        p = np.ascontiguousarray(p, dtype=np.float32)
-        q = np.asarray(q, dtype=np.float32)
-        if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1] or not (p.shape[0] - 1) * q.shape[0] < n <= p.shape[0] * q.shape[0]:
+        p, q, fits = self._factors(c)
+        if not fits:
             dense = np.ascontiguousarray((p @ q.T).reshape(-1)[:n])  # a form the kernel does not take
             if out is None:
                 return dense
