@@ -57,6 +57,7 @@ from .topk import (
     _margin_rank,
     _sample_keys,
     _sample_keys_par,
+    _topk_exact_trusted,
     _topk_into_par,
     _topk_into_ser,
     _variants,
@@ -151,12 +152,11 @@ def _topk_sampled_trusted(x, k, seed, sample_fraction, min_fraction):
         return np.empty(0, np.int64), np.empty(0, np.float32)
     if k == n:
         return np.arange(n, dtype=np.int64), x.copy()
-    idx = np.empty(k + 1, np.int64)
-    val = np.empty(k + 1, np.float32)
     m = sample_size(n, sample_fraction)
     if m >= n:  # the sample is the whole vector: the result is the exact top-k (module docstring), without sampling
-        config.run(n, _topk_into_ser, _topk_into_par, x, k, idx, val, at_least=config.PARALLEL_MIN_SELECTION)
-        return idx[:k], val[:k]
+        return _topk_exact_trusted(x, k)
+    idx = np.empty(k + 1, np.int64)
+    val = np.empty(k + 1, np.float32)
     c = config.run(n, _sampled_into_ser, _sampled_into_par, x, k, np.uint64(seed), m,
                    max(1, math.ceil(min_fraction * k)), idx, val, at_least=config.PARALLEL_MIN_SELECTION)
     return idx[:c], val[:c]

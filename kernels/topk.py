@@ -788,7 +788,12 @@ def topk_exact(x, k):
         return np.empty(0, np.int64), np.empty(0, np.float32)
     if k == n:
         return np.arange(n, dtype=np.int64), x.copy()
+    return _topk_exact_trusted(x, k)
+
+
+def _topk_exact_trusted(x, k):
+    """:func:`topk_exact` for a 1-D contiguous float32 ``x`` and an int ``0 < k < x.size``: no checks."""
     idx = np.empty(k + 1, np.int64)
     val = np.empty(k + 1, np.float32)
-    config.run(n, _topk_into_ser, _topk_into_par, x, k, idx, val, at_least=config.PARALLEL_MIN_SELECTION)
+    config.run(x.shape[0], _topk_into_ser, _topk_into_par, x, k, idx, val, at_least=config.PARALLEL_MIN_SELECTION)
     return idx[:k], val[:k]
