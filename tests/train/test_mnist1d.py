@@ -169,14 +169,9 @@ def test_cli_dataset_option(tmp_path, capsys):
     assert build_parser().parse_args(["train", "--model", "cnn1d"]).model == "cnn1d"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_mnist1d_cli_run_on_three_mpi_workers_records_the_generator(tmp_path, capsys):
-    """`gcomp train --dataset mnist1d:...` under mpiexec -n 3 (the DDP worker runs in the test below): the model
-    follows the dataset, ranks agree, results.json records the generator and its cached file."""
-    out = tmp_path / "out"
-    argv = ["train", "--dataset", "mnist1d:samples=600,seed=3", "--workers", "3", "--epochs", "1", "--hidden", "64",
-            "--batch-size", "16", "--backend", "mpi", "--compressor", "topk:ratio=0.05", "--quiet", "--out", str(out)]
+def _run_of_the_600_sample_set(argv, out, capsys):
+    """Run ``gcomp train argv`` on ``mnist1d:samples=600,seed=3``; check that results.json names the 1-D CNN, the
+    dataset, its generator (parameters, package version) and a cached set of the right shape; its results."""
     assert main(argv) == 0
     capsys.readouterr()
     with open(out / "results.json") as f:
@@ -186,7 +181,18 @@ def test_mnist1d_cli_run_on_three_mpi_workers_records_the_generator(tmp_path, ca
     generator = header["dataset_generator"]
     assert generator["params"] == mnist1d_params(samples=600, seed=3) and generator["package_version"]
     assert load_npz(str(out / generator["cache"]), generator["params"])[0].shape == (480, 40)
-    (run,) = results["runs"]
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mnist1d_cli_run_on_three_mpi_workers_records_the_generator(tmp_path, capsys):
+    """`gcomp train --dataset mnist1d:...` under mpiexec -n 3 (the DDP worker runs in the test below): the model
+    follows the dataset, ranks agree, results.json records the generator and its cached file."""
+    out = tmp_path / "out"
+    argv = ["train", "--dataset", "mnist1d:samples=600,seed=3", "--workers", "3", "--epochs", "1", "--hidden", "64",
+            "--batch-size", "16", "--backend", "mpi", "--compressor", "topk:ratio=0.05", "--quiet", "--out", str(out)]
+    (run,) = _run_of_the_600_sample_set(argv, out, capsys)["runs"]
     assert run["ranks_agree"] and run["steps"] == 480 // (16 * 3)
     assert 0.0 <= run["final_accuracy"] <= 1.0
 
@@ -226,16 +232,7 @@ def test_federated_run_on_mnist1d_trains_the_cnn1d_from_the_cached_set(tmp_path,
     argv = ["train", "--architecture", "federated", "--dataset", "mnist1d:samples=600,seed=3", "--clients", "3",
             "--fraction", "1", "--rounds", "1", "--local-epochs", "1", "--hidden", "32", "--batch-size", "16",
             "--compressor", "topk:ratio=0.05", "--quiet", "--out", str(out)]
-    assert main(argv) == 0
-    capsys.readouterr()
-    with open(out / "results.json") as f:
-        results = json.load(f)
-    header = results["header"]
-    assert header["model"] == "cnn1d" and header["dataset"] == "mnist1d:samples=600,seed=3"
-    generator = header["dataset_generator"]
-    assert generator["params"] == mnist1d_params(samples=600, seed=3)
-    assert load_npz(str(out / generator["cache"]), generator["params"])[0].shape == (480, 40)
-    (run,) = results["runs"]
+    (run,) = _run_of_the_600_sample_set(argv, out, capsys)["runs"]
     assert run["rounds"] == 1 and run["sampled"] == {"1": [0, 1, 2]}
     assert 0.0 <= run["final_accuracy"] <= 1.0
     # the dense payload is the float32 parameters of the CNN1D of width 32 on 40-sample signals, not the digits MLP
